@@ -1,0 +1,1 @@
+"""kubewrit's Kubernetes operator (kopf): AgentPolicy status, approvals, anchors, retention."""

@@ -1,0 +1,1 @@
+"""kubewrit's decision point: canonical actions, policies, provenance chains, writs."""

@@ -1,0 +1,51 @@
+"""What kubewrit answers: PERMIT, DEFER or DENY, with the reason and the rule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import Enum
+
+
+class Decision(str, Enum):
+    PERMIT = "PERMIT"
+    DEFER = "DEFER"
+    DENY = "DENY"
+
+
+class Reason(str, Enum):
+    """Machine-readable reason codes. Stable: clients and alerts key on them."""
+
+    RULE_ALLOW = "rule_allow"
+    APPROVAL_REQUIRED = "approval_required"
+    RISK_ESCALATION = "risk_escalation"
+    RULE_DENY = "rule_deny"
+    DEFAULT_DENY = "default_deny"
+    TYPE_MISMATCH = "type_mismatch"
+    INVALID_TOOL_NAME = "invalid_tool_name"
+    IDENTITY_MISMATCH = "identity_mismatch"
+    RECORD_UNAVAILABLE = "record_unavailable"
+    APPROVED = "approved"
+    APPROVAL_DENIED = "approval_denied"
+    APPROVAL_EXPIRED = "approval_expired"
+    MONITOR = "monitor"
+
+
+DEFAULT_DENY_RULE = "default-deny"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The policy engine's answer for one action, before it is recorded."""
+
+    decision: Decision
+    reason: Reason
+    rule_id: str
+    risk: str = "low"
+    message: str = ""
+    policy: str | None = None
+    policy_hash: str = ""
+    risk_rule: str | None = None
+    monitored: Verdict | None = field(default=None)
+
+    def but(self, **changes: object) -> Verdict:
+        return replace(self, **changes)  # type: ignore[arg-type]

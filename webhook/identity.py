@@ -1,0 +1,93 @@
+"""Who is asking: the agent is who authenticated, never what the body claims.
+
+Standalone mode uses per-principal bearer tokens. The server's token file holds
+only SHA-256 hashes; the plaintext is shown once when a token is created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+
+class Role(str, Enum):
+    AGENT = "agent"
+    APPROVER = "approver"
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    role: Role
+    groups: tuple[str, ...] = field(default=())
+
+
+class Authenticator(Protocol):
+    def authenticate(self, token: str) -> Principal | None: ...
+
+
+def token_hash(token: str) -> str:
+    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token(role: Role) -> str:
+    return f"kw{role.value[:2]}_" + secrets.token_urlsafe(32)
+
+
+class TokenFile:
+    """Per-principal tokens from a YAML file: {agents: {name: {token_sha256}}, approvers: {...}}."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._by_hash: dict[str, Principal] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        data = self._read()
+        by_hash: dict[str, Principal] = {}
+        for section, role in (("agents", Role.AGENT), ("approvers", Role.APPROVER)):
+            for name, entry in (data.get(section) or {}).items():
+                digest = (entry or {}).get("token_sha256")
+                if not isinstance(digest, str) or not digest.startswith("sha256:"):
+                    raise ValueError(f"{self.path}: {section}.{name} needs token_sha256: sha256:<hex>")
+                by_hash[digest] = Principal(str(name), role, tuple((entry or {}).get("groups") or ()))
+        self._by_hash = by_hash
+
+    def _read(self) -> dict[str, Any]:
+        if not self.path.exists():
+            return {}
+        data = yaml.safe_load(self.path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{self.path}: expected a mapping with agents and approvers")
+        return data
+
+    def authenticate(self, token: str) -> Principal | None:
+        return self._by_hash.get(token_hash(token))
+
+    def add(self, name: str, role: Role, groups: tuple[str, ...] = ()) -> str:
+        """Create (or rotate) a token; returns the plaintext, which is not stored."""
+        data = self._read()
+        section = "agents" if role is Role.AGENT else "approvers"
+        other = "approvers" if role is Role.AGENT else "agents"
+        if name in (data.get(other) or {}):
+            raise ValueError(f"{name!r} is already an {other[:-1]}: one identity cannot be both")
+        token = new_token(role)
+        entry: dict[str, Any] = {"token_sha256": token_hash(token)}
+        if groups:
+            entry["groups"] = list(groups)
+        data.setdefault(section, {})[name] = entry
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            yaml.safe_dump(data, handle, sort_keys=True)
+        temporary.replace(self.path)
+        self.reload()
+        return token

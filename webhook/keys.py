@@ -1,0 +1,106 @@
+"""Ed25519 signing keys: one per writer, generated on first start or supplied."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+
+class KeyFileError(ValueError):
+    """A key file that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Verifier:
+    public_key: Ed25519PublicKey
+
+    @property
+    def raw(self) -> bytes:
+        return self.public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+    @property
+    def key_id(self) -> str:
+        """Short fingerprint, stored in every record so verifiers pick the right key."""
+        return hashlib.sha256(self.raw).hexdigest()[:16]
+
+    def pem(self) -> str:
+        return self.public_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode()
+
+    def verify(self, signature_b64: str, message: bytes) -> bool:
+        try:
+            self.public_key.verify(base64.urlsafe_b64decode(_pad(signature_b64)), message)
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class Signer:
+    private_key: Ed25519PrivateKey
+
+    @property
+    def verifier(self) -> Verifier:
+        return Verifier(self.private_key.public_key())
+
+    @property
+    def key_id(self) -> str:
+        return self.verifier.key_id
+
+    def sign(self, message: bytes) -> str:
+        return base64.urlsafe_b64encode(self.private_key.sign(message)).rstrip(b"=").decode()
+
+
+def _pad(text: str) -> str:
+    return text + "=" * (-len(text) % 4)
+
+
+def generate() -> Signer:
+    return Signer(Ed25519PrivateKey.generate())
+
+
+def load_or_create(path: Path) -> Signer:
+    """Load the PEM key at `path`, or create it with mode 0600 if it does not exist."""
+    if path.exists():
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise KeyFileError(f"signing key {path} is readable by others (mode {mode:o}); chmod 600 it")
+        try:
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except ValueError as exc:
+            raise KeyFileError(f"signing key {path} is not a PEM private key: {exc}") from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise KeyFileError(f"signing key {path} is not an Ed25519 key")
+        return Signer(key)
+    signer = generate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pem = signer.private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pem)
+    return signer
+
+
+def load_public(text: str | bytes) -> Verifier:
+    """A public key as PEM, or as the base64url raw 32 bytes `kubewrit keys public` prints."""
+    data = text.encode() if isinstance(text, str) else text
+    if b"BEGIN PUBLIC KEY" in data:
+        key = serialization.load_pem_public_key(data)
+        if not isinstance(key, Ed25519PublicKey):
+            raise KeyFileError("public key is not Ed25519")
+        return Verifier(key)
+    try:
+        raw = base64.urlsafe_b64decode(_pad(data.decode().strip()))
+        return Verifier(Ed25519PublicKey.from_public_bytes(raw))
+    except ValueError as exc:
+        raise KeyFileError(f"not an Ed25519 public key: {exc}") from None

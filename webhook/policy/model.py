@@ -1,0 +1,110 @@
+"""The compiled form of a policy: plain data, ready to evaluate without parsing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from enum import Enum
+from typing import Any
+
+from kubewrit.webhook.policy.conditions import Condition
+
+
+class Effect(str, Enum):
+    ALLOW = "allow"
+    REQUIRE_APPROVAL = "require_approval"
+    DENY = "deny"
+
+    @property
+    def strictness(self) -> int:
+        return {"allow": 0, "require_approval": 1, "deny": 2}[self.value]
+
+
+class Mode(str, Enum):
+    ENFORCE = "enforce"
+    MONITOR = "monitor"
+
+
+RISK_LEVELS = ("low", "medium", "high", "critical")
+ESCALATING_RISK = frozenset({"high", "critical"})
+
+
+def risk_rank(level: str) -> int:
+    return RISK_LEVELS.index(level)
+
+
+@dataclass(frozen=True)
+class Matcher:
+    """Everything a rule's `match` (or a risk rule's `when`) says, compiled."""
+
+    tools: tuple[str, ...] = ()  # exact names or globs; empty means any tool
+    operations: tuple[str, ...] = ()
+    conditions: tuple[Condition, ...] = ()
+    cel: Any = None  # a compiled CEL program (kubewrit.webhook.policy.cel.Expression)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "tools": sorted(self.tools),
+            "operations": sorted(self.operations),
+            "conditions": sorted(
+                (c.describe() for c in self.conditions), key=lambda d: repr(sorted(d.items()))
+            ),
+            "cel": self.cel.source if self.cel is not None else None,
+        }
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    effect: Effect
+    matcher: Matcher
+    message: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id, "effect": self.effect.value, "match": self.matcher.describe(),
+                "message": self.message}
+
+
+@dataclass(frozen=True)
+class RiskRule:
+    name: str
+    level: str
+    matcher: Matcher
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "level": self.level, "when": self.matcher.describe()}
+
+
+@dataclass(frozen=True)
+class Approvers:
+    users: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+
+    def admits(self, user: str, groups: tuple[str, ...] | list[str] = ()) -> bool:
+        return user in self.users or any(group in self.groups for group in groups)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One compiled policy. `hash` covers content only, never file names or times."""
+
+    name: str
+    source: str
+    agents: tuple[str, ...]
+    mode: Mode
+    rules: tuple[Rule, ...]
+    risk_rules: tuple[RiskRule, ...]
+    approvers: Approvers
+    hash: str
+    namespace: str | None = None
+    by_tool: dict[str, tuple[Rule, ...]] = field(default_factory=dict, compare=False, repr=False)
+    wildcard_rules: bool = False
+
+    def selects(self, agent: str) -> bool:
+        return any(fnmatchcase(agent, pattern) for pattern in self.agents)
+
+    def candidate_rules(self, tool: str) -> tuple[Rule, ...]:
+        """Rules that might match `tool`, in policy order (first match wins)."""
+        if self.wildcard_rules:
+            return self.rules
+        return self.by_tool.get(tool, ())

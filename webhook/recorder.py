@@ -1,0 +1,188 @@
+"""The writer of one chain: sequencing, signing and group commit on one thread.
+
+Callers from any thread or event loop submit drafts and wait for the durable
+record. One thread owns the chain head, so records never contend for sequence
+numbers, and every batch that queued up while the previous write was in flight
+is made durable by a single commit (group commit): concurrency does not
+serialize on fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Protocol
+
+from kubewrit.webhook import chain
+from kubewrit.webhook.chain import Anchor, Draft, Head, Record
+from kubewrit.webhook.keys import Signer
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 256
+
+
+class RecordUnavailable(RuntimeError):
+    """The record could not be made durable; the decision must be DENY."""
+
+
+class Ledger(Protocol):
+    """Where a chain's records and anchors live (SQLite, or ActionRecords in Kubernetes)."""
+
+    def head(self, chain_id: str) -> Record | None: ...
+
+    def write(self, records: Sequence[Record]) -> None: ...
+
+    def publish_anchor(self, anchor: Anchor) -> None: ...
+
+
+@dataclass
+class AnchorPolicy:
+    every_records: int = 100
+    every_seconds: float = 10.0
+
+
+@dataclass
+class _Job:
+    draft: Draft
+    future: Future[Record]
+
+
+class Recorder:
+    def __init__(
+        self,
+        ledger: Ledger,
+        signer: Signer,
+        chain_id: str,
+        anchors: AnchorPolicy | None = None,
+        public_key_b64: str = "",
+    ) -> None:
+        self.ledger = ledger
+        self.signer = signer
+        self.chain_id = chain_id
+        self.anchors = anchors or AnchorPolicy()
+        self._public_key_b64 = public_key_b64
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._head = Head(chain_id)
+        self._anchored_seq = -1
+        self._anchored_at = time.monotonic()
+        self.batches = 0
+
+    @property
+    def head(self) -> Head:
+        return self._head
+
+    def start(self) -> None:
+        """Resume the chain where the ledger left it, or begin it with a genesis record."""
+        existing = self.ledger.head(self.chain_id)
+        if existing is not None:
+            self._head = Head(self.chain_id, existing.seq, existing.hash)
+        else:
+            genesis = self._head.seal_next(chain.genesis_draft(self._public_key_b64), self.signer)
+            self.ledger.write([genesis])
+        self._thread = threading.Thread(target=self._run, name=f"recorder-{self.chain_id}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+        self._thread = None
+
+    def submit(self, draft: Draft) -> Future[Record]:
+        future: Future[Record] = Future()
+        if self._thread is None:
+            future.set_exception(RecordUnavailable("recorder is not running"))
+            return future
+        self._queue.put(_Job(draft, future))
+        return future
+
+    async def record(self, draft: Draft) -> Record:
+        return await asyncio.wrap_future(self.submit(draft))
+
+    def record_sync(self, draft: Draft, timeout: float = 10.0) -> Record:
+        return self.submit(draft).result(timeout=timeout)
+
+    def _drain(self, first: _Job) -> tuple[list[_Job], bool]:
+        jobs, stopping = [first], False
+        while len(jobs) < MAX_BATCH:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                stopping = True
+                break
+            jobs.append(job)
+        return jobs, stopping
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            try:
+                first = self._queue.get(timeout=self._seconds_to_anchor())
+            except queue.Empty:
+                self._maybe_anchor()
+                continue
+            if first is None:
+                break
+            jobs, stopping = self._drain(first)
+            self._commit(jobs)
+            self._maybe_anchor()
+        self._maybe_anchor(force=True)
+
+    def _commit(self, jobs: list[_Job]) -> None:
+        before = Head(self._head.chain, self._head.seq, self._head.hash)
+        records = [self._head.seal_next(job.draft, self.signer) for job in jobs]
+        try:
+            self.ledger.write(records)
+        except Exception as exc:
+            log.error("cannot persist %d record(s) of chain %s: %s", len(records), self.chain_id, exc)
+            self._head = before
+            error = RecordUnavailable(f"record store unavailable: {exc}")
+            for job in jobs:
+                job.future.set_exception(error)
+            return
+        self.batches += 1
+        for job, record in zip(jobs, records, strict=True):
+            job.future.set_result(record)
+
+    def _seconds_to_anchor(self) -> float:
+        elapsed = time.monotonic() - self._anchored_at
+        return max(0.05, self.anchors.every_seconds - elapsed)
+
+    def _maybe_anchor(self, force: bool = False) -> None:
+        unanchored = self._head.seq - self._anchored_seq
+        if unanchored <= 0:
+            self._anchored_at = time.monotonic()
+            return
+        due = (
+            force
+            or unanchored >= self.anchors.every_records
+            or time.monotonic() - self._anchored_at >= self.anchors.every_seconds
+        )
+        if not due:
+            return
+        self.publish_anchor()
+
+    def publish_anchor(self) -> Anchor | None:
+        head = self.ledger.head(self.chain_id)
+        if head is None:
+            return None
+        anchor = chain.sign_anchor(head, self.signer)
+        try:
+            self.ledger.publish_anchor(anchor)
+        except Exception as exc:
+            log.warning("cannot publish anchor for chain %s: %s", self.chain_id, exc)
+            return None
+        self._anchored_seq = head.seq
+        self._anchored_at = time.monotonic()
+        return anchor

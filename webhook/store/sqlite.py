@@ -1,0 +1,202 @@
+"""The embedded store: records, anchors and approvals in one SQLite file.
+
+WAL journal with synchronous=FULL, so a commit is durable when it returns.
+The recorder thread owns the write connection for records (group commit);
+approvals and reads use their own connections.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubewrit.webhook.approval import Approval, Phase
+from kubewrit.webhook.chain import Anchor, Record
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    chain TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    time TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    tool TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    request_id TEXT,
+    body TEXT NOT NULL,
+    PRIMARY KEY (chain, seq)
+);
+CREATE INDEX IF NOT EXISTS records_by_time ON records (time);
+CREATE INDEX IF NOT EXISTS records_by_request ON records (agent, request_id);
+CREATE TABLE IF NOT EXISTS anchors (
+    chain TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS approvals (
+    id TEXT PRIMARY KEY,
+    phase TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS approvals_by_phase ON approvals (phase, created_at);
+"""
+
+
+@dataclass(frozen=True)
+class RecordQuery:
+    chain: str | None = None
+    agent: str | None = None
+    tool: str | None = None
+    decision: str | None = None
+    after_seq: int | None = None
+    limit: int = 100
+
+
+def connect(path: Path | str) -> sqlite3.Connection:
+    connection = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=FULL")
+    connection.execute("PRAGMA busy_timeout=30000")
+    return connection
+
+
+class SQLiteStore:
+    """Implements recorder.Ledger and approval.ApprovalStore over one database file."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = connect(self.path)
+        self._writer.executescript(SCHEMA)
+        self._other = connect(self.path)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._writer.close()
+        self._other.close()
+
+    # -- Ledger -------------------------------------------------------------
+
+    def head(self, chain_id: str) -> Record | None:
+        with self._lock:
+            row = self._other.execute(
+                "SELECT body FROM records WHERE chain = ? ORDER BY seq DESC LIMIT 1", (chain_id,)
+            ).fetchone()
+        return Record.from_dict(json.loads(row[0])) if row else None
+
+    def write(self, records: Sequence[Record]) -> None:
+        rows = [
+            (r.chain, r.seq, r.hash, r.time, r.kind, r.agent, r.tool, r.decision, r.reason,
+             r.request_id, json.dumps(r.to_dict(), separators=(",", ":")))
+            for r in records
+        ]
+        connection = self._writer
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            connection.executemany("INSERT INTO records VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+
+    def publish_anchor(self, anchor: Anchor) -> None:
+        with self._lock:
+            self._other.execute(
+                "INSERT INTO anchors VALUES (?,?,?) ON CONFLICT(chain) DO UPDATE SET "
+                "seq = excluded.seq, body = excluded.body WHERE excluded.seq >= anchors.seq",
+                (anchor.chain, anchor.seq, json.dumps(anchor.to_dict())),
+            )
+
+    # -- reading ------------------------------------------------------------
+
+    def anchors(self) -> list[Anchor]:
+        with self._lock:
+            rows = self._other.execute("SELECT body FROM anchors ORDER BY chain").fetchall()
+        return [Anchor.from_dict(json.loads(body)) for (body,) in rows]
+
+    def chains(self) -> list[str]:
+        with self._lock:
+            rows = self._other.execute("SELECT DISTINCT chain FROM records ORDER BY chain").fetchall()
+        return [chain for (chain,) in rows]
+
+    def iter_records(self, chain: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every stored record body in chain, seq order (for export and verification)."""
+        reader = connect(self.path)
+        try:
+            sql = "SELECT body FROM records"
+            params: tuple[Any, ...] = ()
+            if chain:
+                sql += " WHERE chain = ?"
+                params = (chain,)
+            for (body,) in reader.execute(sql + " ORDER BY chain, seq", params):
+                yield json.loads(body)
+        finally:
+            reader.close()
+
+    def query(self, q: RecordQuery) -> list[Record]:
+        clauses, params = [], []
+        for column, value in (("chain", q.chain), ("agent", q.agent), ("tool", q.tool),
+                              ("decision", q.decision)):
+            if value:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if q.after_seq is not None:
+            clauses.append("seq > ?")
+            params.append(q.after_seq)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._lock:
+            rows = self._other.execute(
+                f"SELECT body FROM records{where} ORDER BY time, chain, seq LIMIT ?",
+                (*params, max(1, min(q.limit, 1000))),
+            ).fetchall()
+        return [Record.from_dict(json.loads(body)) for (body,) in rows]
+
+    def find_request(self, agent: str, request_id: str) -> Record | None:
+        with self._lock:
+            row = self._other.execute(
+                "SELECT body FROM records WHERE agent = ? AND request_id = ? AND kind = 'decision' "
+                "ORDER BY time LIMIT 1",
+                (agent, request_id),
+            ).fetchone()
+        return Record.from_dict(json.loads(row[0])) if row else None
+
+    # -- ApprovalStore --------------------------------------------------------
+
+    def create(self, approval: Approval) -> None:
+        with self._lock:
+            self._other.execute(
+                "INSERT INTO approvals VALUES (?,?,?,?,?,?)",
+                (approval.id, approval.phase.value, approval.agent, approval.created_at,
+                 approval.expires_at, json.dumps(approval.to_dict())),
+            )
+
+    def get(self, approval_id: str) -> Approval | None:
+        with self._lock:
+            row = self._other.execute("SELECT body FROM approvals WHERE id = ?", (approval_id,)).fetchone()
+        return Approval.from_dict(json.loads(row[0])) if row else None
+
+    def swap(self, expected: Phase, updated: Approval) -> bool:
+        with self._lock:
+            cursor = self._other.execute(
+                "UPDATE approvals SET phase = ?, body = ? WHERE id = ? AND phase = ?",
+                (updated.phase.value, json.dumps(updated.to_dict()), updated.id, expected.value),
+            )
+        return cursor.rowcount == 1
+
+    def list(self, phase: Phase | None = None, limit: int = 100) -> list[Approval]:
+        sql, params = "SELECT body FROM approvals", ()  # type: tuple[str, tuple[Any, ...]]
+        if phase is not None:
+            sql, params = sql + " WHERE phase = ?", (phase.value,)
+        with self._lock:
+            rows = self._other.execute(sql + " ORDER BY created_at LIMIT ?", (*params, limit)).fetchall()
+        return [Approval.from_dict(json.loads(body)) for (body,) in rows]
