@@ -1,0 +1,173 @@
+"""Sync and async clients for the decision API.
+
+Connections are reused, every call has an explicit timeout, and anything other
+than a well-formed answer raises GovernanceUnavailable: the caller never
+mistakes silence for permission.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from kubewrit.webhook.client.errors import ApiError, GovernanceUnavailable
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+DEFAULT_TIMEOUT = 5.0
+SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
+class Credentials:
+    """A bearer token: explicit, from KUBEWRIT_TOKEN, or a token file re-read when it rotates."""
+
+    def __init__(self, token: str | None = None, token_file: str | Path | None = None) -> None:
+        self._token = token or os.environ.get("KUBEWRIT_TOKEN")
+        file = token_file or os.environ.get("KUBEWRIT_TOKEN_FILE")
+        if file is None and self._token is None and SERVICE_ACCOUNT_TOKEN.exists():
+            file = SERVICE_ACCOUNT_TOKEN
+        self._file = Path(file) if file else None
+        self._cached: tuple[float, str] | None = None
+
+    def token(self) -> str:
+        if self._token:
+            return self._token
+        if self._file is None:
+            raise GovernanceUnavailable("no_credentials", "no token: pass token=, set KUBEWRIT_TOKEN "
+                                        "or KUBEWRIT_TOKEN_FILE")
+        try:
+            mtime = self._file.stat().st_mtime
+            if self._cached is None or self._cached[0] != mtime:
+                self._cached = (mtime, self._file.read_text().strip())
+        except OSError as exc:
+            raise GovernanceUnavailable("no_credentials", f"cannot read token file: {exc}") from None
+        return self._cached[1]
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token()}"}
+
+
+def _answer(response: httpx.Response) -> Any:
+    """Parse a response; map every failure to an exception with the server's code."""
+    if response.status_code >= 500:
+        raise GovernanceUnavailable("server_error", f"server answered {response.status_code}",
+                                    response.status_code)
+    try:
+        body = response.json()
+    except ValueError:
+        raise GovernanceUnavailable("malformed_response", "server answer is not JSON",
+                                    response.status_code) from None
+    if response.status_code >= 400:
+        error = body.get("error") if isinstance(body, dict) else None
+        if not isinstance(error, dict):
+            raise GovernanceUnavailable("malformed_response", f"unexpected {response.status_code} answer",
+                                        response.status_code)
+        raise ApiError(str(error.get("code")), str(error.get("message")), response.status_code,
+                       body.get("decision") or None)
+    return body
+
+
+def _params(**values: Any) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _decide_body(tool: str, args: dict[str, Any] | None, operation: str | None,
+                 context: dict[str, Any] | None, request_id: str | None, agent: str | None) -> dict[str, Any]:
+    return _params(tool=tool, args=args or {}, operation=operation, context=context,
+                   request_id=request_id, agent=agent)
+
+
+class Client:
+    """Blocking client. Use as a context manager, or call close()."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, *,
+                 token_file: str | Path | None = None, timeout: float = DEFAULT_TIMEOUT,
+                 verify: bool | str = True) -> None:
+        self.url = (url or os.environ.get("KUBEWRIT_URL") or DEFAULT_URL).rstrip("/")
+        self.credentials = Credentials(token, token_file)
+        self.timeout = timeout
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, verify=verify)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, headers=self.credentials.headers(),
+                                          timeout=timeout or self.timeout, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise GovernanceUnavailable("timeout", f"no answer from {self.url}: {exc}") from None
+        except httpx.HTTPError as exc:
+            raise GovernanceUnavailable("unreachable", f"cannot reach {self.url}: {exc}") from None
+        return _answer(response)
+
+    def decide(self, tool: str, args: dict[str, Any] | None = None, *, operation: str | None = None,
+               context: dict[str, Any] | None = None, request_id: str | None = None,
+               agent: str | None = None) -> dict[str, Any]:
+        return dict(self._call("POST", "/v1/decide",
+                               json=_decide_body(tool, args, operation, context, request_id, agent)))
+
+    def approval(self, approval_id: str, wait: float = 0) -> dict[str, Any]:
+        return dict(self._call("GET", f"/v1/approvals/{approval_id}", params=_params(wait=wait or None),
+                               timeout=self.timeout + wait))
+
+    def list_approvals(self, phase: str | None = None) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/v1/approvals", params=_params(phase=phase)))
+
+    def approve(self, approval_id: str, reason: str | None = None) -> dict[str, Any]:
+        return dict(self._call("POST", f"/v1/approvals/{approval_id}/approve", json=_params(reason=reason)))
+
+    def deny(self, approval_id: str, reason: str | None = None) -> dict[str, Any]:
+        return dict(self._call("POST", f"/v1/approvals/{approval_id}/deny", json=_params(reason=reason)))
+
+    def records(self, **filters: Any) -> dict[str, Any]:
+        return dict(self._call("GET", "/v1/records", params=_params(**filters)))
+
+
+class AsyncClient:
+    """The same API for event loops."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, *,
+                 token_file: str | Path | None = None, timeout: float = DEFAULT_TIMEOUT,
+                 verify: bool | str = True) -> None:
+        self.url = (url or os.environ.get("KUBEWRIT_URL") or DEFAULT_URL).rstrip("/")
+        self.credentials = Credentials(token, token_file)
+        self.timeout = timeout
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, verify=verify)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _call(self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any) -> Any:
+        try:
+            response = await self._http.request(method, path, headers=self.credentials.headers(),
+                                                timeout=timeout or self.timeout, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise GovernanceUnavailable("timeout", f"no answer from {self.url}: {exc}") from None
+        except httpx.HTTPError as exc:
+            raise GovernanceUnavailable("unreachable", f"cannot reach {self.url}: {exc}") from None
+        return _answer(response)
+
+    async def decide(self, tool: str, args: dict[str, Any] | None = None, *, operation: str | None = None,
+                     context: dict[str, Any] | None = None, request_id: str | None = None,
+                     agent: str | None = None) -> dict[str, Any]:
+        return dict(await self._call("POST", "/v1/decide",
+                                     json=_decide_body(tool, args, operation, context, request_id, agent)))
+
+    async def approval(self, approval_id: str, wait: float = 0) -> dict[str, Any]:
+        return dict(await self._call("GET", f"/v1/approvals/{approval_id}",
+                                     params=_params(wait=wait or None), timeout=self.timeout + wait))
