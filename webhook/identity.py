@@ -47,9 +47,17 @@ class TokenFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._by_hash: dict[str, Principal] = {}
+        self._mtime: float | None = None
         self.reload()
 
+    def _stamp(self) -> float | None:
+        try:
+            return self.path.stat().st_mtime
+        except OSError:
+            return None
+
     def reload(self) -> None:
+        self._mtime = self._stamp()
         data = self._read()
         by_hash: dict[str, Principal] = {}
         for section, role in (("agents", Role.AGENT), ("approvers", Role.APPROVER)):
@@ -69,6 +77,8 @@ class TokenFile:
         return data
 
     def authenticate(self, token: str) -> Principal | None:
+        if self._stamp() != self._mtime:
+            self.reload()
         return self._by_hash.get(token_hash(token))
 
     def add(self, name: str, role: Role, groups: tuple[str, ...] = ()) -> str:

@@ -1,1 +1,31 @@
-"""cli."""
+"""The `kubewrit` command line."""
+
+from __future__ import annotations
+
+import click
+
+from kubewrit.webhook.cli import approvals, audit, policies, serve, watch
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option("0.1.0", prog_name="kubewrit")
+def main() -> None:
+    """kubewrit: should this specific action run?
+
+    Decide AI agents' tool calls against policy, record every decision in a
+    signed hash chain, and verify the chain offline.
+    """
+
+
+main.add_command(serve.serve)
+main.add_command(policies.check)
+main.add_command(policies.test)
+main.add_command(policies.canonical_cmd)
+main.add_command(audit.verify)
+main.add_command(audit.records)
+main.add_command(audit.keys_group)
+main.add_command(audit.tokens)
+main.add_command(approvals.approvals)
+main.add_command(watch.watch)
+
+__all__ = ["main"]
