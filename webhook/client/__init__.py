@@ -7,6 +7,7 @@ from kubewrit.webhook.client.errors import (
     GovernanceUnavailable,
     KubewritError,
 )
+from kubewrit.webhook.client.governor import Governor, Permit, describe, jsonable
 from kubewrit.webhook.client.http import AsyncClient, Client, Credentials
 
 __all__ = [
@@ -17,5 +18,9 @@ __all__ = [
     "Client",
     "Credentials",
     "GovernanceUnavailable",
+    "Governor",
     "KubewritError",
+    "Permit",
+    "describe",
+    "jsonable",
 ]
