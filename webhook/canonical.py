@@ -72,7 +72,7 @@ def normalize_tool(raw: str) -> str:
     if not isinstance(raw, str):
         raise CanonicalError("invalid_action", "tool must be a string")
     normalized = unicodedata.normalize("NFKC", raw)
-    if normalized != raw or not TOOL_NAME.match(normalized):
+    if normalized != raw or not TOOL_NAME.fullmatch(normalized):
         offending = [f"U+{ord(ch):04X}" for ch in raw if not (ch.isascii() and ch.isprintable())]
         detail = f" (non-ASCII or invisible characters: {', '.join(offending)})" if offending else ""
         raise InvalidToolName(

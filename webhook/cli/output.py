@@ -11,8 +11,8 @@ import click
 import yaml
 from rich.console import Console
 
-console = Console(highlight=False)
-errors = Console(stderr=True, highlight=False)
+console = Console(highlight=False, soft_wrap=True)
+errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 DECISION_STYLE = {"PERMIT": "bold green", "DEFER": "bold yellow", "DENY": "bold red"}
 PHASE_STYLE = {"Pending": "bold yellow", "Approved": "green", "Consumed": "dim green",

@@ -108,7 +108,7 @@ def _compile_rule(index: int, raw: Any, seen_ids: set[str]) -> Rule:
     if problem:
         raise ValueError(problem)
     rule_id = raw.get("id", f"rule-{index}")
-    if not isinstance(rule_id, str) or not RULE_ID.match(rule_id):
+    if not isinstance(rule_id, str) or not RULE_ID.fullmatch(rule_id):
         raise ValueError(f"id {rule_id!r} must be 1-64 letters, digits, '-', '_' or '.'")
     if rule_id in seen_ids:
         raise ValueError(f"id {rule_id!r} is used by an earlier rule")
@@ -136,7 +136,7 @@ def _compile_risk_rule(index: int, raw: Any) -> RiskRule:
     if problem:
         raise ValueError(problem)
     name = raw.get("name", f"risk-{index}")
-    if not isinstance(name, str) or not RULE_ID.match(name):
+    if not isinstance(name, str) or not RULE_ID.fullmatch(name):
         raise ValueError(f"name {name!r} must be 1-64 letters, digits, '-', '_' or '.'")
     level = raw.get("risk_level")
     if level not in RISK_LEVELS:

@@ -61,7 +61,7 @@ def as_number(value: Any, path: str) -> Decimal:
         return Decimal(value)
     if isinstance(value, float):
         return Decimal(repr(value))
-    if isinstance(value, str) and CLEAN_DECIMAL.match(value):
+    if isinstance(value, str) and CLEAN_DECIMAL.fullmatch(value):
         try:
             return Decimal(value)
         except InvalidOperation:  # pragma: no cover - the pattern admits only valid decimals

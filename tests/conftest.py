@@ -1,0 +1,117 @@
+"""Fixtures shared by every test: free ports and a real `kubewrit serve` process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE_POLICIES = REPO / "examples" / "policies"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A `kubewrit serve` subprocess with its own policies and data directory."""
+
+    url: str
+    policies: Path
+    data_dir: Path
+    process: subprocess.Popen[bytes]
+    log: Path
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    def headers(self, name: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[name]}"}
+
+    def decide(self, as_: str = "support-agent", **body: Any) -> httpx.Response:
+        return httpx.post(f"{self.url}/v1/decide", json=body, headers=self.headers(as_), timeout=10)
+
+    def post(self, path: str, as_: str, **kwargs: Any) -> httpx.Response:
+        return httpx.post(f"{self.url}{path}", headers=self.headers(as_), timeout=40, **kwargs)
+
+    def get(self, path: str, as_: str | None = None, **kwargs: Any) -> httpx.Response:
+        headers = self.headers(as_) if as_ else {}
+        return httpx.get(f"{self.url}{path}", headers=headers, timeout=40, **kwargs)
+
+    def kubewrit(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, "--data-dir", str(self.data_dir), check=check, cwd=self.data_dir.parent)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def run_cli(*args: str, check: bool = True, cwd: Path | None = None,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the installed `kubewrit` command, as a user would."""
+    result = subprocess.run([shutil.which("kubewrit") or "kubewrit", *args], capture_output=True, text=True,
+                            cwd=cwd, input=input, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"kubewrit {' '.join(args)} exited {result.returncode}:\n"
+                             f"{result.stdout}\n{result.stderr}")
+    return result
+
+
+def start_server(tmp: Path, *extra: str, policies: Path = EXAMPLE_POLICIES) -> Server:
+    policy_dir = tmp / "policies"
+    shutil.copytree(policies, policy_dir)
+    data_dir = tmp / "data"
+    port = free_port()
+    log = tmp / "serve.log"
+    process = subprocess.Popen(
+        [shutil.which("kubewrit") or "kubewrit", "serve", "--policies", str(policy_dir), "--data-dir",
+         str(data_dir), "--port", str(port), "--log-level", "warning", *extra],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=tmp, env={**os.environ, "COLUMNS": "200"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(f"kubewrit serve exited:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"kubewrit serve did not become healthy:\n{log.read_text()}")
+        time.sleep(0.1)
+    credentials = yaml.safe_load((data_dir / "credentials.yaml").read_text())["credentials"]
+    server = Server(url, policy_dir, data_dir, process, log,
+                    {name: entry["token"] for name, entry in credentials.items()})
+    return server
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    srv = start_server(tmp_path, "--anchor-seconds", "0.5")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def python() -> str:
+    return sys.executable
