@@ -50,6 +50,7 @@ class Approval:
     decided_at: float | None = None
     decision_reason: str | None = None
     outcome: dict[str, Any] | None = field(default=None)
+    namespace: str | None = None
 
     def expired(self, now: float | None = None) -> bool:
         return (time.time() if now is None else now) >= self.expires_at

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubewrit.webhook import approval as approval_module
 from kubewrit.webhook import canonical, policy, writ
 from kubewrit.webhook.approval import Approval, ApprovalStore, Phase
 from kubewrit.webhook.canonical import Action, CanonicalError, InvalidToolName
@@ -118,7 +119,7 @@ class Authority:
             kind=kind, decision=verdict.decision.value, reason=verdict.reason.value,
             agent=action.agent, tool=action.tool, action_hash=action_hash,
             policy_hash=verdict.policy_hash, rule=verdict.rule_id, risk=verdict.risk,
-            message=verdict.message[:500], **extra,
+            message=verdict.message[:500], namespace=action.namespace, **extra,
         )
 
     async def _finish(self, kind: str, action: Action, verdict: Verdict, **extra: Any) -> Outcome:
@@ -145,11 +146,9 @@ class Authority:
 
     def _open_approval(self, action: Action, verdict: Verdict, action_hash: str,
                        request_id: str | None) -> Approval:
-        from kubewrit.webhook.approval import new_id
-
         now = time.time()
         approval = Approval(
-            id=new_id(), agent=action.agent, tool=action.tool, action_hash=action_hash,
+            id=approval_module.new_id(), namespace=action.namespace, agent=action.agent, tool=action.tool, action_hash=action_hash,
             action=action.car(), rule=verdict.rule_id, risk=verdict.risk, reason=verdict.reason.value,
             message=verdict.message, policy_hash=verdict.policy_hash, created_at=now,
             expires_at=now + self.approval_ttl, request_id=request_id,
@@ -163,7 +162,8 @@ class Authority:
             raise Refused(403, "not_an_agent", f"{principal.name!r} is an approver, not an agent")
         raw_tool = request.tool if isinstance(request.tool, str) else ""
         if request.agent is not None and request.agent != principal.name:
-            action = Action(principal.name, raw_tool, dict(request.args or {}), request.operation)
+            action = Action(principal.name, raw_tool, dict(request.args or {}), request.operation,
+                            namespace=principal.namespace)
             verdict = Verdict(Decision.DENY, Reason.IDENTITY_MISMATCH, "identity",
                               message=f"body claims agent {request.agent!r} but the token belongs to "
                                       f"{principal.name!r}")
@@ -171,10 +171,11 @@ class Authority:
             raise Refused(403, "identity_mismatch", verdict.message, outcome)
         try:
             action = canonical.build_action(principal.name, request.tool, request.args,
-                                            request.operation, request.context)
+                                            request.operation, request.context, principal.namespace)
         except InvalidToolName as exc:
             canonical.check_value(request.args or {})
-            action = Action(principal.name, exc.raw, dict(request.args or {}), request.operation)
+            action = Action(principal.name, exc.raw, dict(request.args or {}), request.operation,
+                            namespace=principal.namespace)
             verdict = Verdict(Decision.DENY, Reason.INVALID_TOOL_NAME, "tool-name", message=exc.message)
             return await self._finish("decision", action, verdict, request_id=request.request_id)
         if request.request_id and self.find_request is not None:
@@ -208,7 +209,8 @@ class Authority:
 
     def _selecting_policy(self, approval: Approval) -> Policy | None:
         name = approval.rule.split("/", 1)[0]
-        return next((p for p in self.policies() if p.name == name), None)
+        return next((p for p in self.policies() if p.name == name and p.namespace == approval.namespace),
+                    None)
 
     def _check_approver(self, approval: Approval, approver: Principal) -> None:
         if approver.role is not Role.APPROVER:
@@ -230,8 +232,7 @@ class Authority:
         expired = approval.moved(Phase.EXPIRED, decided_at=time.time(), decided_by="kubewrit")
         if not self.approvals.swap(Phase.PENDING, expired):
             return self._get(approval.id)
-        action = Action(approval.agent, approval.tool, approval.action.get("args") or {},
-                        approval.action.get("operation"))
+        action = approval_action(approval)
         verdict = Verdict(Decision.DENY, Reason.APPROVAL_EXPIRED, approval.rule, approval.risk,
                           f"approval {approval.id} expired before anyone decided", None, approval.policy_hash)
         await self._finish("expiry", action, verdict, approval=approval.id)
@@ -257,8 +258,7 @@ class Authority:
             raise Refused(409, "already_decided",
                           f"approval {approval_id} is already {approval.phase.value}"
                           + (f" by {approval.decided_by}" if approval.decided_by else ""))
-        action = Action(approval.agent, approval.tool, approval.action.get("args") or {},
-                        approval.action.get("operation"))
+        action = approval_action(approval)
         if approve:
             current = policy.evaluate(self.policies(), action)
             if current.decision is Decision.DENY:
@@ -306,19 +306,24 @@ class Authority:
             consumed = approval.moved(Phase.CONSUMED)
             if not self.approvals.swap(Phase.APPROVED, consumed):
                 raise Refused(409, "approval_consumed", "approval was already used")
-            record_hash = (approval.outcome or {}).get("record", {}).get("hash")
-            record = self._find_record(approval, record_hash)
+            record = decided_record(approval)
             token = writ.issue(self.signer, record, self.writ_ttl) if record else None
             return consumed, token
         if approval.phase is Phase.CONSUMED and caller.role is Role.AGENT:
             raise Refused(409, "approval_consumed", "approval is single-use and was already used")
         return approval, None
 
-    def _find_record(self, approval: Approval, record_hash: str | None) -> Record | None:
-        summary = (approval.outcome or {}).get("record") or {}
-        if not summary:
-            return None
-        return Record.from_dict(summary["full"]) if "full" in summary else None
+
+def approval_action(approval: Approval) -> Action:
+    """The action an approval holds, exactly as it was decided."""
+    return Action(approval.agent, approval.tool, approval.action.get("args") or {},
+                  approval.action.get("operation"), namespace=approval.namespace)
+
+
+def decided_record(approval: Approval) -> Record | None:
+    """The record of an approval's final decision, kept in its outcome."""
+    summary = (approval.outcome or {}).get("record") or {}
+    return Record.from_dict(summary["full"]) if "full" in summary else None
 
 
 def outcome_summary(outcome: Outcome) -> dict[str, Any]:

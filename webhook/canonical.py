@@ -52,19 +52,24 @@ class Action:
     args: Mapping[str, Any]
     operation: str | None = None
     context: Mapping[str, Any] = field(default_factory=dict)
+    namespace: str | None = None
 
     def car(self) -> dict[str, Any]:
         """The canonical representation: what is hashed, stored and shown to approvers.
 
         Context is descriptive (session, framework) and deliberately excluded, so
-        the same call from LangChain and from MCP has the same hash.
+        the same call from LangChain and from MCP has the same hash. The namespace
+        is part of the agent's identity in Kubernetes and absent in standalone mode.
         """
-        return {
+        car = {
             "agent": self.agent,
             "tool": self.tool,
             "operation": self.operation,
             "args": dict(self.args),
         }
+        if self.namespace is not None:
+            car["namespace"] = self.namespace
+        return car
 
 
 def normalize_tool(raw: str) -> str:
@@ -170,6 +175,7 @@ def build_action(
     args: Mapping[str, Any] | None,
     operation: str | None = None,
     context: Mapping[str, Any] | None = None,
+    namespace: str | None = None,
 ) -> Action:
     """Validate and normalize the parts of an action. Raises CanonicalError."""
     if args is None:
@@ -187,4 +193,5 @@ def build_action(
         args=args,
         operation=operation,
         context=dict(context or {}),
+        namespace=namespace,
     )

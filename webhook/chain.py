@@ -42,6 +42,7 @@ class Draft:
     approval: str | None = None
     request_id: str | None = None
     message: str = ""
+    namespace: str | None = None
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ class Principal:
     name: str
     role: Role
     groups: tuple[str, ...] = field(default=())
+    namespace: str | None = None
 
 
 class Authenticator(Protocol):

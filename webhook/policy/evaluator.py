@@ -117,7 +117,8 @@ def _combine(policies: Sequence[Policy], action: Action) -> Verdict:
 
 def evaluate(policies: Sequence[Policy], action: Action) -> Verdict:
     """Decide one action against every policy that selects its agent."""
-    selecting = sorted((p for p in policies if p.selects(action.agent)), key=lambda p: p.name)
+    selecting = sorted((p for p in policies if p.selects(action.agent, action.namespace)),
+                       key=lambda p: p.name)
     enforcing = [p for p in selecting if p.mode is Mode.ENFORCE]
     monitoring = [p for p in selecting if p.mode is Mode.MONITOR]
     if enforcing or not monitoring:

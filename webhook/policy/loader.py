@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,9 @@ def parse_text(text: str, source: str) -> list[Policy]:
     policies = []
     for index, document in enumerate(documents):
         default_name = stem if len(documents) == 1 else f"{stem}-{index + 1}"
-        policies.append(compile_document(document, source, default_name))
+        compiled = compile_document(document, source, default_name)
+        # Policy files serve standalone agents, which have no namespace.
+        policies.append(replace(compiled, namespace=None))
     return policies
 
 

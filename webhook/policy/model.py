@@ -100,7 +100,10 @@ class Policy:
     by_tool: dict[str, tuple[Rule, ...]] = field(default_factory=dict, compare=False, repr=False)
     wildcard_rules: bool = False
 
-    def selects(self, agent: str) -> bool:
+    def selects(self, agent: str, namespace: str | None = None) -> bool:
+        """A namespaced policy (Kubernetes) selects only agents of its own namespace."""
+        if self.namespace != namespace:
+            return False
         return any(fnmatchcase(agent, pattern) for pattern in self.agents)
 
     def candidate_rules(self, tool: str) -> tuple[Rule, ...]:
