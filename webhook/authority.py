@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from kubewrit.webhook import approval as approval_module
 from kubewrit.webhook import canonical, policy, writ
@@ -23,7 +23,7 @@ from kubewrit.webhook.decision import Decision, Reason, Verdict
 from kubewrit.webhook.identity import Principal, Role
 from kubewrit.webhook.keys import Signer
 from kubewrit.webhook.policy.model import Policy
-from kubewrit.webhook.recorder import Recorder, RecordUnavailable
+from kubewrit.webhook.recorder import RecordUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,13 @@ class Outcome:
 
 
 PolicySource = Callable[[], Sequence[Policy]]
+
+
+class RecordWriter(Protocol):
+    """A Recorder, or a pool of them (one chain per namespace in Kubernetes)."""
+
+    async def record(self, draft: Draft) -> Record: ...
+
 Listener = Callable[[str, dict[str, Any]], None]
 
 
@@ -78,7 +85,7 @@ class Authority:
     def __init__(
         self,
         policies: PolicySource,
-        recorder: Recorder,
+        recorder: RecordWriter,
         approvals: ApprovalStore,
         signer: Signer,
         find_request: Callable[[str, str], Record | None] | None = None,

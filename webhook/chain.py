@@ -93,15 +93,13 @@ def genesis_draft(public_key_b64: str) -> Draft:
 
 @dataclass(frozen=True)
 class Anchor:
-    """A published chain head. `base_*` say where the retained chain begins after retention."""
+    """A published chain head, signed by the chain's writer."""
 
     chain: str
     seq: int
     hash: str
     time: str
     key_id: str
-    base_seq: int = 0
-    base_prev: str = GENESIS_PREV
     signature: str = ""
 
     def body(self) -> dict[str, Any]:
@@ -115,8 +113,8 @@ class Anchor:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
-def sign_anchor(head: Record, signer: Signer, base_seq: int = 0, base_prev: str = GENESIS_PREV) -> Anchor:
-    unsigned = Anchor(head.chain, head.seq, head.hash, timestamp(), signer.key_id, base_seq, base_prev)
+def sign_anchor(head: Record, signer: Signer) -> Anchor:
+    unsigned = Anchor(head.chain, head.seq, head.hash, timestamp(), signer.key_id)
     return replace(unsigned, signature=signer.sign(canonical.canonical_bytes(unsigned.body())))
 
 

@@ -28,6 +28,14 @@ class Problem:
         return f"chain {self.chain} seq {self.seq}: {self.kind}: {self.detail}"
 
 
+@dataclass(frozen=True)
+class Cut:
+    """Where retention cut a chain: records before `seq` were exported, `prev` links across."""
+
+    seq: int
+    prev: str
+
+
 @dataclass
 class ChainReport:
     chain: str
@@ -70,10 +78,9 @@ def _group(records: Iterable[Mapping[str, Any]], report: Report) -> dict[str, li
     return chains
 
 
-def _walk(name: str, records: list[Record], anchor: Anchor | None,
+def _walk(name: str, records: list[Record], cut: Cut | None,
           verifiers: Mapping[str, Verifier], entry: ChainReport) -> Problem | None:
-    base_seq = anchor.base_seq if anchor else 0
-    expected_seq, expected_prev = base_seq, anchor.base_prev if anchor else chain.GENESIS_PREV
+    expected_seq, expected_prev = (cut.seq, cut.prev) if cut else (0, chain.GENESIS_PREV)
     for position, record in enumerate(records):
         entry.records += 1
         if chain.record_hash(record.body()) != record.hash:
@@ -100,17 +107,19 @@ def _walk(name: str, records: list[Record], anchor: Anchor | None,
     return None
 
 
-def _check_anchor(name: str, records: list[Record], anchor: Anchor,
+def _check_anchor(name: str, records: list[Record], anchor: Anchor, cut: Cut | None,
                   verifiers: Mapping[str, Verifier]) -> Problem | None:
     verifier = verifiers.get(anchor.key_id)
     if verifier is None or not chain.anchor_valid(anchor, verifier):
         return Problem(name, anchor.seq, "bad_signature", "anchor signature does not verify")
     at = next((r for r in records if r.seq == anchor.seq), None)
     if at is None:
-        last = records[-1].seq if records else anchor.base_seq - 1
+        last = records[-1].seq if records else (cut.seq if cut else 0) - 1
         if anchor.seq > last:
             return Problem(name, last + 1, "truncated",
                            f"anchor says the chain reached seq {anchor.seq}, records end at {last}")
+        if cut is not None and anchor.seq < cut.seq:
+            return None  # anchored before the retention cut: exported, verified from the export
         return Problem(name, anchor.seq, "missing", "the anchored record is missing")
     if at.hash != anchor.hash:
         return Problem(name, anchor.seq, "modified", "record differs from the anchored head")
@@ -118,8 +127,9 @@ def _check_anchor(name: str, records: list[Record], anchor: Anchor,
 
 
 def verify(records: Iterable[Mapping[str, Any]], anchors: Iterable[Anchor],
-           trusted: Iterable[Verifier]) -> Report:
+           trusted: Iterable[Verifier], cuts: Mapping[str, Cut] | None = None) -> Report:
     report = Report()
+    cuts = cuts or {}
     verifiers = {v.key_id: v for v in trusted}
     by_chain = _group(records, report)
     anchor_of = {a.chain: a for a in anchors}
@@ -128,8 +138,9 @@ def verify(records: Iterable[Mapping[str, Any]], anchors: Iterable[Anchor],
         recs = by_chain.get(name, [])
         anchor = anchor_of.get(name)
         entry.anchored_seq = anchor.seq if anchor else None
-        problem = entry.problem or _walk(name, recs, anchor, verifiers, entry)
+        cut = cuts.get(name)
+        problem = entry.problem or _walk(name, recs, cut, verifiers, entry)
         if problem is None and anchor is not None:
-            problem = _check_anchor(name, recs, anchor, verifiers)
+            problem = _check_anchor(name, recs, anchor, cut, verifiers)
         entry.problem = problem
     return report

@@ -18,6 +18,7 @@ def main() -> None:
 
 
 main.add_command(serve.serve)
+main.add_command(serve.webhook)
 main.add_command(policies.check)
 main.add_command(policies.test)
 main.add_command(policies.canonical_cmd)

@@ -102,10 +102,11 @@ def print_report(report: verification.Report, output: str) -> None:
 def verify(export_file: Path | None, key_files: tuple[Path, ...], kubeconfig: Path | None,
            namespace: str | None, data_dir: Path, output: str) -> None:
     """Check every chain: hashes, links, signatures, sequence gaps and anchors. Exit 0 if intact."""
+    cuts: dict[str, verification.Cut] = {}
     if kubeconfig is not None:
         from kubewrit.webhook.kube import audit as kube_audit
 
-        records, anchors, cluster_keys = kube_audit.collect(kubeconfig, namespace)
+        records, anchors, cuts, cluster_keys = kube_audit.collect(kubeconfig, namespace)
         trusted = load_keys(key_files) or cluster_keys
     elif export_file is not None:
         if not key_files:
@@ -117,7 +118,7 @@ def verify(export_file: Path | None, key_files: tuple[Path, ...], kubeconfig: Pa
         records, anchors = list(store.iter_records()), store.anchors()
         store.close()
         trusted = load_keys(key_files) or [keys.load_or_create(standalone.Config(data_dir=data_dir).key_file).verifier]
-    report = verification.verify(records, anchors, trusted)
+    report = verification.verify(records, anchors, trusted, cuts)
     print_report(report, output)
     raise SystemExit(0 if report.ok else 1)
 

@@ -1,1 +1,1 @@
-"""kube."""
+"""The Kubernetes backend: TokenReview identity, AgentPolicy cache, ActionRecords, ActionApprovals."""

@@ -1,0 +1,81 @@
+"""Talking to the API server: clients, resource names, and the few helpers every part needs."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+
+GROUP = "kubewrit.io"
+VERSION = "v1alpha1"
+POLICIES = "agentpolicies"
+APPROVALS = "actionapprovals"
+RECORDS = "actionrecords"
+ANCHORS_CONFIGMAP = "kubewrit-anchors"
+KEYS_CONFIGMAP = "kubewrit-keys"
+
+LABEL_AGENT = "kubewrit.io/agent"
+LABEL_DECISION = "kubewrit.io/decision"
+LABEL_CHAIN = "kubewrit.io/chain"
+LABEL_TOOL = "kubewrit.io/tool"
+LABEL_KIND = "kubewrit.io/kind"
+
+ANNOTATION_DECISION = "kubewrit.io/decision"
+ANNOTATION_REASON = "kubewrit.io/reason"
+ANNOTATION_DECIDED_BY = "kubewrit.io/decided-by"
+ANNOTATION_DECIDED_GROUPS = "kubewrit.io/decided-by-groups"
+ANNOTATION_DECIDED_AT = "kubewrit.io/decided-at"
+
+SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
+_LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def load(kubeconfig: Path | str | None = None, context: str | None = None) -> client.ApiClient:
+    """An API client from a kubeconfig file, or from the pod's service account in a cluster."""
+    if kubeconfig is None:
+        try:
+            config.load_incluster_config()
+            return client.ApiClient()
+        except config.ConfigException:
+            pass
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=str(kubeconfig) if kubeconfig else None, context=context,
+                            client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+def label_value(value: str | None) -> str:
+    """A label-safe spelling of a value (labels are for selection; the spec holds the truth)."""
+    if not value:
+        return ""
+    safe = _LABEL_UNSAFE.sub("_", value).strip("_.-")
+    if len(safe) > 63:
+        safe = safe[:54].rstrip("_.-") + "-" + hashlib.sha256(value.encode()).hexdigest()[:8]
+    return safe
+
+
+def dns_label(value: str) -> str:
+    """Lower-case DNS label (object names, chain ids)."""
+    safe = re.sub(r"[^a-z0-9-]", "-", value.lower()).strip("-") or "x"
+    if len(safe) > 63:
+        safe = safe[:54].rstrip("-") + "-" + hashlib.sha256(value.encode()).hexdigest()[:8]
+    return safe
+
+
+def custom(api: client.ApiClient) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api)
+
+
+def core(api: client.ApiClient) -> client.CoreV1Api:
+    return client.CoreV1Api(api)
+
+
+def status_of(exc: Exception) -> int | None:
+    return getattr(exc, "status", None)
+
+
+def annotations(obj: dict[str, Any]) -> dict[str, str]:
+    return dict((obj.get("metadata") or {}).get("annotations") or {})

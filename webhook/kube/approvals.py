@@ -1,0 +1,236 @@
+"""ActionApprovals: DEFERs as Kubernetes objects, decided with `kubectl annotate`.
+
+The operator's admission webhooks stamp who decided (from the API server's
+userInfo) and refuse anyone who may not. This module keeps a watch-fed cache,
+turns a stamped decision into the authority's resolve (re-evaluate, record,
+move the phase), and moves phases with compare-and-swap on resourceVersion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client, watch
+
+from kubewrit.webhook import canonical
+from kubewrit.webhook.approval import Approval, Phase
+from kubewrit.webhook.identity import Principal, Role
+from kubewrit.webhook.kube import api as kube_api
+
+log = logging.getLogger(__name__)
+
+
+def rfc3339(moment: float) -> str:
+    return datetime.fromtimestamp(moment, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str | None) -> float:
+    if not text:
+        return 0.0
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def to_object(approval: Approval) -> dict[str, Any]:
+    namespace = approval.namespace or ""
+    spec = {
+        "agent": approval.agent,
+        "serviceAccount": f"{kube_api.SERVICE_ACCOUNT_PREFIX}{namespace}:{approval.agent}",
+        "tool": approval.tool,
+        "actionHash": approval.action_hash,
+        "action": canonical.canonical_bytes(approval.action).decode(),
+        "rule": approval.rule,
+        "risk": approval.risk,
+        "reason": approval.reason,
+        "message": approval.message,
+        "policyHash": approval.policy_hash,
+        "expiresAt": rfc3339(approval.expires_at),
+    }
+    if approval.action.get("operation"):
+        spec["operation"] = approval.action["operation"]
+    if approval.request_id:
+        spec["requestId"] = approval.request_id
+    return {
+        "apiVersion": f"{kube_api.GROUP}/{kube_api.VERSION}",
+        "kind": "ActionApproval",
+        "metadata": {"name": approval.id, "namespace": namespace, "labels": {
+            kube_api.LABEL_AGENT: kube_api.label_value(approval.agent),
+            kube_api.LABEL_TOOL: kube_api.label_value(approval.tool)}},
+        "spec": spec,
+    }
+
+
+def status_of(approval: Approval) -> dict[str, Any]:
+    status: dict[str, Any] = {"phase": approval.phase.value}
+    if approval.decided_by:
+        status["decidedBy"] = approval.decided_by
+    if approval.decided_at:
+        status["decidedAt"] = rfc3339(approval.decided_at)
+    if approval.decision_reason:
+        status["reason"] = approval.decision_reason
+    if approval.outcome:
+        status["decision"] = approval.outcome.get("decision")
+        status["outcome"] = json.dumps(approval.outcome, sort_keys=True)
+    return status
+
+
+def from_object(obj: dict[str, Any]) -> Approval:
+    metadata, spec, status = obj["metadata"], obj["spec"], obj.get("status") or {}
+    return Approval(
+        id=metadata["name"], agent=spec["agent"], tool=spec["tool"], action_hash=spec["actionHash"],
+        action=json.loads(spec["action"]), rule=spec.get("rule", ""), risk=spec.get("risk", ""),
+        reason=spec.get("reason", ""), message=spec.get("message", ""),
+        policy_hash=spec.get("policyHash", ""),
+        created_at=parse_time(metadata.get("creationTimestamp")),
+        expires_at=parse_time(spec.get("expiresAt")),
+        phase=Phase(status.get("phase", "Pending")), request_id=spec.get("requestId"),
+        decided_by=status.get("decidedBy"), decided_at=parse_time(status.get("decidedAt")) or None,
+        decision_reason=status.get("reason"),
+        outcome=json.loads(status["outcome"]) if status.get("outcome") else None,
+        namespace=metadata.get("namespace"),
+    )
+
+
+Resolver = Callable[[str, Principal, bool, str | None], Coroutine[Any, Any, Any]]
+
+
+class ActionApprovalStore:
+    """approval.ApprovalStore over ActionApproval objects, with a watch-fed cache for reads."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.custom = kube_api.custom(api)
+        self._cache: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self.synced = threading.Event()
+        self._stop = threading.Event()
+        self.resolver: Resolver | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._resolving: set[str] = set()
+
+    # -- ApprovalStore --------------------------------------------------------
+
+    def create(self, approval: Approval) -> None:
+        obj = self.custom.create_namespaced_custom_object(
+            kube_api.GROUP, kube_api.VERSION, approval.namespace, kube_api.APPROVALS, to_object(approval))
+        obj["status"] = status_of(approval)
+        obj = self.custom.replace_namespaced_custom_object_status(
+            kube_api.GROUP, kube_api.VERSION, approval.namespace, kube_api.APPROVALS, approval.id, obj)
+        self._remember(obj)
+
+    def get(self, approval_id: str) -> Approval | None:
+        with self._lock:
+            obj = self._cache.get(approval_id)
+        return from_object(obj) if obj else None
+
+    def swap(self, expected: Phase, updated: Approval) -> bool:
+        try:
+            current = self.custom.get_namespaced_custom_object(
+                kube_api.GROUP, kube_api.VERSION, updated.namespace, kube_api.APPROVALS, updated.id)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        if (current.get("status") or {}).get("phase", "Pending") != expected.value:
+            self._remember(current)
+            return False
+        current["status"] = status_of(updated)
+        try:
+            stored = self.custom.replace_namespaced_custom_object_status(
+                kube_api.GROUP, kube_api.VERSION, updated.namespace, kube_api.APPROVALS, updated.id, current)
+        except client.ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        self._remember(stored)
+        return True
+
+    def list(self, phase: Phase | None = None, limit: int = 100) -> list[Approval]:
+        with self._lock:
+            objects = list(self._cache.values())
+        approvals = [from_object(obj) for obj in objects]
+        if phase is not None:
+            approvals = [a for a in approvals if a.phase is phase]
+        return sorted(approvals, key=lambda a: a.created_at)[:limit]
+
+    # -- watching -------------------------------------------------------------
+
+    def _remember(self, obj: dict[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        with self._lock:
+            known = self._cache.get(name)
+            if known and int(known["metadata"]["resourceVersion"]) > int(obj["metadata"]["resourceVersion"]):
+                return
+            self._cache[name] = obj
+
+    def start(self, loop: asyncio.AbstractEventLoop, resolver: Resolver) -> None:
+        self.loop, self.resolver = loop, resolver
+        threading.Thread(target=self._run, name="approval-watch", daemon=True).start()
+        self.synced.wait(timeout=30)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _observe(self, event_type: str, obj: dict[str, Any]) -> None:
+        if event_type == "DELETED":
+            with self._lock:
+                self._cache.pop(obj["metadata"]["name"], None)
+            return
+        self._remember(obj)
+        self._maybe_resolve(obj)
+
+    def _maybe_resolve(self, obj: dict[str, Any]) -> None:
+        """A stamped decision annotation on a Pending approval: hand it to the authority."""
+        notes = kube_api.annotations(obj)
+        decision = notes.get(kube_api.ANNOTATION_DECISION)
+        decided_by = notes.get(kube_api.ANNOTATION_DECIDED_BY)
+        phase = (obj.get("status") or {}).get("phase", "Pending")
+        name = obj["metadata"]["name"]
+        if phase != "Pending" or decision not in ("approve", "deny") or not decided_by:
+            return
+        if self.resolver is None or self.loop is None or name in self._resolving:
+            return
+        self._resolving.add(name)
+        groups = tuple(g for g in notes.get(kube_api.ANNOTATION_DECIDED_GROUPS, "").split(",") if g)
+        approver = Principal(decided_by, Role.APPROVER, groups)
+        future = asyncio.run_coroutine_threadsafe(
+            self.resolver(name, approver, decision == "approve", notes.get(kube_api.ANNOTATION_REASON)),
+            self.loop)
+        future.add_done_callback(lambda f: self._resolved(name, f))
+
+    def _resolved(self, name: str, future: Any) -> None:
+        self._resolving.discard(name)
+        error = future.exception()
+        if error is not None:
+            log.warning("approval %s not resolved: %s", name, getattr(error, "message", error))
+
+    def _list(self) -> str:
+        listing = self.custom.list_cluster_custom_object(kube_api.GROUP, kube_api.VERSION, kube_api.APPROVALS)
+        with self._lock:
+            self._cache = {obj["metadata"]["name"]: obj for obj in listing.get("items", [])}
+        for obj in listing.get("items", []):
+            self._maybe_resolve(obj)
+        self.synced.set()
+        return str(listing["metadata"]["resourceVersion"])
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                version = self._list()
+                stream = watch.Watch()
+                for event in stream.stream(self.custom.list_cluster_custom_object, kube_api.GROUP,
+                                           kube_api.VERSION, kube_api.APPROVALS, resource_version=version,
+                                           timeout_seconds=300):
+                    if self._stop.is_set():
+                        stream.stop()
+                        break
+                    if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                        self._observe(event["type"], event["object"])
+            except Exception as exc:
+                log.warning("ActionApproval watch interrupted (%s); relisting", exc)
+                time.sleep(1.0)

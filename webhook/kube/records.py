@@ -1,0 +1,216 @@
+"""ActionRecords: the provenance chain stored as Kubernetes objects, anchored in ConfigMaps.
+
+One chain per (webhook replica, namespace), so a chain never spans namespaces
+and retention can cut a clean prefix. Records are small, labelled for
+selection, and their spec is immutable (CEL `self == oldSelf`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from kubernetes import client
+
+from kubewrit.webhook.chain import Anchor, Draft, Record
+from kubewrit.webhook.keys import Signer
+from kubewrit.webhook.kube import api as kube_api
+from kubewrit.webhook.recorder import AnchorPolicy, Recorder, RecordUnavailable
+
+log = logging.getLogger(__name__)
+
+# Record field -> ActionRecord spec field (Kubernetes spells them in camelCase).
+SPEC_FIELDS = {
+    "chain": "chain", "seq": "seq", "prev": "prev", "kind": "kind", "time": "time",
+    "agent": "agent", "tool": "tool", "action_hash": "actionHash", "policy_hash": "policyHash",
+    "decision": "decision", "reason": "reason", "rule": "rule", "risk": "risk",
+    "approver": "approver", "approval": "approval", "request_id": "requestId",
+    "message": "message", "namespace": "namespace", "key_id": "keyId", "hash": "hash",
+    "signature": "signature",
+}
+RECORD_FIELDS = {spec: field for field, spec in SPEC_FIELDS.items()}
+CAS_ATTEMPTS = 20
+
+
+def to_spec(record: Record) -> dict[str, Any]:
+    return {SPEC_FIELDS[k]: v for k, v in record.to_dict().items() if v is not None}
+
+
+def from_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A record dict (as hashed) from an ActionRecord spec; absent optional fields are null."""
+    data: dict[str, Any] = dict.fromkeys(SPEC_FIELDS)
+    for key, value in spec.items():
+        data[RECORD_FIELDS.get(key, key)] = value
+    return data
+
+
+def object_name(record: Record) -> str:
+    return f"{record.chain}-{record.seq:010d}"
+
+
+def labels(record: Record) -> dict[str, str]:
+    values = {
+        kube_api.LABEL_CHAIN: record.chain, kube_api.LABEL_AGENT: record.agent,
+        kube_api.LABEL_DECISION: record.decision, kube_api.LABEL_TOOL: record.tool,
+        kube_api.LABEL_KIND: record.kind,
+    }
+    return {key: kube_api.label_value(value) for key, value in values.items() if value}
+
+
+def to_object(record: Record) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{kube_api.GROUP}/{kube_api.VERSION}",
+        "kind": "ActionRecord",
+        "metadata": {"name": object_name(record), "labels": labels(record)},
+        "spec": to_spec(record),
+    }
+
+
+class ActionRecordLedger:
+    """recorder.Ledger over ActionRecord objects in each chain's namespace."""
+
+    def __init__(self, api: client.ApiClient, home_namespace: str, workers: int = 16) -> None:
+        self.custom = kube_api.custom(api)
+        self.core = kube_api.core(api)
+        self.home = home_namespace
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="actionrecord")
+
+    def _create(self, record: Record, namespace: str) -> None:
+        try:
+            self.custom.create_namespaced_custom_object(kube_api.GROUP, kube_api.VERSION, namespace,
+                                                        kube_api.RECORDS, to_object(record))
+        except client.ApiException as exc:
+            if exc.status != 409:
+                raise
+            existing = self.custom.get_namespaced_custom_object(
+                kube_api.GROUP, kube_api.VERSION, namespace, kube_api.RECORDS, object_name(record))
+            if existing["spec"].get("hash") != record.hash:
+                raise RuntimeError(f"ActionRecord {object_name(record)} exists with other content") from exc
+
+    def write(self, records: Sequence[Record], namespace: str | None = None) -> None:
+        """All records of a batch are created concurrently; the batch is durable when all are."""
+        namespace = namespace or self.home
+        if len(records) == 1:
+            self._create(records[0], namespace)
+            return
+        for future in [self._pool.submit(self._create, record, namespace) for record in records]:
+            future.result()
+
+    def head(self, chain_id: str, namespace: str | None = None) -> Record | None:
+        found = list(self.chain_records(chain_id, namespace or self.home))
+        if not found:
+            return None
+        return Record.from_dict(max(found, key=lambda r: r["seq"]))
+
+    def chain_records(self, chain_id: str, namespace: str) -> Iterator[dict[str, Any]]:
+        token = None
+        while True:
+            page = self.custom.list_namespaced_custom_object(
+                kube_api.GROUP, kube_api.VERSION, namespace, kube_api.RECORDS,
+                label_selector=f"{kube_api.LABEL_CHAIN}={kube_api.label_value(chain_id)}",
+                limit=500, _continue=token)
+            for item in page.get("items", []):
+                if item["spec"].get("chain") == chain_id:
+                    yield from_spec(item["spec"])
+            token = page["metadata"].get("continue")
+            if not token:
+                return
+
+    def publish_anchor(self, anchor: Anchor, namespace: str | None = None) -> None:
+        update_configmap(self.core, namespace or self.home, kube_api.ANCHORS_CONFIGMAP,
+                         {anchor.chain: json.dumps(anchor.to_dict(), sort_keys=True)})
+
+    def publish_key(self, key_id: str, public_key_b64: str) -> None:
+        update_configmap(self.core, self.home, kube_api.KEYS_CONFIGMAP, {key_id: public_key_b64})
+
+
+def update_configmap(core: client.CoreV1Api, namespace: str, name: str, data: dict[str, str]) -> None:
+    """Merge keys into a ConfigMap with compare-and-swap on resourceVersion: retried, never overwritten."""
+    for _ in range(CAS_ATTEMPTS):
+        try:
+            current = core.read_namespaced_config_map(name, namespace)
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+            body = client.V1ConfigMap(metadata=client.V1ObjectMeta(
+                name=name, namespace=namespace, labels={"app.kubernetes.io/part-of": "kubewrit"}), data=data)
+            try:
+                core.create_namespaced_config_map(namespace, body)
+                return
+            except client.ApiException as create_exc:
+                if create_exc.status == 409:
+                    continue
+                raise
+        merged = {**(current.data or {}), **data}
+        current.data = merged
+        try:
+            core.replace_namespaced_config_map(name, namespace, current)
+            return
+        except client.ApiException as exc:
+            if exc.status != 409:
+                raise
+            log.debug("ConfigMap %s/%s changed underneath us; retrying", namespace, name)
+    raise RuntimeError(f"could not update ConfigMap {namespace}/{name} after {CAS_ATTEMPTS} attempts")
+
+
+class ChainLedger:
+    """recorder.Ledger for one chain: every record of it lives in one namespace."""
+
+    def __init__(self, ledger: ActionRecordLedger, namespace: str) -> None:
+        self.ledger = ledger
+        self.namespace = namespace
+
+    def head(self, chain_id: str) -> Record | None:
+        return self.ledger.head(chain_id, self.namespace)
+
+    def write(self, records: Sequence[Record]) -> None:
+        self.ledger.write(records, self.namespace)
+
+    def publish_anchor(self, anchor: Anchor) -> None:
+        self.ledger.publish_anchor(anchor, self.namespace)
+
+
+class RecorderPool:
+    """One recorder (and chain) per namespace this replica records in, started on first use."""
+
+    def __init__(self, ledger: ActionRecordLedger, signer: Signer, replica: str,
+                 anchors: AnchorPolicy, public_key_b64: str) -> None:
+        self.ledger = ledger
+        self.signer = signer
+        self.replica = replica
+        self.anchors = anchors
+        self.public_key_b64 = public_key_b64
+        self._recorders: dict[str, Recorder] = {}
+        self._lock = threading.Lock()
+
+    def chain_id(self, namespace: str) -> str:
+        return kube_api.dns_label(f"{self.replica}-{namespace}")
+
+    def recorder_for(self, namespace: str | None) -> Recorder:
+        namespace = namespace or self.ledger.home
+        with self._lock:
+            recorder = self._recorders.get(namespace)
+            if recorder is None:
+                recorder = Recorder(ChainLedger(self.ledger, namespace), self.signer,
+                                    self.chain_id(namespace), self.anchors, self.public_key_b64)
+                recorder.start()
+                self._recorders[namespace] = recorder
+            return recorder
+
+    async def record(self, draft: Draft) -> Record:
+        try:
+            recorder = await asyncio.to_thread(self.recorder_for, draft.namespace)
+        except Exception as exc:
+            raise RecordUnavailable(f"cannot open the chain for {draft.namespace}: {exc}") from exc
+        return await recorder.record(draft)
+
+    def stop(self) -> None:
+        with self._lock:
+            for recorder in self._recorders.values():
+                recorder.stop()
+            self._recorders.clear()
