@@ -1,0 +1,169 @@
+"""AgentPolicy: refused at `kubectl apply` if invalid; otherwise Ready, with its hash in status.
+
+Admission and status use the one validator the CLI uses
+(`kubewrit.webhook.policy.compile_document`), so `kubewrit check` and
+`kubectl apply` can never disagree about a policy.
+
+A policy can still become invalid behind admission's back (it was applied
+while the webhook was down, or the compiler got stricter). Then the decision
+webhook keeps enforcing the last valid generation, and the status says so:
+Ready=False naming the error, `servingGeneration` and `policyHash` still
+describing what is enforced.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+from kubewrit.operator import kube
+from kubewrit.webhook.policy import Policy, PolicyError, compile_document
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Served:
+    """The last valid generation of one AgentPolicy, as this replica has seen it."""
+
+    generation: int
+    policy: Policy
+
+
+# (namespace, name) -> last valid generation seen by this process. Approvals read the
+# approvers of the policy being enforced from here when the current spec is invalid.
+SERVED: dict[tuple[str, str], Served] = {}
+
+
+def source_of(namespace: str | None, name: str | None) -> str:
+    return f"AgentPolicy {namespace}/{name}"
+
+
+def compile_manifest(body: Mapping[str, Any]) -> Policy:
+    """Compile an AgentPolicy object exactly as the CLI compiles a manifest file."""
+    metadata = body.get("metadata") or {}
+    manifest = {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {"name": metadata.get("name"), "namespace": metadata.get("namespace")},
+        "spec": dict(body.get("spec") or {}),
+    }
+    return compile_document(
+        manifest, source=source_of(metadata.get("namespace"), metadata.get("name")))
+
+
+@kopf.on.validate(kube.GROUP, kube.VERSION, kube.POLICIES, id="validate-policy",
+                  operations=["CREATE", "UPDATE"], persistent=True)
+def validate_policy(body: kopf.Body, **_: Any) -> None:
+    """Refuse an invalid policy with the compiler's message: which rule, what is wrong."""
+    try:
+        compile_manifest(body)
+    except PolicyError as exc:
+        raise kopf.AdmissionError(str(exc), code=422) from None
+
+
+def ready_condition(status: str, reason: str, message: str, generation: int,
+                    previous: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A Ready condition whose lastTransitionTime only moves when the status flips."""
+    since = (previous or {}).get("lastTransitionTime")
+    if not previous or previous.get("status") != status or not since:
+        since = kube.rfc3339()
+    return {"type": "Ready", "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": since, "observedGeneration": generation}
+
+
+def desired_status(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The status this generation of the policy should have (pure; used by the handler)."""
+    metadata = body.get("metadata") or {}
+    namespace, name = metadata.get("namespace") or "", metadata.get("name") or ""
+    generation = int(metadata.get("generation") or 0)
+    current = dict(body.get("status") or {})
+    previous_ready = next((c for c in current.get("conditions") or [] if c.get("type") == "Ready"),
+                          None)
+    try:
+        policy = compile_manifest(body)
+    except PolicyError as exc:
+        served = SERVED.get((namespace, name))
+        serving = current.get("servingGeneration")
+        if served is not None and serving in (None, served.generation):
+            serving, policy_hash, rules = served.generation, served.policy.hash, len(
+                served.policy.rules)
+        else:
+            policy_hash, rules = current.get("policyHash"), current.get("ruleCount")
+        if serving is not None and policy_hash:
+            message = (f"generation {generation} is invalid and not enforced; still serving "
+                       f"generation {serving} (policy hash {policy_hash}): {exc}")
+            reason = "InvalidServingPrevious"
+        else:
+            message = f"generation {generation} is invalid and nothing is served: {exc}"
+            reason, serving, policy_hash, rules = "Invalid", None, None, None
+        return {
+            "observedGeneration": generation,
+            "servingGeneration": serving,
+            "policyHash": policy_hash,
+            "ruleCount": rules,
+            "message": message,
+            "conditions": [ready_condition("False", reason, message, generation, previous_ready)],
+        }
+    SERVED[(namespace, name)] = Served(generation, policy)
+    message = (f"serving generation {generation}: {len(policy.rules)} rules, "
+               f"mode {policy.mode.value}")
+    return {
+        "observedGeneration": generation,
+        "servingGeneration": generation,
+        "policyHash": policy.hash,
+        "ruleCount": len(policy.rules),
+        "message": message,
+        "conditions": [ready_condition("True", "Compiled", message, generation, previous_ready)],
+    }
+
+
+def _same(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    def strip(status: Mapping[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in status.items() if k != "conditions" and v is not None}
+        out["conditions"] = [{k: v for k, v in c.items() if k != "lastTransitionTime"}
+                             for c in status.get("conditions") or []]
+        return out
+    return strip(current) == strip(desired)
+
+
+@kopf.on.event(kube.GROUP, kube.VERSION, kube.POLICIES, id="policy-status")
+def policy_status(type: str | None, body: kopf.Body, patch: kopf.Patch,
+                  logger: kopf.Logger, **_: Any) -> None:
+    """Every observed generation gets a status; unchanged generations cost nothing.
+
+    An event handler (not create/update) so kopf keeps no bookkeeping annotations on
+    the policy: the status is a pure function of the spec and the last valid generation.
+    """
+    metadata = body.get("metadata") or {}
+    key = (metadata.get("namespace") or "", metadata.get("name") or "")
+    if type == "DELETED":
+        SERVED.pop(key, None)
+        return
+    desired = desired_status(body)
+    if _same(body.get("status") or {}, desired):
+        return
+    for k, v in desired.items():
+        patch.status[k] = v
+    ready = desired["conditions"][0]
+    level = logging.INFO if ready["status"] == "True" else logging.WARNING
+    logger.log(level, "AgentPolicy %s/%s: %s", key[0], key[1], ready["message"])
+
+
+def approvers_of(namespace: str, name: str, body: Mapping[str, Any] | None) -> Policy | None:
+    """The policy whose approvers decide: the current spec if valid, else the one still served."""
+    if body is not None:
+        try:
+            return compile_manifest(body)
+        except PolicyError:
+            pass
+    served = SERVED.get((namespace, name))
+    if served is None:
+        return None
+    status = (body or {}).get("status") or {}
+    if body is not None and status.get("policyHash") not in (None, served.policy.hash):
+        return None
+    return served.policy
