@@ -15,6 +15,8 @@ tool_call_id) are not chosen by the model; they are passed through unhashed.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -84,10 +86,10 @@ class GovernedTool(BaseTool):
                     injected: dict[str, Any], config: RunnableConfig | None,
                     run_manager: Any) -> Any:
         extra: dict[str, Any] = dict(injected)
-        parameters = _parameters(method)
+        parameters, config_param = _signature(method)
         if run_manager is not None and "run_manager" in parameters:
             extra["run_manager"] = run_manager
-        if config_param := _get_runnable_config_param(method):
+        if config_param:
             extra[config_param] = config
         if POSITIONAL in chosen and POSITIONAL not in parameters:
             rest = {k: v for k, v in chosen.items() if k != POSITIONAL}
@@ -122,10 +124,18 @@ class GovernedTool(BaseTool):
             raise self._refuse(error) from None
 
 
-def _parameters(method: Callable[..., Any]) -> set[str]:
-    import inspect
+@functools.lru_cache(maxsize=1024)
+def _signature_of(function: Callable[..., Any]) -> tuple[frozenset[str], str | None]:
+    return (frozenset(inspect.signature(function).parameters),
+            _get_runnable_config_param(function))
 
-    return set(inspect.signature(method).parameters)
+
+def _signature(method: Callable[..., Any]) -> tuple[frozenset[str], str | None]:
+    """Which of run_manager/config the wrapped tool accepts (as LangChain itself checks),
+    cached: signature inspection costs more than the rest of the adapter."""
+    function = getattr(method, "__func__", method)
+    parameters, config_param = _signature_of(function)
+    return parameters - {"self"}, config_param
 
 
 def _error_handler(tool: BaseTool) -> Callable[[ToolException], Any]:

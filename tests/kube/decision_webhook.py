@@ -1,0 +1,82 @@
+"""A real `kubewrit webhook` process against the local control plane, for tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from tests.conftest import REPO, free_port
+
+CRDS = REPO / "crds"
+WALKTHROUGH = REPO / "examples" / "policies" / "support-agent.yaml"
+
+
+def apply_crds(control_plane: Any) -> None:
+    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRDS))
+    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRDS))
+
+
+def policy_manifest(namespace: str, name: str = "support-agent", spec: dict | None = None) -> str:
+    spec = spec if spec is not None else yaml.safe_load(WALKTHROUGH.read_text())
+    return yaml.safe_dump({"apiVersion": "kubewrit.io/v1alpha1", "kind": "AgentPolicy",
+                           "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+
+
+@dataclass
+class DecisionWebhook:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    args: list[str]
+
+    def decide(self, token: str, **body: Any) -> httpx.Response:
+        return httpx.post(f"{self.url}/v1/decide", json=body, headers={"Authorization": f"Bearer {token}"},
+                          timeout=30)
+
+    def get(self, path: str, token: str, **kwargs: Any) -> httpx.Response:
+        return httpx.get(f"{self.url}{path}", headers={"Authorization": f"Bearer {token}"}, timeout=60,
+                         **kwargs)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def start_webhook(control_plane: Any, workdir: Path, replica: str = "test-webhook",
+                  *extra: str) -> DecisionWebhook:
+    workdir.mkdir(parents=True, exist_ok=True)
+    control_plane.kubectl("create", "namespace", "kubewrit-system", check=False)
+    port = free_port()
+    log = workdir / f"{replica}.log"
+    args = [shutil.which("kubewrit") or "kubewrit", "webhook", "--kubeconfig",
+            str(control_plane.kubeconfig_for("admin")), "--replica", replica, "--signing-key",
+            str(workdir / f"{replica}.pem"), "--host", "127.0.0.1", "--port", str(port),
+            "--log-level", "warning", "--anchor-seconds", "0.5", *extra]
+    process = subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                               env={**os.environ, "COLUMNS": "200"})
+    webhook = DecisionWebhook(f"http://127.0.0.1:{port}", process, log, args)
+    deadline = time.monotonic() + 60
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(f"kubewrit webhook exited:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{webhook.url}/healthz", timeout=1).status_code == 200:
+                return webhook
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            webhook.stop()
+            raise AssertionError(f"kubewrit webhook did not start:\n{log.read_text()}")
+        time.sleep(0.2)

@@ -1,0 +1,227 @@
+"""The decision webhook in Kubernetes mode, through a real API server and kubectl."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubewrit.webhook import canonical, keys, writ
+
+from tests.conftest import run_cli
+from tests.kube.decision_webhook import DecisionWebhook, apply_crds, policy_manifest, start_webhook
+
+pytestmark = pytest.mark.kube
+
+
+@pytest.fixture(scope="module")
+def shop(control_plane: Any) -> Iterator[str]:
+    apply_crds(control_plane)
+    namespace = f"shop-{uuid.uuid4().hex[:6]}"
+    control_plane.kubectl("create", "namespace", namespace)
+    for sa in ("support-agent", "finance-agent"):
+        control_plane.kubectl("create", "serviceaccount", sa, "-n", namespace)
+    control_plane.kubectl("apply", "-f", "-", input=policy_manifest(namespace))
+    yield namespace
+    control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def webhook(control_plane: Any, shop: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DecisionWebhook]:
+    server = start_webhook(control_plane, tmp_path_factory.mktemp("webhook"))
+    yield server
+    server.stop()
+
+
+def token(control_plane: Any, namespace: str, sa: str = "support-agent") -> str:
+    return control_plane.kubectl("create", "token", sa, "-n", namespace).stdout.strip()
+
+
+def records(control_plane: Any, namespace: str) -> list[dict[str, Any]]:
+    listing = json.loads(control_plane.kubectl("get", "actionrecords", "-n", namespace, "-o", "json").stdout)
+    return sorted(listing["items"], key=lambda item: item["spec"]["seq"])
+
+
+def test_agents_authenticate_with_their_service_account(control_plane, shop, webhook) -> None:
+    answer = webhook.decide(token(control_plane, shop), tool="process_refund", args={"amount": 45})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert (body["decision"], body["rule_id"]) == ("PERMIT", "support-agent/small-refunds")
+    published = json.loads(control_plane.kubectl(
+        "get", "configmap", "kubewrit-keys", "-n", "kubewrit-system", "-o", "json").stdout)["data"]
+    trusted = [keys.load_public(value) for value in published.values()]
+    action = canonical.build_action("support-agent", "process_refund", {"amount": 45}, namespace=shop)
+    writ.verify(body["writ"], trusted, action, agent="support-agent")
+    assert webhook.decide("not-a-token", tool="send_email").status_code == 401
+
+
+def test_every_decision_is_an_action_record(control_plane, shop, webhook) -> None:
+    agent = token(control_plane, shop)
+    big = webhook.decide(agent, tool="process_refund", args={"amount": 1200}).json()
+    assert (big["decision"], big["reason"]) == ("DENY", "rule_deny")
+    listed = control_plane.kubectl("get", "actionrecords", "-n", shop).stdout
+    header = listed.splitlines()[0].split()
+    assert header[:6] == ["NAME", "AGENT", "TOOL", "DECISION", "RULE", "SEQ"]
+    assert "support-agent/large-refunds" in listed
+    stored = records(control_plane, shop)
+    denied = next(r for r in stored if r["spec"]["hash"] == big["record"]["hash"])
+    assert denied["metadata"]["labels"]["kubewrit.io/decision"] == "DENY"
+    assert denied["spec"]["seq"] == big["record"]["seq"]
+    selected = control_plane.kubectl("get", "actionrecords", "-n", shop, "-l", "kubewrit.io/decision=DENY",
+                                     "-o", "name").stdout.split()
+    assert f"actionrecord.kubewrit.io/{denied['metadata']['name']}" in selected
+
+
+def test_action_record_spec_is_immutable(control_plane, shop, webhook) -> None:
+    webhook.decide(token(control_plane, shop), tool="send_email", args={"to": "a@example.com"})
+    name = records(control_plane, shop)[-1]["metadata"]["name"]
+    patched = control_plane.kubectl("patch", "actionrecord", name, "-n", shop, "--type=merge",
+                                    "-p", '{"spec": {"decision": "PERMIT", "reason": "forged"}}', check=False)
+    assert patched.returncode != 0 and "an ActionRecord is immutable" in patched.stderr
+
+
+def test_spoofed_agent_id_is_refused(control_plane, shop, webhook) -> None:
+    answer = webhook.decide(token(control_plane, shop), tool="process_refund", args={"amount": 45},
+                            agent="finance-agent")
+    assert answer.status_code == 403 and answer.json()["error"]["code"] == "identity_mismatch"
+
+
+def test_policies_select_agents_by_service_account(control_plane, shop, webhook) -> None:
+    other = webhook.decide(token(control_plane, shop, "finance-agent"), tool="process_refund",
+                           args={"amount": 45}).json()
+    assert (other["decision"], other["reason"]) == ("DENY", "default_deny")
+
+
+def test_policy_updates_are_live_within_a_second(control_plane, shop, webhook) -> None:
+    agent = token(control_plane, shop)
+    spec = {"agents": ["support-agent"], "rules": [
+        {"id": "email-only", "match": {"tool": "send_email"}, "allow": True}]}
+    control_plane.kubectl("apply", "-f", "-", input=policy_manifest(shop, "email-only", spec))
+    control_plane.kubectl("apply", "-f", "-", input=policy_manifest(shop, "support-agent", {
+        "agents": ["support-agent"],
+        "rules": [{"id": "over-50", "match": {"tool": "process_refund", "amount_gt": 50}, "deny": True}]}))
+    deadline = time.monotonic() + 1.0
+    body = webhook.decide(agent, tool="process_refund", args={"amount": 45}).json()
+    while body["reason"] != "default_deny" and time.monotonic() < deadline:
+        time.sleep(0.05)
+        body = webhook.decide(agent, tool="process_refund", args={"amount": 45}).json()
+    assert body["reason"] == "default_deny"
+    control_plane.kubectl("delete", "agentpolicy", "support-agent", "-n", shop)
+    deadline = time.monotonic() + 1.0
+    body = webhook.decide(agent, tool="process_refund", args={"amount": 60}).json()
+    while body["reason"] != "default_deny" and time.monotonic() < deadline:
+        time.sleep(0.05)
+        body = webhook.decide(agent, tool="process_refund", args={"amount": 60}).json()
+    assert (body["decision"], body["reason"]) == ("DENY", "default_deny")
+    control_plane.kubectl("delete", "agentpolicy", "email-only", "-n", shop)
+    control_plane.kubectl("apply", "-f", "-", input=policy_manifest(shop))
+    time.sleep(0.5)
+
+
+def test_verify_passes_then_names_a_deleted_or_relabelled_record(control_plane, shop, webhook,
+                                                                  tmp_path: Path) -> None:
+    agent = token(control_plane, shop)
+    for amount in (45, 46, 47):
+        webhook.decide(agent, tool="process_refund", args={"amount": amount})
+    time.sleep(1.0)  # anchors publish every 0.5 s in this fixture
+    kubeconfig = str(control_plane.kubeconfig_for("admin"))
+    ok = run_cli("verify", "--kubeconfig", kubeconfig, "-n", shop)
+    assert "verified" in ok.stdout
+    stored = records(control_plane, shop)
+    victim = stored[len(stored) // 2]
+    control_plane.kubectl("label", "actionrecord", victim["metadata"]["name"], "-n", shop, "--overwrite",
+                          "kubewrit.io/decision=PERMIT" if victim["spec"]["decision"] != "PERMIT"
+                          else "kubewrit.io/decision=DENY")
+    relabelled = run_cli("verify", "--kubeconfig", kubeconfig, "-n", shop, check=False)
+    assert relabelled.returncode == 1
+    assert f"seq {victim['spec']['seq']}: modified" in relabelled.stdout
+    control_plane.kubectl("delete", "actionrecord", victim["metadata"]["name"], "-n", shop)
+    deleted = run_cli("verify", "--kubeconfig", kubeconfig, "-n", shop, check=False)
+    assert deleted.returncode == 1
+    assert f"seq {victim['spec']['seq']}: missing" in deleted.stdout
+
+
+def test_restarted_webhook_continues_its_chain(control_plane, tmp_path: Path) -> None:
+    apply_crds(control_plane)
+    namespace = f"restart-{uuid.uuid4().hex[:6]}"
+    control_plane.kubectl("create", "namespace", namespace)
+    control_plane.kubectl("create", "serviceaccount", "support-agent", "-n", namespace)
+    control_plane.kubectl("apply", "-f", "-", input=policy_manifest(namespace))
+    first = start_webhook(control_plane, tmp_path, "restart-webhook")
+    agent = token(control_plane, namespace)
+    try:
+        before = first.decide(agent, tool="process_refund", args={"amount": 45}).json()
+    finally:
+        first.stop()
+    assert httpx_refused(first.url)
+    second = start_webhook(control_plane, tmp_path, "restart-webhook")
+    try:
+        after = second.decide(agent, tool="process_refund", args={"amount": 45}).json()
+    finally:
+        second.stop()
+    assert after["record"]["chain"] == before["record"]["chain"]
+    assert after["record"]["seq"] == before["record"]["seq"] + 1
+    result = run_cli("verify", "--kubeconfig", str(control_plane.kubeconfig_for("admin")), "-n", namespace)
+    assert "verified" in result.stdout
+
+
+def httpx_refused(url: str) -> bool:
+    import httpx
+
+    try:
+        httpx.post(f"{url}/v1/decide", json={"tool": "send_email"}, timeout=2)
+    except httpx.HTTPError:
+        return True
+    return False
+
+
+def test_a_record_the_api_server_refuses_means_deny(control_plane, shop, webhook) -> None:
+    policy = f"""
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {{name: refuse-records-{shop}}}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+      - apiGroups: [kubewrit.io]
+        apiVersions: [v1alpha1]
+        operations: [CREATE]
+        resources: [actionrecords]
+  validations:
+    - expression: "false"
+      message: etcd is full
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {{name: refuse-records-{shop}}}
+spec:
+  policyName: refuse-records-{shop}
+  validationActions: [Deny]
+  matchResources:
+    namespaceSelector:
+      matchLabels: {{kubernetes.io/metadata.name: {shop}}}
+"""
+    control_plane.kubectl("apply", "-f", "-", input=policy)
+    agent = token(control_plane, shop)
+    try:
+        deadline = time.monotonic() + 15
+        body = webhook.decide(agent, tool="process_refund", args={"amount": 45}).json()
+        while body["reason"] != "record_unavailable" and time.monotonic() < deadline:
+            time.sleep(0.3)
+            body = webhook.decide(agent, tool="process_refund", args={"amount": 45}).json()
+        assert (body["decision"], body["reason"]) == ("DENY", "record_unavailable")
+        assert body["writ"] is None
+    finally:
+        control_plane.kubectl("delete", "-f", "-", input=policy)
+    deadline = time.monotonic() + 15
+    body = webhook.decide(agent, tool="process_refund", args={"amount": 45}).json()
+    while body["decision"] != "PERMIT" and time.monotonic() < deadline:
+        time.sleep(0.3)
+        body = webhook.decide(agent, tool="process_refund", args={"amount": 45}).json()
+    assert body["decision"] == "PERMIT"
