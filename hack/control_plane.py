@@ -631,6 +631,13 @@ def up(owner_pid: int | None = None, timeout: float = 120.0) -> dict:
     with _state_lock(sd):
         if is_running(sd):
             st = load_state(sd)
+            if st.get("owners") is not None:
+                if owner_pid:
+                    # Another session shares it: it stops when the last owner is gone.
+                    st["owners"] = _live_owners(st) + [{"pid": owner_pid, "start": _proc_start_time(owner_pid)}]
+                else:
+                    st["owners"] = None  # started by hand now: keep it running
+                save_state(sd, st)
             log(f"already running at {st['server']} (state {sd}); `hack/control-plane down` to stop")
             return st
         stop_all(sd, quiet=True)  # leftovers of a crashed run
@@ -670,6 +677,9 @@ def _start(sd: Path, bins: dict[str, Path], owner_pid: int | None, timeout: floa
           "ports": {"etcd": etcd_port, "etcd-peer": peer_port, "kube-apiserver": api_port,
                     "kube-controller-manager": kcm_port},
           "bin": {k: str(v) for k, v in bins.items()}, "processes": {},
+          # None: started by hand, runs until `down`. A list: the processes
+          # (test sessions) using it; it stops when the last one is gone.
+          "owners": [{"pid": owner_pid, "start": _proc_start_time(owner_pid)}] if owner_pid else None,
           "versions": read_versions(), "started_at": time.time()}
     save_state(sd, st)
     shutil.rmtree(sd / "etcd-data", ignore_errors=True)
@@ -677,9 +687,7 @@ def _start(sd: Path, bins: dict[str, Path], owner_pid: int | None, timeout: floa
         f.unlink()
 
     if owner_pid:
-        wd = _spawn(sd, "watchdog", [sys.executable, str(Path(__file__).resolve()), "_watchdog",
-                                     str(sd), str(owner_pid)])
-        del wd
+        _spawn(sd, "watchdog", [sys.executable, str(Path(__file__).resolve()), "_watchdog", str(sd)])
 
     etcd_url = f"http://127.0.0.1:{etcd_port}"
     peer_url = f"http://127.0.0.1:{peer_port}"
@@ -759,17 +767,41 @@ def _start(sd: Path, bins: dict[str, Path], owner_pid: int | None, timeout: floa
     return st
 
 
-def watchdog(sd: Path, owner_pid: int) -> None:
-    """Stop the control plane when the process that started it goes away."""
-    start = _proc_start_time(owner_pid)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    while _pid_alive(owner_pid, start):
-        time.sleep(1)
+def _live_owners(st: dict) -> list[dict]:
+    return [o for o in (st.get("owners") or []) if _pid_alive(o["pid"], o.get("start"))]
+
+
+def release(sd: Path, owner_pid: int) -> None:
+    """Drop one owner; stop the control plane if it was the last one."""
     with _state_lock(sd):
         st = load_state(sd)
-        me = st.get("processes", {}).get("watchdog", {})
-        if me.get("pid") == os.getpid():
+        if not st or st.get("owners") is None:
+            return
+        st["owners"] = [o for o in _live_owners(st) if o["pid"] != owner_pid]
+        if st["owners"]:
+            save_state(sd, st)
+            log(f"still used by pid(s) {', '.join(str(o['pid']) for o in st['owners'])}; left running")
+        else:
             stop_all(sd)
+
+
+def watchdog(sd: Path) -> None:
+    """Stop the control plane when the last process that owns it goes away
+    (a test session killed before its teardown)."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    while True:
+        time.sleep(1)
+        st = load_state(sd)
+        if st.get("processes", {}).get("watchdog", {}).get("pid") != os.getpid() or st.get("owners") is None:
+            return  # superseded, stopped, or taken over by hand
+        if _live_owners(st):
+            continue
+        with _state_lock(sd):
+            st = load_state(sd)
+            if st.get("processes", {}).get("watchdog", {}).get("pid") == os.getpid() \
+                    and st.get("owners") is not None and not _live_owners(st):
+                stop_all(sd)
+                return
 
 
 # --------------------------------------------------------------------------- commands
@@ -815,9 +847,13 @@ def main(argv: list[str]) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("build", help="build or locate cached binaries; print their paths")
     p_up = sub.add_parser("up", help="start the control plane")
-    p_up.add_argument("--owner-pid", type=int, help="stop automatically when this process exits")
+    p_up.add_argument("--owner-pid", type=int,
+                      help="a test session using it: it stops when every such owner has exited "
+                           "or called `release` (a running one is shared); without it, it runs until `down`")
     p_up.add_argument("--timeout", type=float, default=120.0, help="apiserver readiness timeout (s)")
     sub.add_parser("down", help="stop it")
+    p_rel = sub.add_parser("release", help="drop an owner (see up --owner-pid); stop when none is left")
+    p_rel.add_argument("--owner-pid", type=int, required=True)
     sub.add_parser("env", help="print shell exports")
     sub.add_parser("status", help="print what runs")
     p_logs = sub.add_parser("logs", help="print the tail of component logs")
@@ -825,7 +861,7 @@ def main(argv: list[str]) -> int:
     p_logs.add_argument("-n", type=int, default=50)
     sub.add_parser("gen-modules", help="regenerate wrapper go.mod/go.sum from versions.env")
     if argv[:1] == ["_watchdog"]:  # internal: spawned by `up --owner-pid`
-        watchdog(Path(argv[1]), int(argv[2]))
+        watchdog(Path(argv[1]))
         return 0
     a = ap.parse_args(argv)
     sd = state_dir()
@@ -844,6 +880,8 @@ def main(argv: list[str]) -> int:
             with _state_lock(sd):
                 stop_all(sd)
             log("stopped")
+        elif a.cmd == "release":
+            release(sd, a.owner_pid)
         elif a.cmd == "env":
             if not load_state(sd):
                 raise CPError(f"not running (no state in {sd}); run `hack/control-plane up` first")

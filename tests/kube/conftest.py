@@ -14,10 +14,12 @@ Fixtures
 --------
 ``control_plane`` (session)
     A :class:`ControlPlane`. Brought up once per test session with
-    ``hack/control-plane up`` and stopped at the end, unless
-    ``KUBEWRIT_CONTROL_PLANE_KEEP=1`` (then it stays up for the next run) or
-    one was already running in this clone (started by hand: it is reused and
-    left alone). ``KUBEWRIT_CONTROL_PLANE_DIR`` selects the state dir.
+    ``hack/control-plane up --owner-pid`` and stopped at the end (or by a
+    watchdog if pytest dies). Concurrent sessions in one clone share it; it
+    stops when the last one ends. One started by hand (``hack/control-plane
+    up``) is reused and left running; ``KUBEWRIT_CONTROL_PLANE_KEEP=1`` leaves
+    the one this session starts running for the next. ``KUBEWRIT_CONTROL_PLANE_DIR``
+    selects the state dir (default ``<clone>/.control-plane``).
 
 ``kube_namespace`` (function)
     Name of a fresh namespace, deleted (without waiting) after the test.
@@ -215,24 +217,32 @@ def control_plane(request: pytest.FixtureRequest) -> Any:
     """The session's :class:`ControlPlane` (see the module docstring)."""
     sd = _cp.state_dir()
     keep = _truthy(os.environ.get("KUBEWRIT_CONTROL_PLANE_KEEP"))
-    reused = _cp.is_running(sd)
-    if not reused:
-        cmd = [sys.executable, str(HACK / "control_plane.py"), "up"]
-        if not keep:
-            # Stops the control plane even if this pytest process is killed.
-            cmd += ["--owner-pid", str(os.getpid())]
-        capman = request.config.pluginmanager.getplugin("capturemanager")
-        ctx = capman.global_and_fixture_disabled() if capman else _nullctx()
-        t0 = time.monotonic()
-        with ctx:
-            # Progress of a cold build goes straight to the terminal.
-            sys.stderr.write("\n")
-            r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True)
-        if r.returncode != 0:
-            pytest.fail(
-                f"hack/control-plane up failed (exit {r.returncode}) after {time.monotonic() - t0:.0f}s; "
-                f"see the messages above and {sd}/logs/. Kubernetes tests cannot run.",
-                pytrace=False)
+    cmd = [sys.executable, str(HACK / "control_plane.py"), "up"]
+    if not keep:
+        # This session becomes an owner: the control plane stops when the last
+        # owning session releases it or dies (a watchdog checks), while one
+        # started by hand (`hack/control-plane up`) is reused and left running.
+        cmd += ["--owner-pid", str(os.getpid())]
+    capman = request.config.pluginmanager.getplugin("capturemanager")
+    ctx = capman.global_and_fixture_disabled() if capman else _nullctx()
+    t0 = time.monotonic()
+    messages: list[str] = []
+    with ctx:
+        # Progress of a cold build goes straight to the terminal as it comes.
+        sys.stderr.write("\n")
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+            messages.append(line)
+        rc = proc.wait()
+    if rc != 0:
+        tail = "".join(messages[-60:])
+        pytest.fail(
+            f"hack/control-plane up failed (exit {rc}) after {time.monotonic() - t0:.0f}s; "
+            f"Kubernetes tests cannot run. Logs: {sd}/logs/\n{tail}",
+            pytrace=False)
     st = _cp.load_state(sd)
     cp = ControlPlane(
         server=st["server"],
@@ -244,8 +254,9 @@ def control_plane(request: pytest.FixtureRequest) -> Any:
     )
     yield cp
     cp.close()
-    if not reused and not keep:
-        subprocess.run([sys.executable, str(HACK / "control_plane.py"), "down"],
+    if not keep:
+        subprocess.run([sys.executable, str(HACK / "control_plane.py"), "release",
+                        "--owner-pid", str(os.getpid())],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
 
 
