@@ -136,8 +136,12 @@ def _targets(v: dict[str, str]) -> dict[str, dict]:
             f"-X {p}.buildDate=1970-01-01T00:00:00Z",
         ]
     hv = v["HELM_VERSION"]
-    helm_ld = ["-s", "-w", f"-X helm.sh/helm/v3/internal/version.version={hv}",
-               "-X helm.sh/helm/v3/internal/version.gitTreeState=clean"]
+    helm_ld = [
+        "-s",
+        "-w",
+        f"-X helm.sh/helm/v3/internal/version.version={hv}",
+        "-X helm.sh/helm/v3/internal/version.gitTreeState=clean",
+    ]
     for p in ("helm.sh/helm/v3/pkg/lint/rules", "helm.sh/helm/v3/pkg/chartutil"):
         helm_ld += [f"-X {p}.k8sVersionMajor={major}", f"-X {p}.k8sVersionMinor={minor}"]
     return {
@@ -237,15 +241,38 @@ def _run_go_build(name: str, target: dict, outdir: Path, logfile: Path) -> None:
     log(f"{name} {target['version']}: resolving modules (go list) ...")
     t0 = time.monotonic()
     lst = subprocess.run(
-        [go, "list", "-deps", "-f", "{{if not .Standard}}{{.ImportPath}}{{end}}", *target["packages"]],
-        cwd=cwd, env=env, capture_output=True, text=True,
+        [
+            go,
+            "list",
+            "-deps",
+            "-f",
+            "{{if not .Standard}}{{.ImportPath}}{{end}}",
+            *target["packages"],
+        ],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     if lst.returncode != 0:
         raise CPError(f"go list failed for {name}:\n{lst.stderr[-4000:]}")
     total = len([x for x in lst.stdout.splitlines() if x.strip()])
-    log(f"{name}: {total} non-std packages, modules ready after {_fmt_dur(time.monotonic() - t0)}; compiling")
-    cmd = ["nice", "-n", "10", go, "build", "-v", "-p", parallel, "-trimpath",
-           "-ldflags=" + " ".join(target["ldflags"])]
+    log(
+        f"{name}: {total} non-std packages, modules ready after "
+        f"{_fmt_dur(time.monotonic() - t0)}; compiling"
+    )
+    cmd = [
+        "nice",
+        "-n",
+        "10",
+        go,
+        "build",
+        "-v",
+        "-p",
+        parallel,
+        "-trimpath",
+        "-ldflags=" + " ".join(target["ldflags"]),
+    ]
     if len(target["packages"]) == 1:
         cmd += ["-o", str(outdir / target["binaries"][0])]
     else:
@@ -277,13 +304,18 @@ def _run_go_build(name: str, target: dict, outdir: Path, logfile: Path) -> None:
             time.sleep(0.5)
             if time.monotonic() >= next_report:
                 with lock:
-                    log(f"{name}: compiled {count} packages (of <= {total + len(target['packages'])}), "
-                        f"{_fmt_dur(time.monotonic() - t0)} elapsed; last: {last}")
+                    log(
+                        f"{name}: compiled {count} packages "
+                        f"(of <= {total + len(target['packages'])}), "
+                        f"{_fmt_dur(time.monotonic() - t0)} elapsed; last: {last}"
+                    )
                 next_report = time.monotonic() + 30
         th.join()
     if proc.returncode != 0:
         tail = logfile.read_text()[-6000:]
-        raise CPError(f"building {name} failed (exit {proc.returncode}); full log {logfile}:\n{tail}")
+        raise CPError(
+            f"building {name} failed (exit {proc.returncode}); full log {logfile}:\n{tail}"
+        )
     log(f"{name}: built in {_fmt_dur(time.monotonic() - t0)}")
 
 
@@ -298,19 +330,30 @@ def ensure_built(quiet: bool = False) -> dict[str, Path]:
     for name, t in targets.items():
         key = _module_key(name, t, v.get("BUILD_RECIPE", ""))
         final = root / key
-        ok = all((final / "bin" / b).is_file() for b in t["binaries"]) and (final / "complete").exists()
+        ok = (
+            all((final / "bin" / b).is_file() for b in t["binaries"])
+            and (final / "complete").exists()
+        )
         if not ok:
             # One builder per cache entry across clones and processes.
             with open(root / f".{key}.lock", "w") as lockf:
                 fcntl.flock(lockf, fcntl.LOCK_EX)
-                ok = all((final / "bin" / b).is_file() for b in t["binaries"]) and (final / "complete").exists()
+                ok = (
+                    all((final / "bin" / b).is_file() for b in t["binaries"])
+                    and (final / "complete").exists()
+                )
                 if not ok:
-                    log(f"building {name} {t['version']} into {final} (cold build: tens of minutes for kubernetes)")
+                    log(
+                        f"building {name} {t['version']} into {final} "
+                        "(cold build: several minutes for kubernetes)"
+                    )
                     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
                     try:
                         (tmp / "bin").mkdir()
                         _run_go_build(name, t, tmp / "bin", tmp / "build.log")
-                        (tmp / "complete").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
+                        (tmp / "complete").write_text(
+                            time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime())
+                        )
                         if final.exists():
                             shutil.rmtree(final)
                         os.rename(tmp, final)
@@ -329,12 +372,19 @@ def gen_modules() -> None:
     v = read_versions()
     go = go_binary()
     env = go_env()
-    header = "// Code generated by hack/control-plane gen-modules from hack/versions.env. DO NOT EDIT.\n"
+    header = (
+        "// Code generated by hack/control-plane gen-modules from hack/versions.env. DO NOT EDIT.\n"
+    )
     kv, sv = v["KUBERNETES_VERSION"], staging_version(v["KUBERNETES_VERSION"])
     # The staging modules k8s.io/kubernetes requires at v0.0.0 (and replaces
     # with ./staging/... in its own go.mod, which does not apply to us).
-    dl = subprocess.run([go, "mod", "download", "-json", f"k8s.io/kubernetes@{kv}"],
-                        env=env, capture_output=True, text=True, cwd=tempfile.gettempdir())
+    dl = subprocess.run(
+        [go, "mod", "download", "-json", f"k8s.io/kubernetes@{kv}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tempfile.gettempdir(),
+    )
     if dl.returncode != 0:
         raise CPError(f"go mod download k8s.io/kubernetes@{kv} failed:\n{dl.stdout}{dl.stderr}")
     kmod = Path(json.loads(dl.stdout)["GoMod"]).read_text()
@@ -347,14 +397,16 @@ def gen_modules() -> None:
     staging = [m for m in staging if m in required]
     mods = {
         "kubernetes": f"require k8s.io/kubernetes {kv}\n\nreplace (\n"
-        + "".join(f"\t{m} => {m} {sv}\n" for m in staging) + ")\n",
+        + "".join(f"\t{m} => {m} {sv}\n" for m in staging)
+        + ")\n",
         "etcd": f"require go.etcd.io/etcd/server/v3 {v['ETCD_VERSION']}\n",
         "helm": f"require helm.sh/helm/v3 {v['HELM_VERSION']}\n",
     }
     for name, body in mods.items():
         d = SRC_DIR / name
         (d / "go.mod").write_text(
-            f"{header}module kubewrit.local/hack/control-plane-src/{name}\n\ngo 1.23.0\n\n{body}")
+            f"{header}module kubewrit.local/hack/control-plane-src/{name}\n\ngo 1.23.0\n\n{body}"
+        )
         (d / "go.sum").unlink(missing_ok=True)
         log(f"go mod tidy in {d}")
         r = subprocess.run([go, "mod", "tidy"], cwd=d, env=env)
@@ -373,7 +425,16 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 def _ec_key(path: Path) -> None:
-    _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(path), cwd=path.parent)
+    _openssl(
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        str(path),
+        cwd=path.parent,
+    )
     path.chmod(0o600)
 
 
@@ -381,8 +442,25 @@ def _sign(pki: Path, name: str, subject: str, ext: str) -> None:
     _ec_key(pki / f"{name}.key")
     (pki / f"{name}.ext").write_text(ext)
     _openssl("req", "-new", "-key", f"{name}.key", "-subj", subject, "-out", f"{name}.csr", cwd=pki)
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-             "-days", "3650", "-sha256", "-extfile", f"{name}.ext", "-out", f"{name}.crt", cwd=pki)
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "3650",
+        "-sha256",
+        "-extfile",
+        f"{name}.ext",
+        "-out",
+        f"{name}.crt",
+        cwd=pki,
+    )
     (pki / f"{name}.csr").unlink()
     (pki / f"{name}.ext").unlink()
 
@@ -395,14 +473,37 @@ def ensure_pki(pki: Path) -> None:
         shutil.rmtree(pki)
     pki.mkdir(parents=True)
     _ec_key(pki / "ca.key")
-    _openssl("req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=kubewrit-dev-ca", "-days", "3650",
-             "-sha256", "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature", "-out", "ca.crt", cwd=pki)
-    _sign(pki, "apiserver", "/CN=kube-apiserver",
-          "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
-          "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost,"
-          "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.0.0.1\n")
-    client_ext = "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n"
+    _openssl(
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        "ca.key",
+        "-subj",
+        "/CN=kubewrit-dev-ca",
+        "-days",
+        "3650",
+        "-sha256",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+        "-out",
+        "ca.crt",
+        cwd=pki,
+    )
+    _sign(
+        pki,
+        "apiserver",
+        "/CN=kube-apiserver",
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost,"
+        "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.0.0.1\n",
+    )
+    client_ext = (
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=clientAuth\n"
+    )
     idents = {name: u for name, u in USERS.items()}
     idents["kube-controller-manager"] = {"cn": "system:kube-controller-manager", "groups": []}
     for name, u in idents.items():
@@ -419,20 +520,36 @@ def _b64file(p: Path) -> str:
 
 def write_kubeconfigs(sd: Path, server: str) -> None:
     pki = sd / "pki"
-    cluster = {"name": "kubewrit-dev", "cluster": {"server": server, "certificate-authority-data": _b64file(pki / "ca.crt")}}
+    cluster = {
+        "name": "kubewrit-dev",
+        "cluster": {"server": server, "certificate-authority-data": _b64file(pki / "ca.crt")},
+    }
 
     def user(name: str) -> dict:
-        return {"name": name, "user": {
-            "client-certificate-data": _b64file(pki / f"user-{name}.crt"),
-            "client-key-data": _b64file(pki / f"user-{name}.key")}}
+        return {
+            "name": name,
+            "user": {
+                "client-certificate-data": _b64file(pki / f"user-{name}.crt"),
+                "client-key-data": _b64file(pki / f"user-{name}.key"),
+            },
+        }
 
     def ctx(name: str) -> dict:
-        return {"name": name, "context": {"cluster": "kubewrit-dev", "user": name, "namespace": "default"}}
+        return {
+            "name": name,
+            "context": {"cluster": "kubewrit-dev", "user": name, "namespace": "default"},
+        }
 
     def cfg(names: list[str], current: str) -> dict:
-        return {"apiVersion": "v1", "kind": "Config", "clusters": [cluster],
-                "users": [user(n) for n in names], "contexts": [ctx(n) for n in names],
-                "current-context": current, "preferences": {}}
+        return {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [cluster],
+            "users": [user(n) for n in names],
+            "contexts": [ctx(n) for n in names],
+            "current-context": current,
+            "preferences": {},
+        }
 
     def write(path: Path, data: dict) -> None:
         tmp = path.with_suffix(path.suffix + ".tmp")
@@ -443,7 +560,10 @@ def write_kubeconfigs(sd: Path, server: str) -> None:
     write(sd / "kubeconfig", cfg(list(USERS), "admin"))
     for n in USERS:
         write(sd / f"kubeconfig.{n}", cfg([n], n))
-    write(sd / "kubeconfig.kube-controller-manager", cfg(["kube-controller-manager"], "kube-controller-manager"))
+    write(
+        sd / "kubeconfig.kube-controller-manager",
+        cfg(["kube-controller-manager"], "kube-controller-manager"),
+    )
 
 
 # --------------------------------------------------------------------------- processes
@@ -496,12 +616,17 @@ def _record_pid(sd: Path, name: str, pid: int) -> None:
 
 
 def _spawn(sd: Path, name: str, argv: list[str]) -> subprocess.Popen:
-    logf = open(sd / "logs" / f"{name}.log", "ab")
-    logf.write(f"\n==== {time.strftime('%H:%M:%S')} $ {' '.join(argv)}\n".encode())
-    logf.flush()
-    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                         start_new_session=True, cwd=sd)
-    logf.close()
+    with open(sd / "logs" / f"{name}.log", "ab") as logf:
+        logf.write(f"\n==== {time.strftime('%H:%M:%S')} $ {' '.join(argv)}\n".encode())
+        logf.flush()
+        p = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=sd,
+        )
     _record_pid(sd, name, p.pid)
     return p
 
@@ -562,7 +687,7 @@ def _https_get(url: str, pki: Path, timeout: float = 2.0, verify: bool = True) -
         ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
         ctx.load_cert_chain(str(pki / "user-admin.crt"), str(pki / "user-admin.key"))
     else:
-        ctx = ssl._create_unverified_context()  # noqa: S323 - loopback health probe
+        ctx = ssl._create_unverified_context()
     try:
         with urllib.request.urlopen(url, context=ctx, timeout=timeout) as r:
             return r.status, r.read().decode(errors="replace")
@@ -595,7 +720,9 @@ def _wait(sd: Path, name: str, proc: subprocess.Popen, check, timeout: float, wh
         except (OSError, ValueError, ssl.SSLError) as e:
             last = str(e)
         time.sleep(0.2)
-    raise CPError(f"{name} not {what} after {timeout:.0f}s (last probe: {last[:500]})\n{log_tail(sd, name)}")
+    raise CPError(
+        f"{name} not {what} after {timeout:.0f}s (last probe: {last[:500]})\n{log_tail(sd, name)}"
+    )
 
 
 # --------------------------------------------------------------------------- up / down
@@ -606,7 +733,9 @@ def is_running(sd: Path) -> bool:
     procs = st.get("processes", {})
     if not st.get("running"):
         return False
-    return all(n in procs and _pid_alive(procs[n]["pid"], procs[n].get("start")) for n in COMPONENTS)
+    return all(
+        n in procs and _pid_alive(procs[n]["pid"], procs[n].get("start")) for n in COMPONENTS
+    )
 
 
 def _ensure_state_dir(sd: Path) -> None:
@@ -634,11 +763,14 @@ def up(owner_pid: int | None = None, timeout: float = 120.0) -> dict:
             if st.get("owners") is not None:
                 if owner_pid:
                     # Another session shares it: it stops when the last owner is gone.
-                    st["owners"] = _live_owners(st) + [{"pid": owner_pid, "start": _proc_start_time(owner_pid)}]
+                    me = {"pid": owner_pid, "start": _proc_start_time(owner_pid)}
+                    st["owners"] = [*_live_owners(st), me]
                 else:
                     st["owners"] = None  # started by hand now: keep it running
                 save_state(sd, st)
-            log(f"already running at {st['server']} (state {sd}); `hack/control-plane down` to stop")
+            log(
+                f"already running at {st['server']} (state {sd}); `hack/control-plane down` to stop"
+            )
             return st
         stop_all(sd, quiet=True)  # leftovers of a crashed run
         bins = ensure_built(quiet=True)
@@ -662,8 +794,10 @@ def up(owner_pid: int | None = None, timeout: float = 120.0) -> dict:
         elapsed = time.monotonic() - t0
         st["elapsed_seconds"] = round(elapsed, 1)
         save_state(sd, st)
-        log(f"control plane up at {st['server']} in {elapsed:.1f}s "
-            f"(binaries {t_built - t0:.1f}s, start {time.monotonic() - t_built:.1f}s)")
+        log(
+            f"control plane up at {st['server']} in {elapsed:.1f}s "
+            f"(binaries {t_built - t0:.1f}s, start {time.monotonic() - t_built:.1f}s)"
+        )
         return st
 
 
@@ -673,30 +807,54 @@ def _start(sd: Path, bins: dict[str, Path], owner_pid: int | None, timeout: floa
     while len({etcd_port, peer_port, api_port, kcm_port}) < 4:
         etcd_port, peer_port, api_port, kcm_port = (free_port() for _ in range(4))
     server = f"https://127.0.0.1:{api_port}"
-    st = {"running": False, "server": server, "state_dir": str(sd),
-          "ports": {"etcd": etcd_port, "etcd-peer": peer_port, "kube-apiserver": api_port,
-                    "kube-controller-manager": kcm_port},
-          "bin": {k: str(v) for k, v in bins.items()}, "processes": {},
-          # None: started by hand, runs until `down`. A list: the processes
-          # (test sessions) using it; it stops when the last one is gone.
-          "owners": [{"pid": owner_pid, "start": _proc_start_time(owner_pid)}] if owner_pid else None,
-          "versions": read_versions(), "started_at": time.time()}
+    st = {
+        "running": False,
+        "server": server,
+        "state_dir": str(sd),
+        "ports": {
+            "etcd": etcd_port,
+            "etcd-peer": peer_port,
+            "kube-apiserver": api_port,
+            "kube-controller-manager": kcm_port,
+        },
+        "bin": {k: str(v) for k, v in bins.items()},
+        "processes": {},
+        # None: started by hand, runs until `down`. A list: the processes
+        # (test sessions) using it; it stops when the last one is gone.
+        "owners": [{"pid": owner_pid, "start": _proc_start_time(owner_pid)}] if owner_pid else None,
+        "versions": read_versions(),
+        "started_at": time.time(),
+    }
     save_state(sd, st)
     shutil.rmtree(sd / "etcd-data", ignore_errors=True)
     for f in (sd / "logs").glob("*.log"):
         f.unlink()
 
     if owner_pid:
-        _spawn(sd, "watchdog", [sys.executable, str(Path(__file__).resolve()), "_watchdog", str(sd)])
+        _spawn(
+            sd, "watchdog", [sys.executable, str(Path(__file__).resolve()), "_watchdog", str(sd)]
+        )
 
     etcd_url = f"http://127.0.0.1:{etcd_port}"
     peer_url = f"http://127.0.0.1:{peer_port}"
-    etcd = _spawn(sd, "etcd", [
-        str(bins["etcd"]), "--name=kubewrit", f"--data-dir={sd / 'etcd-data'}",
-        f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
-        f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
-        f"--initial-cluster=kubewrit={peer_url}", "--initial-cluster-state=new",
-        "--unsafe-no-fsync=true", "--log-level=warn", "--quota-backend-bytes=2147483648"])
+    etcd = _spawn(
+        sd,
+        "etcd",
+        [
+            str(bins["etcd"]),
+            "--name=kubewrit",
+            f"--data-dir={sd / 'etcd-data'}",
+            f"--listen-client-urls={etcd_url}",
+            f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls={peer_url}",
+            f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=kubewrit={peer_url}",
+            "--initial-cluster-state=new",
+            "--unsafe-no-fsync=true",
+            "--log-level=warn",
+            "--quota-backend-bytes=2147483648",
+        ],
+    )
 
     def etcd_ok():
         code, body = _http_get(etcd_url + "/health")
@@ -704,26 +862,34 @@ def _start(sd: Path, bins: dict[str, Path], owner_pid: int | None, timeout: floa
 
     _wait(sd, "etcd", etcd, etcd_ok, 30, "healthy")
 
-    api = _spawn(sd, "kube-apiserver", [
-        str(bins["kube-apiserver"]),
-        f"--etcd-servers={etcd_url}",
-        "--bind-address=127.0.0.1", f"--secure-port={api_port}", "--advertise-address=127.0.0.1",
-        "--endpoint-reconciler-type=none",
-        f"--cert-dir={sd / 'apiserver-certs'}",
-        f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
-        f"--client-ca-file={pki / 'ca.crt'}",
-        "--authorization-mode=Node,RBAC",
-        "--anonymous-auth=true",
-        "--enable-admission-plugins=NamespaceLifecycle,LimitRanger,ServiceAccount,DefaultStorageClass,"
-        "DefaultTolerationSeconds,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,"
-        "ValidatingAdmissionPolicy,ResourceQuota,NodeRestriction",
-        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-        f"--service-account-key-file={pki / 'sa.pub'}",
-        f"--service-account-signing-key-file={pki / 'sa.key'}",
-        "--service-cluster-ip-range=10.0.0.0/24",
-        "--allow-privileged=true",
-        "--profiling=false",
-        "--v=1"])
+    api = _spawn(
+        sd,
+        "kube-apiserver",
+        [
+            str(bins["kube-apiserver"]),
+            f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={api_port}",
+            "--advertise-address=127.0.0.1",
+            "--endpoint-reconciler-type=none",
+            f"--cert-dir={sd / 'apiserver-certs'}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            "--authorization-mode=Node,RBAC",
+            "--anonymous-auth=true",
+            "--enable-admission-plugins=NamespaceLifecycle,LimitRanger,ServiceAccount,DefaultStorageClass,"
+            "DefaultTolerationSeconds,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,"
+            "ValidatingAdmissionPolicy,ResourceQuota,NodeRestriction",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            "--allow-privileged=true",
+            "--profiling=false",
+            "--v=1",
+        ],
+    )
 
     def api_ok():
         code, body = _https_get(server + "/readyz", pki)
@@ -732,21 +898,28 @@ def _start(sd: Path, bins: dict[str, Path], owner_pid: int | None, timeout: floa
     _wait(sd, "kube-apiserver", api, api_ok, timeout, "ready")
     write_kubeconfigs(sd, server)
 
-    kcm = _spawn(sd, "kube-controller-manager", [
-        str(bins["kube-controller-manager"]),
-        f"--kubeconfig={sd / 'kubeconfig.kube-controller-manager'}",
-        f"--authentication-kubeconfig={sd / 'kubeconfig.kube-controller-manager'}",
-        f"--authorization-kubeconfig={sd / 'kubeconfig.kube-controller-manager'}",
-        "--bind-address=127.0.0.1", f"--secure-port={kcm_port}",
-        f"--cert-dir={sd / 'kcm-certs'}",
-        "--leader-elect=false",
-        "--use-service-account-credentials=true",
-        f"--service-account-private-key-file={pki / 'sa.key'}",
-        f"--root-ca-file={pki / 'ca.crt'}",
-        f"--cluster-signing-cert-file={pki / 'ca.crt'}", f"--cluster-signing-key-file={pki / 'ca.key'}",
-        "--controllers=*",
-        "--profiling=false",
-        "--v=1"])
+    kcm = _spawn(
+        sd,
+        "kube-controller-manager",
+        [
+            str(bins["kube-controller-manager"]),
+            f"--kubeconfig={sd / 'kubeconfig.kube-controller-manager'}",
+            f"--authentication-kubeconfig={sd / 'kubeconfig.kube-controller-manager'}",
+            f"--authorization-kubeconfig={sd / 'kubeconfig.kube-controller-manager'}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={kcm_port}",
+            f"--cert-dir={sd / 'kcm-certs'}",
+            "--leader-elect=false",
+            "--use-service-account-credentials=true",
+            f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--root-ca-file={pki / 'ca.crt'}",
+            f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+            f"--cluster-signing-key-file={pki / 'ca.key'}",
+            "--controllers=*",
+            "--profiling=false",
+            "--v=1",
+        ],
+    )
 
     def kcm_ok():
         code, body = _https_get(f"https://127.0.0.1:{kcm_port}/healthz", pki, verify=False)
@@ -780,7 +953,8 @@ def release(sd: Path, owner_pid: int) -> None:
         st["owners"] = [o for o in _live_owners(st) if o["pid"] != owner_pid]
         if st["owners"]:
             save_state(sd, st)
-            log(f"still used by pid(s) {', '.join(str(o['pid']) for o in st['owners'])}; left running")
+            pids = ", ".join(str(o["pid"]) for o in st["owners"])
+            log(f"still used by pid(s) {pids}; left running")
         else:
             stop_all(sd)
 
@@ -792,14 +966,20 @@ def watchdog(sd: Path) -> None:
     while True:
         time.sleep(1)
         st = load_state(sd)
-        if st.get("processes", {}).get("watchdog", {}).get("pid") != os.getpid() or st.get("owners") is None:
+        if (
+            st.get("processes", {}).get("watchdog", {}).get("pid") != os.getpid()
+            or st.get("owners") is None
+        ):
             return  # superseded, stopped, or taken over by hand
         if _live_owners(st):
             continue
         with _state_lock(sd):
             st = load_state(sd)
-            if st.get("processes", {}).get("watchdog", {}).get("pid") == os.getpid() \
-                    and st.get("owners") is not None and not _live_owners(st):
+            if (
+                st.get("processes", {}).get("watchdog", {}).get("pid") == os.getpid()
+                and st.get("owners") is not None
+                and not _live_owners(st)
+            ):
                 stop_all(sd)
                 return
 
@@ -809,8 +989,9 @@ def watchdog(sd: Path) -> None:
 
 def env_lines(sd: Path) -> list[str]:
     st = load_state(sd)
-    bins = sorted({str(Path(p).parent) for p in st.get("bin", {}).values()}) or \
-        sorted({str(p) for p in binary_dirs().values()})
+    bins = sorted({str(Path(p).parent) for p in st.get("bin", {}).values()}) or sorted(
+        {str(p) for p in binary_dirs().values()}
+    )
     return [
         f"export KUBECONFIG={sd / 'kubeconfig'}",
         f"export KUBEWRIT_CONTROL_PLANE_DIR={sd}",
@@ -832,27 +1013,41 @@ def status(sd: Path) -> int:
     for name, info in st.get("processes", {}).items():
         alive = _pid_alive(info["pid"], info.get("start"))
         port = st.get("ports", {}).get(name, "")
-        print(f"  {name:24s} pid {info['pid']:<8} {'up' if alive else 'DEAD'}"
-              f"{f'  port {port}' if port else ''}")
+        print(
+            f"  {name:24s} pid {info['pid']:<8} {'up' if alive else 'DEAD'}"
+            f"{f'  port {port}' if port else ''}"
+        )
     v = st.get("versions", {})
     if v:
-        print(f"  versions: kubernetes {v.get('KUBERNETES_VERSION')}, etcd {v.get('ETCD_VERSION')}, "
-              f"helm {v.get('HELM_VERSION')}")
+        print(
+            f"  versions: kubernetes {v.get('KUBERNETES_VERSION')}, etcd {v.get('ETCD_VERSION')}, "
+            f"helm {v.get('HELM_VERSION')}"
+        )
     return 0 if running else 1
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="hack/control-plane", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="hack/control-plane",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("build", help="build or locate cached binaries; print their paths")
     p_up = sub.add_parser("up", help="start the control plane")
-    p_up.add_argument("--owner-pid", type=int,
-                      help="a test session using it: it stops when every such owner has exited "
-                           "or called `release` (a running one is shared); without it, it runs until `down`")
-    p_up.add_argument("--timeout", type=float, default=120.0, help="apiserver readiness timeout (s)")
+    p_up.add_argument(
+        "--owner-pid",
+        type=int,
+        help="a test session using it: it stops when every such owner has exited "
+        "or called `release` (a running one is shared); without it, it runs until `down`",
+    )
+    p_up.add_argument(
+        "--timeout", type=float, default=120.0, help="apiserver readiness timeout (s)"
+    )
     sub.add_parser("down", help="stop it")
-    p_rel = sub.add_parser("release", help="drop an owner (see up --owner-pid); stop when none is left")
+    p_rel = sub.add_parser(
+        "release", help="drop an owner (see up --owner-pid); stop when none is left"
+    )
     p_rel.add_argument("--owner-pid", type=int, required=True)
     sub.add_parser("env", help="print shell exports")
     sub.add_parser("status", help="print what runs")
@@ -875,7 +1070,7 @@ def main(argv: list[str]) -> int:
             st = up(owner_pid=a.owner_pid, timeout=a.timeout)
             print(f"server:     {st['server']}")
             print(f"kubeconfig: {sd / 'kubeconfig'}  (contexts: {', '.join(USERS)})")
-            print("use it:     eval \"$(hack/control-plane env)\"; kubectl get ns")
+            print('use it:     eval "$(hack/control-plane env)"; kubectl get ns')
         elif a.cmd == "down":
             with _state_lock(sd):
                 stop_all(sd)

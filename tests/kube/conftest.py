@@ -47,6 +47,7 @@ until a test binds a (Cluster)Role to the user or group.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import ipaddress
 import json
@@ -59,10 +60,11 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -94,7 +96,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 # first kube test's setup; don't let a per-test timeout kill it.
                 try:
                     cached = all(p.is_file() for p in _cp.binary_paths().values())
-                except Exception:  # noqa: BLE001 - reported by the fixture
+                except Exception:
                     cached = True
                 if not cached and item.get_closest_marker("timeout") is None:
                     item.add_marker(pytest.mark.timeout(5400))
@@ -149,36 +151,64 @@ class ControlPlane:
         bins = sorted({str(p.parent) for p in self.bin.values()})
         env["PATH"] = os.pathsep.join([*bins, env.get("PATH", "")])
         # helm keeps caches/config under HOME by default; keep them per state dir.
-        for var, sub in (("HELM_CACHE_HOME", "helm/cache"), ("HELM_CONFIG_HOME", "helm/config"),
-                         ("HELM_DATA_HOME", "helm/data")):
+        for var, sub in (
+            ("HELM_CACHE_HOME", "helm/cache"),
+            ("HELM_CONFIG_HOME", "helm/config"),
+            ("HELM_DATA_HOME", "helm/data"),
+        ):
             env.setdefault(var, str(self.state_dir / sub))
         return env
 
-    def kubectl(self, *args: str, user: str = "admin", input: str | None = None,
-                check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self,
+        *args: str,
+        user: str = "admin",
+        input: str | None = None,
+        check: bool = True,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess[str]:
         """Run the pinned kubectl as ``user``; text output.
 
         With ``check=True`` a non-zero exit raises ``AssertionError`` showing
         the command, stdout and stderr; with ``check=False`` inspect
         ``.returncode`` / ``.stderr`` yourself (e.g. to assert a denial).
         """
-        return self._run([str(self.kubectl_path), f"--kubeconfig={self.kubeconfig_for(user)}", *args],
-                         user, input, check, timeout)
+        return self._run(
+            [str(self.kubectl_path), f"--kubeconfig={self.kubeconfig_for(user)}", *args],
+            user,
+            input,
+            check,
+            timeout,
+        )
 
-    def helm(self, *args: str, user: str = "admin", input: str | None = None,
-             check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def helm(
+        self,
+        *args: str,
+        user: str = "admin",
+        input: str | None = None,
+        check: bool = True,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]:
         """Run the pinned helm as ``user`` (same contract as :meth:`kubectl`)."""
-        return self._run([str(self.helm_path), f"--kubeconfig={self.kubeconfig_for(user)}", *args],
-                         user, input, check, timeout)
+        return self._run(
+            [str(self.helm_path), f"--kubeconfig={self.kubeconfig_for(user)}", *args],
+            user,
+            input,
+            check,
+            timeout,
+        )
 
-    def _run(self, cmd: list[str], user: str, input: str | None, check: bool,
-             timeout: float) -> subprocess.CompletedProcess[str]:
-        r = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout,
-                           env=self.env(user))
+    def _run(
+        self, cmd: list[str], user: str, input: str | None, check: bool, timeout: float
+    ) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run(
+            cmd, input=input, capture_output=True, text=True, timeout=timeout, env=self.env(user)
+        )
         if check and r.returncode != 0:
             raise AssertionError(
                 f"command failed (exit {r.returncode}): {' '.join(cmd)}\n"
-                f"--- stdout ---\n{r.stdout}\n--- stderr ---\n{r.stderr}")
+                f"--- stdout ---\n{r.stdout}\n--- stderr ---\n{r.stderr}"
+            )
         return r
 
     def api_client_for(self, user: str = "admin") -> Any:
@@ -187,7 +217,8 @@ class ControlPlane:
             from kubernetes import config as kconfig
 
             self._clients[user] = kconfig.new_client_from_config(
-                config_file=str(self.kubeconfig_for(user)))
+                config_file=str(self.kubeconfig_for(user))
+            )
         return self._clients[user]
 
     @property
@@ -201,10 +232,8 @@ class ControlPlane:
 
     def close(self) -> None:
         for c in self._clients.values():
-            try:
+            with contextlib.suppress(Exception):
                 c.close()
-            except Exception:  # noqa: BLE001
-                pass
         self._clients.clear()
 
 
@@ -242,7 +271,8 @@ def control_plane(request: pytest.FixtureRequest) -> Any:
         pytest.fail(
             f"hack/control-plane up failed (exit {rc}) after {time.monotonic() - t0:.0f}s; "
             f"Kubernetes tests cannot run. Logs: {sd}/logs/\n{tail}",
-            pytrace=False)
+            pytrace=False,
+        )
     st = _cp.load_state(sd)
     cp = ControlPlane(
         server=st["server"],
@@ -255,9 +285,18 @@ def control_plane(request: pytest.FixtureRequest) -> Any:
     yield cp
     cp.close()
     if not keep:
-        subprocess.run([sys.executable, str(HACK / "control_plane.py"), "release",
-                        "--owner-pid", str(os.getpid())],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+        subprocess.run(
+            [
+                sys.executable,
+                str(HACK / "control_plane.py"),
+                "release",
+                "--owner-pid",
+                str(os.getpid()),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=120,
+        )
 
 
 class _nullctx:
@@ -274,7 +313,9 @@ def kube_namespace(control_plane: ControlPlane) -> Any:
     name = f"kt-{uuid.uuid4().hex[:10]}"
     control_plane.kubectl("create", "namespace", name)
     yield name
-    control_plane.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+    control_plane.kubectl(
+        "delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False
+    )
 
 
 # --------------------------------------------------------------------------- TLS + webhook server
@@ -301,19 +342,34 @@ def make_tls(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubewrit-test-webhook-ca")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(minutes=5))
-          .not_valid_after(now + datetime.timedelta(days=2))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                       content_commitment=False, key_encipherment=False,
-                                       data_encipherment=False, key_agreement=False,
-                                       encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     key = ec.generate_private_key(ec.SECP256R1())
     sans: list[x509.GeneralName] = []
     for h in hosts:
@@ -321,28 +377,37 @@ def make_tls(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"
             sans.append(x509.IPAddress(ipaddress.ip_address(h)))
         except ValueError:
             sans.append(x509.DNSName(h))
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-            .issuer_name(ca_name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     directory.mkdir(parents=True, exist_ok=True)
     cert_file, key_file = directory / "tls.crt", directory / "tls.key"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return TLSMaterial(ca.public_bytes(serialization.Encoding.PEM), cert_file, key_file)
 
 
 class WebhookServer:
     """HTTPS server on 127.0.0.1:<free port> answering AdmissionReview (or raw JSON)."""
 
-    def __init__(self, handler: Callable[[dict], dict], tls: TLSMaterial, raw: bool = False) -> None:
+    def __init__(
+        self, handler: Callable[[dict], dict], tls: TLSMaterial, raw: bool = False
+    ) -> None:
         self.handler = handler
         self.tls = tls
         self.raw = raw
@@ -351,7 +416,7 @@ class WebhookServer:
         outer = self
 
         class H(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 try:
                     body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                     if outer.raw:
@@ -362,15 +427,18 @@ class WebhookServer:
                         outer.calls.append(req)
                         resp = dict(outer.handler(req))
                         resp["uid"] = req["uid"]
-                        out = {"apiVersion": body.get("apiVersion", "admission.k8s.io/v1"),
-                               "kind": "AdmissionReview", "response": resp}
+                        out = {
+                            "apiVersion": body.get("apiVersion", "admission.k8s.io/v1"),
+                            "kind": "AdmissionReview",
+                            "response": resp,
+                        }
                     data = json.dumps(out).encode()
                     self.send_response(200)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)
-                except Exception as e:  # noqa: BLE001 - surfaced via .errors
+                except Exception as e:
                     outer.errors.append(repr(e))
                     self.send_error(500, repr(e))
 

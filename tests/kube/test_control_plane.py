@@ -78,18 +78,33 @@ spec:
 
 
 def _widget(name: str, **spec) -> str:
-    return json.dumps({"apiVersion": "cptest.kubewrit.dev/v1", "kind": "Widget",
-                       "metadata": {"name": name}, "spec": spec})
+    return json.dumps(
+        {
+            "apiVersion": "cptest.kubewrit.dev/v1",
+            "kind": "Widget",
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+    )
 
 
 def test_crd_schema_and_cel_validation(control_plane, kube_namespace):
     cp, ns = control_plane, kube_namespace
     cp.kubectl("apply", "-f", "-", input=CRD)
-    cp.kubectl("wait", "--for=condition=Established", "crd/widgets.cptest.kubewrit.dev", "--timeout=30s")
+    cp.kubectl(
+        "wait", "--for=condition=Established", "crd/widgets.cptest.kubewrit.dev", "--timeout=30s"
+    )
 
     # A valid object is served back (retry: discovery of a new CRD may lag a moment).
-    _wait_until(lambda: cp.kubectl("apply", "-n", ns, "-f", "-", input=_widget("ok", size=3, minSize=2),
-                                   check=False).returncode == 0, what="valid Widget accepted")
+    _wait_until(
+        lambda: (
+            cp.kubectl(
+                "apply", "-n", ns, "-f", "-", input=_widget("ok", size=3, minSize=2), check=False
+            ).returncode
+            == 0
+        ),
+        what="valid Widget accepted",
+    )
     got = json.loads(cp.kubectl("get", "widget", "ok", "-n", ns, "-o", "json").stdout)
     assert got["spec"] == {"size": 3, "minSize": 2}
 
@@ -103,11 +118,15 @@ def test_crd_schema_and_cel_validation(control_plane, kube_namespace):
     assert r.returncode != 0 and "spec.size: Required value" in r.stderr, r.stderr
 
     # CEL rule (x-kubernetes-validations)
-    r = cp.kubectl("apply", "-n", ns, "-f", "-", input=_widget("cel", size=2, minSize=5), check=False)
+    r = cp.kubectl(
+        "apply", "-n", ns, "-f", "-", input=_widget("cel", size=2, minSize=5), check=False
+    )
     assert r.returncode != 0
     assert "minSize must not exceed size" in r.stderr, r.stderr
 
-    assert cp.kubectl("get", "widgets", "-n", ns, "-o", "name").stdout.split() == ["widget.cptest.kubewrit.dev/ok"]
+    assert cp.kubectl("get", "widgets", "-n", ns, "-o", "name").stdout.split() == [
+        "widget.cptest.kubewrit.dev/ok"
+    ]
 
 
 def test_validating_webhook_called_over_tls(control_plane, kube_namespace, webhook_server):
@@ -116,8 +135,13 @@ def test_validating_webhook_called_over_tls(control_plane, kube_namespace, webho
     def handler(req: dict) -> dict:
         obj = req.get("object") or {}
         if (obj.get("data") or {}).get("verdict") == "deny":
-            return {"allowed": False,
-                    "status": {"code": 403, "message": f"kubewrit-test-webhook says no to {obj['metadata']['name']}"}}
+            return {
+                "allowed": False,
+                "status": {
+                    "code": 403,
+                    "message": f"kubewrit-test-webhook says no to {obj['metadata']['name']}",
+                },
+            }
         return {"allowed": True}
 
     srv = webhook_server(handler)
@@ -127,24 +151,38 @@ def test_validating_webhook_called_over_tls(control_plane, kube_namespace, webho
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
         "metadata": {"name": name},
-        "webhooks": [{
-            "name": "deny.cptest.kubewrit.dev",
-            "clientConfig": {"url": srv.url("/validate"), "caBundle": srv.ca_bundle},
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
-                       "resources": ["configmaps"]}],
-            "namespaceSelector": {"matchLabels": {"kubewrit-webhook-test": ns}},
-            "failurePolicy": "Fail",
-            "sideEffects": "None",
-            "admissionReviewVersions": ["v1"],
-            "timeoutSeconds": 5,
-        }],
+        "webhooks": [
+            {
+                "name": "deny.cptest.kubewrit.dev",
+                "clientConfig": {"url": srv.url("/validate"), "caBundle": srv.ca_bundle},
+                "rules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE"],
+                        "resources": ["configmaps"],
+                    }
+                ],
+                "namespaceSelector": {"matchLabels": {"kubewrit-webhook-test": ns}},
+                "failurePolicy": "Fail",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 5,
+            }
+        ],
     }
     cp.kubectl("apply", "-f", "-", input=json.dumps(cfg))
     try:
+
         def denied() -> str | None:
-            cm = json.dumps({"apiVersion": "v1", "kind": "ConfigMap",
-                             "metadata": {"name": f"no-{uuid.uuid4().hex[:6]}", "namespace": ns},
-                             "data": {"verdict": "deny"}})
+            cm = json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {"name": f"no-{uuid.uuid4().hex[:6]}", "namespace": ns},
+                    "data": {"verdict": "deny"},
+                }
+            )
             r = cp.kubectl("create", "-f", "-", input=cm, check=False)
             return r.stderr if r.returncode != 0 else None
 
@@ -154,8 +192,10 @@ def test_validating_webhook_called_over_tls(control_plane, kube_namespace, webho
         assert 'admission webhook "deny.cptest.kubewrit.dev" denied the request' in err, err
 
         cp.kubectl("create", "configmap", "allowed", "-n", ns, "--from-literal=verdict=allow")
-        assert any(c["operation"] == "CREATE" and c["name"] == "allowed" and c["namespace"] == ns
-                   for c in srv.calls), srv.calls
+        assert any(
+            c["operation"] == "CREATE" and c["name"] == "allowed" and c["namespace"] == ns
+            for c in srv.calls
+        ), srv.calls
         assert srv.calls[-1]["userInfo"]["username"] == "kubewrit-admin"
         assert "system:masters" in srv.calls[-1]["userInfo"]["groups"]
         assert not srv.errors, srv.errors
@@ -171,21 +211,39 @@ def test_rbac_is_enforced_for_users_and_groups(control_plane, kube_namespace):
     r = cp.kubectl("get", "configmaps", "-n", ns, user="bob", check=False)
     assert r.returncode != 0
     assert 'User "bob" cannot list resource "configmaps"' in r.stderr, r.stderr
-    assert cp.kubectl("auth", "can-i", "list", "configmaps", "-n", ns, user="alice",
-                      check=False).stdout.strip() == "no"
+    assert (
+        cp.kubectl(
+            "auth", "can-i", "list", "configmaps", "-n", ns, user="alice", check=False
+        ).stdout.strip()
+        == "no"
+    )
 
     # Grant the approvers *group*: alice gains access, bob still doesn't.
     cp.kubectl("create", "role", "cm-reader", "-n", ns, "--verb=get,list", "--resource=configmaps")
-    cp.kubectl("create", "rolebinding", "approvers-read", "-n", ns, "--role=cm-reader",
-               "--group=kubewrit-approvers")
-    _wait_until(lambda: cp.kubectl("get", "configmap", "c1", "-n", ns, user="alice",
-                                   check=False).returncode == 0, what="alice allowed")
+    cp.kubectl(
+        "create",
+        "rolebinding",
+        "approvers-read",
+        "-n",
+        ns,
+        "--role=cm-reader",
+        "--group=kubewrit-approvers",
+    )
+    _wait_until(
+        lambda: (
+            cp.kubectl("get", "configmap", "c1", "-n", ns, user="alice", check=False).returncode
+            == 0
+        ),
+        what="alice allowed",
+    )
     assert cp.kubectl("get", "configmap", "c1", "-n", ns, user="bob", check=False).returncode != 0
     who = cp.kubectl("auth", "whoami", "-o", "json", user="alice").stdout
     info = json.loads(who)["status"]["userInfo"]
     assert info["username"] == "alice" and "kubewrit-approvers" in info["groups"]
     # admin may delete what bob may not
-    assert cp.kubectl("delete", "configmap", "c1", "-n", ns, user="bob", check=False).returncode != 0
+    assert (
+        cp.kubectl("delete", "configmap", "c1", "-n", ns, user="bob", check=False).returncode != 0
+    )
     cp.kubectl("delete", "configmap", "c1", "-n", ns)
 
 
@@ -198,12 +256,16 @@ def test_serviceaccount_token_and_tokenreview(control_plane, kube_namespace):
     assert token.count(".") == 2
 
     auth = client.AuthenticationV1Api(cp.api_client)
-    review = auth.create_token_review(client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token)))
+    review = auth.create_token_review(
+        client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token))
+    )
     assert review.status.authenticated is True
     assert review.status.user.username == f"system:serviceaccount:{ns}:agent"
     assert f"system:serviceaccounts:{ns}" in review.status.user.groups
 
-    bad = auth.create_token_review(client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token[:-4] + "AAAA")))
+    bad = auth.create_token_review(
+        client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token[:-4] + "AAAA"))
+    )
     assert not bad.status.authenticated
 
     # The token also works as a bearer credential against the API server.
@@ -226,14 +288,24 @@ def test_garbage_collection_of_owned_objects(control_plane, kube_namespace):
     cp, ns = control_plane, kube_namespace
     cp.kubectl("create", "configmap", "owner", "-n", ns)
     uid = cp.kubectl("get", "configmap", "owner", "-n", ns, "-o", "jsonpath={.metadata.uid}").stdout
-    dependent = {"apiVersion": "v1", "kind": "ConfigMap",
-                 "metadata": {"name": "dependent", "namespace": ns,
-                              "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap",
-                                                   "name": "owner", "uid": uid}]}}
+    dependent = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "dependent",
+            "namespace": ns,
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}
+            ],
+        },
+    }
     cp.kubectl("create", "-f", "-", input=json.dumps(dependent))
     cp.kubectl("delete", "configmap", "owner", "-n", ns)
-    _wait_until(lambda: cp.kubectl("get", "configmap", "dependent", "-n", ns, check=False).returncode != 0,
-                timeout=45, what="garbage collector to delete the dependent")
+    _wait_until(
+        lambda: cp.kubectl("get", "configmap", "dependent", "-n", ns, check=False).returncode != 0,
+        timeout=45,
+        what="garbage collector to delete the dependent",
+    )
     r = cp.kubectl("get", "configmap", "dependent", "-n", ns, check=False)
     assert "NotFound" in r.stderr, r.stderr
 
@@ -252,24 +324,54 @@ def test_validating_admission_policy(control_plane, kube_namespace):
     cp, ns = control_plane, kube_namespace
     name = f"cptest-{uuid.uuid4().hex[:8]}"
     cp.kubectl("label", "namespace", ns, f"kubewrit-vap-test={ns}")
-    policy = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
-              "metadata": {"name": name},
-              "spec": {"failurePolicy": "Fail",
-                       "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
-                                                               "operations": ["CREATE"],
-                                                               "resources": ["configmaps"]}]},
-                       "validations": [{"expression": "!has(object.data) || !('secret' in object.data)",
-                                        "message": "no secrets in configmaps"}]}}
-    binding = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
-               "metadata": {"name": name},
-               "spec": {"policyName": name, "validationActions": ["Deny"],
-                        "matchResources": {"namespaceSelector": {"matchLabels": {"kubewrit-vap-test": ns}}}}}
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE"],
+                        "resources": ["configmaps"],
+                    }
+                ]
+            },
+            "validations": [
+                {
+                    "expression": "!has(object.data) || !('secret' in object.data)",
+                    "message": "no secrets in configmaps",
+                }
+            ],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {
+            "policyName": name,
+            "validationActions": ["Deny"],
+            "matchResources": {"namespaceSelector": {"matchLabels": {"kubewrit-vap-test": ns}}},
+        },
+    }
     cp.kubectl("apply", "-f", "-", input=json.dumps(policy))
     cp.kubectl("apply", "-f", "-", input=json.dumps(binding))
     try:
+
         def denied() -> str | None:
-            r = cp.kubectl("create", "configmap", f"s-{uuid.uuid4().hex[:6]}", "-n", ns,
-                           "--from-literal=secret=x", check=False)
+            r = cp.kubectl(
+                "create",
+                "configmap",
+                f"s-{uuid.uuid4().hex[:6]}",
+                "-n",
+                ns,
+                "--from-literal=secret=x",
+                check=False,
+            )
             return r.stderr if r.returncode != 0 else None
 
         err = _wait_until(denied, timeout=30, what="policy denial")
@@ -289,9 +391,23 @@ def test_helm_installs_a_chart(control_plane, kube_namespace, tmp_path: Path):
     (chart / "values.yaml").write_text("greeting: hello\n")
     (chart / "templates" / "cm.yaml").write_text(
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-cm\n"
-        "data:\n  greeting: {{ .Values.greeting | quote }}\n")
-    cp.helm("install", "demo", str(chart), "-n", ns, "--set", "greeting=hi", "--wait", "--timeout", "60s")
-    got = cp.kubectl("get", "configmap", "demo-cm", "-n", ns, "-o", "jsonpath={.data.greeting}").stdout
+        "data:\n  greeting: {{ .Values.greeting | quote }}\n"
+    )
+    cp.helm(
+        "install",
+        "demo",
+        str(chart),
+        "-n",
+        ns,
+        "--set",
+        "greeting=hi",
+        "--wait",
+        "--timeout",
+        "60s",
+    )
+    got = cp.kubectl(
+        "get", "configmap", "demo-cm", "-n", ns, "-o", "jsonpath={.data.greeting}"
+    ).stdout
     assert got == "hi"
     assert "demo" in cp.helm("list", "-n", ns, "-q").stdout.split()
     cp.helm("uninstall", "demo", "-n", ns, "--wait")
