@@ -391,10 +391,12 @@ def gen_modules() -> None:
     staging = []
     for line in kmod.splitlines():
         parts = line.split()
-        if len(parts) == 4 and parts[1] == "=>" and parts[2].startswith("./staging/"):
+        if len(parts) == 3 and parts[1] == "=>" and parts[2].startswith("./staging/"):
             staging.append(parts[0])
     required = {ln.split()[0] for ln in kmod.splitlines() if ln.strip().endswith(" v0.0.0")}
     staging = [m for m in staging if m in required]
+    if not staging:
+        raise CPError(f"found no staging replace directives in k8s.io/kubernetes@{kv}'s go.mod")
     mods = {
         "kubernetes": f"require k8s.io/kubernetes {kv}\n\nreplace (\n"
         + "".join(f"\t{m} => {m} {sv}\n" for m in staging)
