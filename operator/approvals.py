@@ -55,8 +55,10 @@ def stamp_for(userinfo: Mapping[str, Any]) -> dict[str, str]:
 @kopf.on.mutate(kube.GROUP, kube.VERSION, kube.APPROVALS, id="stamp-approver",
                 operations=["UPDATE"], persistent=True)
 def stamp_approver(old: kopf.Body | None, body: kopf.Body, userinfo: Mapping[str, Any],
-                   patch: kopf.Patch, **_: Any) -> None:
+                   patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     """When a decision is newly annotated, stamp who made it, from the API server's userInfo."""
+    if not memo.config.governs(body.get("metadata", {}).get("namespace")):
+        return
     before, after = kube.annotations(old), kube.annotations(body)
     if not newly_decided(before, after):
         return
@@ -171,8 +173,10 @@ def refusal(old: Mapping[str, Any] | None, body: Mapping[str, Any],
 @kopf.on.validate(kube.GROUP, kube.VERSION, kube.APPROVALS, id="validate-decision",
                   operations=["CREATE", "UPDATE"], persistent=True)
 def validate_decision(old: kopf.Body | None, body: kopf.Body, userinfo: Mapping[str, Any],
-                      operation: str | None, **_: Any) -> None:
+                      operation: str | None, memo: kopf.Memo, **_: Any) -> None:
     """Refuse unsafe decisions with a message the kubectl user can act on."""
+    if not memo.config.governs(body.get("metadata", {}).get("namespace")):
+        return
     why = refusal(old, body, userinfo, operation)
     if why:
         log.info("refused: %s (user %s)", why, userinfo.get("username"))

@@ -93,3 +93,7 @@ class Config:
     @property
     def clusterwide(self) -> bool:
         return not self.namespaces
+
+    def governs(self, namespace: str | None) -> bool:
+        """A namespaced operator admits everything outside its namespaces (it is not theirs)."""
+        return self.clusterwide or namespace in self.namespaces

@@ -14,6 +14,14 @@ from kubewrit.operator.retention import Retention
 log = logging.getLogger(__name__)
 
 
+@kopf.on.login()
+def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    """--kubeconfig wins (read now, not when the client library was imported); else in-cluster."""
+    if memo.config.kubeconfig is not None:
+        return kopf.login_with_kubeconfig(**kwargs)
+    return kopf.login_via_client(**kwargs)
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Wire kopf to the configuration and start leader election for the singleton work."""

@@ -57,8 +57,10 @@ def compile_manifest(body: Mapping[str, Any]) -> Policy:
 
 @kopf.on.validate(kube.GROUP, kube.VERSION, kube.POLICIES, id="validate-policy",
                   operations=["CREATE", "UPDATE"], persistent=True)
-def validate_policy(body: kopf.Body, **_: Any) -> None:
+def validate_policy(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Refuse an invalid policy with the compiler's message: which rule, what is wrong."""
+    if not memo.config.governs(body.get("metadata", {}).get("namespace")):
+        return
     try:
         compile_manifest(body)
     except PolicyError as exc:
