@@ -1,11 +1,14 @@
-"""A real kubewrit server in a background thread, for tests, examples and benchmarks.
+"""A real kubewrit server on a free loopback port, for tests, examples and benchmarks.
 
-    with local_server("examples/policies") as server:
+    with local_server("examples/policies") as server:          # in a thread
         governor = server.governor("support-agent")
+    with served_process("examples/policies") as server:        # `kubewrit serve`
+        ...
 
-It is the standalone server (policies from files, SQLite records, bootstrap
-tokens) on a free loopback port, so code tested against it talks to exactly
-what `kubewrit serve` runs.
+Both are the standalone server (policies from files, SQLite records, bootstrap
+tokens), so code tested against them talks to exactly what `kubewrit serve`
+runs. Measure latency against the process: a server thread shares the GIL with
+the code being measured.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -76,18 +81,55 @@ def local_server(policies: str | Path, data_dir: str | Path | None = None,
         thread = threading.Thread(target=server.run, name="kubewrit-local", daemon=True)
         thread.start()
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline or not thread.is_alive():
-                server.should_exit = True
-                raise RuntimeError("the local kubewrit server did not start")
-            time.sleep(0.05)
+        try:
+            _wait_healthy(url, thread.is_alive, "the local kubewrit server")
+        except RuntimeError:
+            server.should_exit = True
+            raise
         try:
             yield LocalServer(url, {n: c["token"] for n, c in credentials.items()}, public_key,
                               root)
         finally:
             server.should_exit = True
             thread.join(timeout=10)
+
+
+def _wait_healthy(url: str, alive: Any, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        if time.monotonic() > deadline or not alive():
+            raise RuntimeError(f"{what} did not start")
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def served_process(policies: str | Path, *extra: str) -> Iterator[LocalServer]:
+    """`kubewrit serve` as a child process on a free port, until the block exits."""
+    from kubewrit.webhook import keys
+
+    with tempfile.TemporaryDirectory(prefix="kubewrit-") as scratch:
+        policy_dir, data_dir = Path(scratch) / "policies", Path(scratch) / "data"
+        shutil.copytree(Path(policies), policy_dir)
+        port = free_port()
+        command = [sys.executable, "-c", "from kubewrit.webhook.cli import main; main()",
+                   "serve", "--policies", str(policy_dir), "--data-dir", str(data_dir),
+                   "--port", str(port), "--log-level", "warning", *extra]
+        log = (Path(scratch) / "serve.log").open("wb")
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_healthy(url, lambda: process.poll() is None, "kubewrit serve")
+            credentials = yaml.safe_load((data_dir / "credentials.yaml").read_text())
+            public_key = keys.load_or_create(data_dir / "signing-key.pem").verifier.pem()
+            yield LocalServer(url, {n: c["token"] for n, c in credentials["credentials"].items()},
+                              public_key, data_dir)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            log.close()

@@ -1,0 +1,233 @@
+#!/usr/bin/env python
+"""What governance costs per framework, beyond the decision round trip itself.
+
+For each framework three things are timed, interleaved so drift hits them alike:
+
+  direct    a decide call on the decision API (the client, no framework);
+  plain     the framework invoking an ungoverned tool;
+  governed  the framework invoking the same tool governed by kubewrit.
+
+`overhead_pct` is (governed - plain - direct) / direct at p50: what the SDK and
+adapter add (writ verification, hashing, copying the arguments, the adapter's
+own layer) over calling the decision API directly. Target: under 10%.
+Prints JSON. Usage: python hack/bench_integrations.py [--iterations N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from kubewrit.webhook.client import AsyncClient, Client, Governor
+from kubewrit.webhook.client.testing import LocalServer, served_process
+
+REPO = Path(__file__).resolve().parent.parent
+AGENT = "support-agent"
+ARGS = {"to": "customer@example.com", "body": "Your refund is on its way."}
+
+Sync = Callable[[], Any]
+Async = Callable[[], Awaitable[Any]]
+
+
+def send_email(to: str, body: str) -> str:
+    """Send an email to a customer."""
+    return f"sent to {to}"
+
+
+def async_send_email() -> Callable[..., Awaitable[str]]:
+    async def send_email(to: str, body: str) -> str:
+        """Send an email to a customer."""
+        return f"sent to {to}"
+    return send_email
+
+
+def check(result: Any) -> None:
+    """A benchmark of refusals would measure nothing: every governed call must run."""
+    if "sent to" not in str(result):
+        raise SystemExit(f"governed call did not run: {result!r}")
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"p50_ms": round(statistics.median(ordered) * 1e3, 3),
+            "p95_ms": round(pick(0.95) * 1e3, 3), "p99_ms": round(pick(0.99) * 1e3, 3)}
+
+
+def report(times: dict[str, list[float]]) -> dict[str, Any]:
+    result = {name: percentiles(samples) for name, samples in times.items()}
+    direct, plain, governed = (result[k]["p50_ms"] for k in ("direct", "plain", "governed"))
+    result["governance_p50_ms"] = round(governed - plain, 3)
+    result["overhead_pct"] = round(100 * (governed - plain - direct) / direct, 1)
+    return result
+
+
+def run_sync(iterations: int, calls: dict[str, Sync]) -> dict[str, Any]:
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    check(calls["governed"]())
+    for i in range(iterations + 20):
+        for name, call in calls.items():
+            started = time.perf_counter()
+            call()
+            if i >= 20:
+                times[name].append(time.perf_counter() - started)
+    return report(times)
+
+
+async def run_async(iterations: int, calls: dict[str, Async]) -> dict[str, Any]:
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    check(await calls["governed"]())
+    for i in range(iterations + 20):
+        for name, call in calls.items():
+            started = time.perf_counter()
+            await call()
+            if i >= 20:
+                times[name].append(time.perf_counter() - started)
+    return report(times)
+
+
+def bench_langchain(server: LocalServer, gov: Governor, client: Client, n: int) -> dict[str, Any]:
+    from kubewrit.webhook.integrations.langchain import wrap_tools
+    from langchain_core.tools import tool
+
+    plain = tool(send_email)
+    [governed] = wrap_tools([plain], governor=gov)
+    return run_sync(n, {"direct": lambda: client.decide("send_email", ARGS),
+                        "plain": lambda: plain.invoke(ARGS),
+                        "governed": lambda: governed.invoke(ARGS)})
+
+
+def bench_langgraph(server: LocalServer, gov: Governor, client: Client, n: int) -> dict[str, Any]:
+    from kubewrit.webhook.integrations.langgraph import governed_tool_node
+    from langchain_core.messages import AIMessage
+    from langchain_core.tools import tool
+    from langgraph.graph import END, START, MessagesState, StateGraph
+    from langgraph.prebuilt import ToolNode
+
+    def graph(node: Any) -> Any:
+        builder = StateGraph(MessagesState)
+        builder.add_node("tools", node)
+        builder.add_edge(START, "tools")
+        builder.add_edge("tools", END)
+        return builder.compile()
+
+    state = {"messages": [AIMessage("", tool_calls=[{"name": "send_email", "args": ARGS,
+                                                      "id": "c1", "type": "tool_call"}])]}
+    plain = graph(ToolNode([tool(send_email)]))
+    governed = graph(governed_tool_node([tool(send_email)], governor=gov))
+    return run_sync(n, {"direct": lambda: client.decide("send_email", ARGS),
+                        "plain": lambda: plain.invoke(state),
+                        "governed": lambda: governed.invoke(state)})
+
+
+def bench_llamaindex(server: LocalServer, gov: Governor, client: Client,
+                     n: int) -> dict[str, Any]:
+    from kubewrit.webhook.integrations.llamaindex import wrap_tools
+    from llama_index.core.tools import FunctionTool
+
+    plain = FunctionTool.from_defaults(send_email)
+    [governed] = wrap_tools([plain], governor=gov)
+    return run_sync(n, {"direct": lambda: client.decide("send_email", ARGS),
+                        "plain": lambda: plain.call(**ARGS),
+                        "governed": lambda: governed.call(**ARGS)})
+
+
+async def bench_openai_agents(gov: Governor, client: AsyncClient, n: int) -> dict[str, Any]:
+    from agents import RunContextWrapper, function_tool
+    from agents.tool_context import ToolContext
+    from kubewrit.webhook.integrations.openai_agents import wrap_tools
+
+    plain = function_tool(async_send_email())
+    [governed] = wrap_tools([plain], governor=gov)
+    raw = json.dumps(ARGS)
+    context = ToolContext.from_agent_context(RunContextWrapper(None), "c1", tool_name=plain.name,
+                                             tool_arguments=raw)
+    return await run_async(n, {"direct": lambda: client.decide("send_email", ARGS),
+                               "plain": lambda: plain.on_invoke_tool(context, raw),
+                               "governed": lambda: governed.on_invoke_tool(context, raw)})
+
+
+async def bench_autogen(gov: Governor, client: AsyncClient, n: int) -> dict[str, Any]:
+    from autogen_core import CancellationToken
+    from autogen_core.tools import FunctionTool
+    from kubewrit.webhook.integrations.autogen import wrap_tools
+
+    plain = FunctionTool(async_send_email(), description="Send an email.")
+    [governed] = wrap_tools([plain], governor=gov)
+    token = CancellationToken()
+    return await run_async(n, {"direct": lambda: client.decide("send_email", ARGS),
+                               "plain": lambda: plain.run_json(ARGS, token),
+                               "governed": lambda: governed.run_json(ARGS, token)})
+
+
+async def bench_mcp(gov: Governor, client: AsyncClient, n: int) -> dict[str, Any]:
+    from kubewrit.webhook.integrations.mcp_proxy import governing_proxy
+    from mcp import Client as MCPClient
+    from mcp.server.mcpserver import MCPServer
+
+    upstream = MCPServer("bench")
+    upstream.tool()(send_email)
+    proxy = governing_proxy(upstream, governor=gov)
+    async with MCPClient(upstream) as plain, MCPClient(proxy.server) as governed:
+        return await run_async(n, {
+            "direct": lambda: client.decide("send_email", ARGS),
+            "plain": lambda: plain.call_tool("send_email", ARGS),
+            "governed": lambda: governed.call_tool("send_email", ARGS)})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--only", nargs="*", help="frameworks to run (default: all installed)")
+    options = parser.parse_args()
+    # Some frameworks turn on INFO logging for httpx at import; a log line per request
+    # would be measured too.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    n = options.iterations
+    results: dict[str, Any] = {}
+
+    def wanted(name: str) -> bool:
+        return not options.only or name in options.only
+
+    with served_process(REPO / "examples" / "policies") as server:
+        token = server.tokens[AGENT]
+        with server.governor(AGENT) as gov, Client(server.url, token) as client:
+            for name, bench in (("langchain", bench_langchain), ("langgraph", bench_langgraph),
+                                ("llamaindex", bench_llamaindex)):
+                if wanted(name):
+                    results[name] = _guard(name, lambda b=bench: b(server, gov, client, n))
+
+            async def async_benches() -> None:
+                async with AsyncClient(server.url, token) as aclient:
+                    for name, bench in (("openai-agents", bench_openai_agents),
+                                        ("autogen", bench_autogen), ("mcp", bench_mcp)):
+                        if wanted(name):
+                            try:
+                                results[name] = await bench(gov, aclient, n)
+                            except ImportError as exc:
+                                results[name] = {"skipped": f"not installed: {exc.name}"}
+                await gov.aclose()
+
+            asyncio.run(async_benches())
+    json.dump({"iterations": n, "target_overhead_pct": 10, "frameworks": results},
+              sys.stdout, indent=2)
+    print()
+
+
+def _guard(name: str, bench: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    try:
+        return bench()
+    except ImportError as exc:
+        return {"skipped": f"not installed: {exc.name}"}
+
+
+if __name__ == "__main__":
+    main()
