@@ -48,6 +48,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--webhook-url", default=env("WEBHOOK_URL") or None,
                    help="full URL the API server should call, e.g. "
                         "https://kubewrit-operator.kubewrit.svc:443 (overrides host:port)")
+    g.add_argument("--webhook-service", default=env("WEBHOOK_SERVICE") or None,
+                   help="in a cluster: the Service the API server calls, namespace/name[:port]")
     g.add_argument("--tls-cert", type=Path, default=env("TLS_CERT") or None)
     g.add_argument("--tls-key", type=Path, default=env("TLS_KEY") or None)
     g.add_argument("--tls-ca", type=Path, default=env("TLS_CA") or None,
@@ -98,6 +100,7 @@ def config_from(args: argparse.Namespace) -> Config:
         admission=AdmissionConfig(
             enabled=not args.no_admission, listen_addr=args.webhook_listen,
             port=args.webhook_port, host=args.webhook_host, url=args.webhook_url,
+            service=args.webhook_service,
             tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca,
             managed=args.webhook_config_name),
     )

@@ -20,19 +20,34 @@ from kubewrit.operator.config import AdmissionConfig
 
 
 class Server(kopf.WebhookServer):
-    """kopf's server, but the URL handed to the API server can be set outright (--webhook-url),
-    e.g. a Service DNS name on 443 while the pod listens on 9443."""
+    """kopf's server, but what the API server is told can be set outright: a URL
+    (--webhook-url) or, in a cluster, a Service (--webhook-service namespace/name:port),
+    since an API server often cannot resolve cluster DNS names itself."""
 
-    def __init__(self, *, url: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, url: str | None = None, service: str | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.public_url = url
+        self.service = parse_service(service) if service else None
 
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:
         async for client_config in super().__call__(fn):
-            if self.public_url:
-                client_config = dict(client_config)
-                client_config["url"] = self.public_url.rstrip("/")
-            yield client_config
+            config = dict(client_config)
+            if self.service:
+                config.pop("url", None)
+                config["service"] = dict(self.service)
+            elif self.public_url:
+                config["url"] = self.public_url.rstrip("/")
+            yield config
+
+
+def parse_service(text: str) -> dict[str, Any]:
+    """`namespace/name:port` (port defaults to 443) -> a webhook clientConfig.service."""
+    ref, _, port = text.partition(":")
+    namespace, _, name = ref.partition("/")
+    if not namespace or not name:
+        raise ValueError(f"--webhook-service must be namespace/name[:port], not {text!r}")
+    return {"namespace": namespace, "name": name, "port": int(port or 443)}
 
 
 def server(config: AdmissionConfig) -> Server:
@@ -44,10 +59,15 @@ def server(config: AdmissionConfig) -> Server:
         from urllib.parse import urlsplit
 
         url_host = urlsplit(config.url).hostname if config.url else None
-        hosts = [h for h in (url_host, host, *config.extra_sans, "localhost") if h]
+        service_hosts: list[str] = []
+        if config.service:
+            svc = parse_service(config.service)
+            service_hosts = [f"{svc['name']}.{svc['namespace']}.svc", svc["name"]]
+        hosts = [h for h in (url_host, *service_hosts, host, *config.extra_sans, "localhost") if h]
         cert, key = tls.self_signed(Path(tempfile.mkdtemp(prefix="kubewrit-operator-tls-")), hosts)
         ca = None
     return Server(addr=config.listen_addr, port=config.port, host=host, url=config.url,
+                  service=config.service,
                   certfile=str(cert), pkeyfile=str(key), cafile=str(ca) if ca else None)
 
 

@@ -73,6 +73,7 @@ class AdmissionConfig:
     port: int = 9443
     host: str | None = None
     url: str | None = None
+    service: str | None = None  # "namespace/name:port": the API server calls a Service
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
