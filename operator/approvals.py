@@ -54,12 +54,12 @@ def stamp_for(userinfo: Mapping[str, Any]) -> dict[str, str]:
 
 @kopf.on.mutate(kube.GROUP, kube.VERSION, kube.APPROVALS, id="stamp-approver",
                 operations=["UPDATE"], persistent=True)
-def stamp_approver(old: kopf.Body | None, body: kopf.Body, userinfo: Mapping[str, Any],
-                   patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+def stamp_approver(*, body: kopf.Body, userinfo: Mapping[str, Any], patch: kopf.Patch,
+                   memo: kopf.Memo, old: kopf.Body | None = None, **_: Any) -> None:
     """When a decision is newly annotated, stamp who made it, from the API server's userInfo."""
     if not memo.config.governs(body.get("metadata", {}).get("namespace")):
         return
-    before, after = kube.annotations(old), kube.annotations(body)
+    before, after = kube.annotations_of(old), kube.annotations_of(body)
     if not newly_decided(before, after):
         return
     touched = _changed(before, after, kube.STAMP_ANNOTATIONS)
@@ -105,7 +105,7 @@ def selecting_policy(namespace: str, rule: str) -> tuple[str, Any]:
 def refusal(old: Mapping[str, Any] | None, body: Mapping[str, Any],
             userinfo: Mapping[str, Any], operation: str | None) -> str | None:
     """Why this change to an ActionApproval must be refused, or None (pure but for the policy)."""
-    before, after = kube.annotations(old), kube.annotations(body)
+    before, after = kube.annotations_of(old), kube.annotations_of(body)
     metadata = body.get("metadata") or {}
     namespace, name = metadata.get("namespace") or "", metadata.get("name") or ""
     what = f"ActionApproval {namespace}/{name}"
@@ -172,8 +172,9 @@ def refusal(old: Mapping[str, Any] | None, body: Mapping[str, Any],
 
 @kopf.on.validate(kube.GROUP, kube.VERSION, kube.APPROVALS, id="validate-decision",
                   operations=["CREATE", "UPDATE"], persistent=True)
-def validate_decision(old: kopf.Body | None, body: kopf.Body, userinfo: Mapping[str, Any],
-                      operation: str | None, memo: kopf.Memo, **_: Any) -> None:
+def validate_decision(*, body: kopf.Body, userinfo: Mapping[str, Any], memo: kopf.Memo,
+                      old: kopf.Body | None = None, operation: str | None = None,
+                      **_: Any) -> None:
     """Refuse unsafe decisions with a message the kubectl user can act on."""
     if not memo.config.governs(body.get("metadata", {}).get("namespace")):
         return

@@ -64,7 +64,7 @@ def parse_time(text: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def annotations(obj: Any) -> dict[str, str]:
+def annotations_of(obj: Any) -> dict[str, str]:
     if obj is None:
         return {}
     return dict((obj.get("metadata") or {}).get("annotations") or {})

@@ -88,12 +88,15 @@ def desired_status(body: Mapping[str, Any]) -> dict[str, Any]:
     try:
         policy = compile_manifest(body)
     except PolicyError as exc:
+        serving: int | None
+        policy_hash: str | None
+        rules: int | None
         served = SERVED.get((namespace, name))
-        serving = current.get("servingGeneration")
-        if served is not None and serving in (None, served.generation):
-            serving, policy_hash, rules = served.generation, served.policy.hash, len(
-                served.policy.rules)
-        else:
+        if served is not None:  # what this process saw compile last
+            serving, policy_hash, rules = (served.generation, served.policy.hash,
+                                           len(served.policy.rules))
+        else:  # after a restart: what the status already says is being served
+            serving = current.get("servingGeneration")
             policy_hash, rules = current.get("policyHash"), current.get("ruleCount")
         if serving is not None and policy_hash:
             message = (f"generation {generation} is invalid and not enforced; still serving "
