@@ -157,3 +157,74 @@ def test_two_replicas_one_leader_exports_and_cuts_a_prefix(control_plane, namesp
     finally:
         one.stop()
         two.stop()
+
+
+class RacingCore:
+    """CoreV1Api whose first replace loses a race: another writer updates the ConfigMap
+    (as the decision webhook publishing its head would) between our read and our write."""
+
+    def __init__(self, core: Any, namespace: str) -> None:
+        self.core, self.namespace, self.raced = core, namespace, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.core, name)
+
+    def replace_namespaced_config_map(self, name: str, namespace: str, body: Any) -> Any:
+        if not self.raced:
+            self.raced = True
+            fresh = self.core.read_namespaced_config_map(name, namespace)
+            fresh.data = {**(fresh.data or {}), "a": '{"seq": 9}'}
+            self.core.replace_namespaced_config_map(name, namespace, fresh)
+        return self.core.replace_namespaced_config_map(name, namespace, body)
+
+
+def test_the_cut_is_written_by_compare_and_swap(control_plane, namespace):
+    from kubernetes import client
+    from kubewrit.operator import Cut, read_cut, write_cut
+
+    core = client.CoreV1Api(control_plane.api_client)
+    control_plane.kubectl("create", "configmap", "kubewrit-anchors", "-n", namespace,
+                          '--from-literal=a={"seq": 8}')
+    racing = RacingCore(core, namespace)
+    stored = write_cut(racing, namespace, "a", Cut(4, "a-h3", "/sink", "t"))  # type: ignore[arg-type]
+    assert racing.raced and stored.seq == 4
+    data = anchors(control_plane, namespace)
+    assert data["a"] == '{"seq": 9}'  # the other writer's update survived our retry
+    assert json.loads(data["a.cut"])["seq"] == 4
+    # a cut never moves backwards
+    assert write_cut(core, namespace, "a", Cut(2, "a-h1", "/sink", "t")).seq == 4
+    assert read_cut(core, namespace, "a") == Cut(4, "a-h3", "/sink", "t")
+    # and creates the ConfigMap where none exists yet
+    control_plane.kubectl("delete", "configmap", "kubewrit-anchors", "-n", namespace)
+    assert write_cut(core, namespace, "z", Cut(1, "z-h0", "/sink", "t")).seq == 1
+    assert json.loads(anchors(control_plane, namespace)["z.cut"])["prev"] == "z-h0"
+
+
+def test_lease_election_is_exclusive_and_expires(control_plane, namespace):
+    from kubewrit.operator import LeaderElector
+    from kubewrit.operator.config import LeaderConfig
+
+    now = [1000.0]
+
+    def elector(identity: str) -> LeaderElector:
+        config = LeaderConfig(name="unit-lease", namespace=namespace, identity=identity,
+                              lease_duration=10, renew_deadline=7, retry_period=1)
+        return LeaderElector(control_plane.api_client, config, clock=lambda: now[0])
+
+    a, b = elector("a"), elector("b")
+    assert a.try_acquire_or_renew() and a.leading
+    assert not b.try_acquire_or_renew() and not b.leading
+    now[0] += 5
+    assert a.try_acquire_or_renew()          # renewing keeps it
+    assert not b.try_acquire_or_renew()
+    now[0] += 8                              # a went quiet; b saw the renewal 8s ago
+    assert not a.leading                     # past a's renew deadline: a stops acting
+    assert not b.try_acquire_or_renew()
+    now[0] += 3                              # 11s since b last saw a change: expired
+    assert b.try_acquire_or_renew() and b.leading
+    assert not a.try_acquire_or_renew()      # a's lease is gone, b's renewal is fresh to a
+    lease = json.loads(control_plane.kubectl("get", "lease", "unit-lease", "-n", namespace,
+                                             "-o", "json").stdout)
+    assert lease["spec"]["holderIdentity"] == "b" and lease["spec"]["leaseTransitions"] == 1
+    b.release()
+    assert a.try_acquire_or_renew()          # a released lease is free at once
