@@ -52,7 +52,9 @@ class Server:
         return httpx.get(f"{self.url}{path}", headers=headers, timeout=40, **kwargs)
 
     def kubewrit(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return run_cli(*args, "--data-dir", str(self.data_dir), check=check, cwd=self.data_dir.parent)
+        return run_cli(
+            *args, "--data-dir", str(self.data_dir), check=check, cwd=self.data_dir.parent
+        )
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -63,14 +65,23 @@ class Server:
                 self.process.kill()
 
 
-def run_cli(*args: str, check: bool = True, cwd: Path | None = None,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, check: bool = True, cwd: Path | None = None, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the installed `kubewrit` command, as a user would."""
-    result = subprocess.run([shutil.which("kubewrit") or "kubewrit", *args], capture_output=True, text=True,
-                            cwd=cwd, input=input, timeout=120)
+    result = subprocess.run(
+        [shutil.which("kubewrit") or "kubewrit", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        input=input,
+        timeout=120,
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"kubewrit {' '.join(args)} exited {result.returncode}:\n"
-                             f"{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"kubewrit {' '.join(args)} exited {result.returncode}:\n"
+            f"{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
@@ -81,9 +92,23 @@ def start_server(tmp: Path, *extra: str, policies: Path = EXAMPLE_POLICIES) -> S
     port = free_port()
     log = tmp / "serve.log"
     process = subprocess.Popen(
-        [shutil.which("kubewrit") or "kubewrit", "serve", "--policies", str(policy_dir), "--data-dir",
-         str(data_dir), "--port", str(port), "--log-level", "warning", *extra],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=tmp, env={**os.environ, "COLUMNS": "200"},
+        [
+            shutil.which("kubewrit") or "kubewrit",
+            "serve",
+            "--policies",
+            str(policy_dir),
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            *extra,
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        cwd=tmp,
+        env={**os.environ, "COLUMNS": "200"},
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -100,8 +125,14 @@ def start_server(tmp: Path, *extra: str, policies: Path = EXAMPLE_POLICIES) -> S
             raise AssertionError(f"kubewrit serve did not become healthy:\n{log.read_text()}")
         time.sleep(0.1)
     credentials = yaml.safe_load((data_dir / "credentials.yaml").read_text())["credentials"]
-    server = Server(url, policy_dir, data_dir, process, log,
-                    {name: entry["token"] for name, entry in credentials.items()})
+    server = Server(
+        url,
+        policy_dir,
+        data_dir,
+        process,
+        log,
+        {name: entry["token"] for name, entry in credentials.items()},
+    )
     return server
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import asdict, dataclass, field, replace
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Protocol
 
 
-class Phase(str, Enum):
+class Phase(StrEnum):
     PENDING = "Pending"
     APPROVED = "Approved"
     DENIED = "Denied"

@@ -7,6 +7,7 @@ record, or cannot tell who is asking, ends in DENY.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -17,7 +18,7 @@ from typing import Any, Protocol
 from kubewrit.webhook import approval as approval_module
 from kubewrit.webhook import canonical, policy, writ
 from kubewrit.webhook.approval import Approval, ApprovalStore, Phase
-from kubewrit.webhook.canonical import Action, CanonicalError, InvalidToolName
+from kubewrit.webhook.canonical import Action, InvalidToolName
 from kubewrit.webhook.chain import Draft, Record
 from kubewrit.webhook.decision import Decision, Reason, Verdict
 from kubewrit.webhook.identity import Principal, Role
@@ -31,7 +32,9 @@ log = logging.getLogger(__name__)
 class Refused(Exception):
     """A request that is answered with an HTTP error (and, where it matters, a record)."""
 
-    def __init__(self, status: int, code: str, message: str, outcome: Outcome | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, outcome: Outcome | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
@@ -73,12 +76,20 @@ class RecordWriter(Protocol):
 
     async def record(self, draft: Draft) -> Record: ...
 
+
 Listener = Callable[[str, dict[str, Any]], None]
 
 
 def verdict_from_record(record: Record) -> Verdict:
-    return Verdict(Decision(record.decision), Reason(record.reason), record.rule, record.risk,
-                   record.message, None, record.policy_hash)
+    return Verdict(
+        Decision(record.decision),
+        Reason(record.reason),
+        record.rule,
+        record.risk,
+        record.message,
+        None,
+        record.policy_hash,
+    )
 
 
 class Authority:
@@ -121,12 +132,22 @@ class Authority:
     async def _record(self, draft: Draft) -> Record:
         return await self.recorder.record(draft)
 
-    def _draft(self, kind: str, action: Action, verdict: Verdict, action_hash: str, **extra: Any) -> Draft:
+    def _draft(
+        self, kind: str, action: Action, verdict: Verdict, action_hash: str, **extra: Any
+    ) -> Draft:
         return Draft(
-            kind=kind, decision=verdict.decision.value, reason=verdict.reason.value,
-            agent=action.agent, tool=action.tool, action_hash=action_hash,
-            policy_hash=verdict.policy_hash, rule=verdict.rule_id, risk=verdict.risk,
-            message=verdict.message[:500], namespace=action.namespace, **extra,
+            kind=kind,
+            decision=verdict.decision.value,
+            reason=verdict.reason.value,
+            agent=action.agent,
+            tool=action.tool,
+            action_hash=action_hash,
+            policy_hash=verdict.policy_hash,
+            rule=verdict.rule_id,
+            risk=verdict.risk,
+            message=verdict.message[:500],
+            namespace=action.namespace,
+            **extra,
         )
 
     async def _finish(self, kind: str, action: Action, verdict: Verdict, **extra: Any) -> Outcome:
@@ -135,30 +156,62 @@ class Authority:
         try:
             record = await self._record(self._draft(kind, action, verdict, action_hash, **extra))
         except RecordUnavailable as exc:
-            denied = verdict.but(decision=Decision.DENY, reason=Reason.RECORD_UNAVAILABLE,
-                                 message=f"decision could not be recorded: {exc}")
-            self._emit("decision", {"decision": "DENY", "reason": "record_unavailable",
-                                    "agent": action.agent, "tool": action.tool})
+            denied = verdict.but(
+                decision=Decision.DENY,
+                reason=Reason.RECORD_UNAVAILABLE,
+                message=f"decision could not be recorded: {exc}",
+            )
+            self._emit(
+                "decision",
+                {
+                    "decision": "DENY",
+                    "reason": "record_unavailable",
+                    "agent": action.agent,
+                    "tool": action.tool,
+                },
+            )
             return Outcome(denied, action_hash, None)
         outcome = Outcome(verdict, action_hash, record)
         if verdict.decision is Decision.PERMIT and kind == "decision":
-            outcome = Outcome(verdict, action_hash, record, writ.issue(self.signer, record, self.writ_ttl))
+            outcome = Outcome(
+                verdict, action_hash, record, writ.issue(self.signer, record, self.writ_ttl)
+            )
         elif verdict.decision is Decision.DEFER:
             approval = self._open_approval(action, verdict, action_hash, extra.get("request_id"))
             outcome = Outcome(verdict, action_hash, record, approval=approval)
-        self._emit("decision", {"decision": verdict.decision.value, "reason": verdict.reason.value,
-                                "agent": action.agent, "tool": action.tool, "rule": verdict.rule_id,
-                                "seq": record.seq, "approval": outcome.approval.id if outcome.approval else None})
+        self._emit(
+            "decision",
+            {
+                "decision": verdict.decision.value,
+                "reason": verdict.reason.value,
+                "agent": action.agent,
+                "tool": action.tool,
+                "rule": verdict.rule_id,
+                "seq": record.seq,
+                "approval": outcome.approval.id if outcome.approval else None,
+            },
+        )
         return outcome
 
-    def _open_approval(self, action: Action, verdict: Verdict, action_hash: str,
-                       request_id: str | None) -> Approval:
+    def _open_approval(
+        self, action: Action, verdict: Verdict, action_hash: str, request_id: str | None
+    ) -> Approval:
         now = time.time()
         approval = Approval(
-            id=approval_module.new_id(), namespace=action.namespace, agent=action.agent, tool=action.tool, action_hash=action_hash,
-            action=action.car(), rule=verdict.rule_id, risk=verdict.risk, reason=verdict.reason.value,
-            message=verdict.message, policy_hash=verdict.policy_hash, created_at=now,
-            expires_at=now + self.approval_ttl, request_id=request_id,
+            id=approval_module.new_id(),
+            namespace=action.namespace,
+            agent=action.agent,
+            tool=action.tool,
+            action_hash=action_hash,
+            action=action.car(),
+            rule=verdict.rule_id,
+            risk=verdict.risk,
+            reason=verdict.reason.value,
+            message=verdict.message,
+            policy_hash=verdict.policy_hash,
+            created_at=now,
+            expires_at=now + self.approval_ttl,
+            request_id=request_id,
         )
         self.approvals.create(approval)
         return approval
@@ -169,21 +222,43 @@ class Authority:
             raise Refused(403, "not_an_agent", f"{principal.name!r} is an approver, not an agent")
         raw_tool = request.tool if isinstance(request.tool, str) else ""
         if request.agent is not None and request.agent != principal.name:
-            action = Action(principal.name, raw_tool, dict(request.args or {}), request.operation,
-                            namespace=principal.namespace)
-            verdict = Verdict(Decision.DENY, Reason.IDENTITY_MISMATCH, "identity",
-                              message=f"body claims agent {request.agent!r} but the token belongs to "
-                                      f"{principal.name!r}")
+            action = Action(
+                principal.name,
+                raw_tool,
+                dict(request.args or {}),
+                request.operation,
+                namespace=principal.namespace,
+            )
+            verdict = Verdict(
+                Decision.DENY,
+                Reason.IDENTITY_MISMATCH,
+                "identity",
+                message=f"body claims agent {request.agent!r} but the token belongs to "
+                f"{principal.name!r}",
+            )
             outcome = await self._finish("decision", action, verdict, request_id=request.request_id)
             raise Refused(403, "identity_mismatch", verdict.message, outcome)
         try:
-            action = canonical.build_action(principal.name, request.tool, request.args,
-                                            request.operation, request.context, principal.namespace)
+            action = canonical.build_action(
+                principal.name,
+                request.tool,
+                request.args,
+                request.operation,
+                request.context,
+                principal.namespace,
+            )
         except InvalidToolName as exc:
             canonical.check_value(request.args or {})
-            action = Action(principal.name, exc.raw, dict(request.args or {}), request.operation,
-                            namespace=principal.namespace)
-            verdict = Verdict(Decision.DENY, Reason.INVALID_TOOL_NAME, "tool-name", message=exc.message)
+            action = Action(
+                principal.name,
+                exc.raw,
+                dict(request.args or {}),
+                request.operation,
+                namespace=principal.namespace,
+            )
+            verdict = Verdict(
+                Decision.DENY, Reason.INVALID_TOOL_NAME, "tool-name", message=exc.message
+            )
             return await self._finish("decision", action, verdict, request_id=request.request_id)
         if request.request_id and self.find_request is not None:
             previous = self.find_request(action.agent, request.request_id)
@@ -196,14 +271,25 @@ class Authority:
         """A retry with the same request id gets the original decision, never a second one."""
         action_hash = canonical.action_hash(action)
         if previous.action_hash != action_hash:
-            raise Refused(409, "request_id_reused",
-                          "request_id was already used for a different action")
+            raise Refused(
+                409, "request_id_reused", "request_id was already used for a different action"
+            )
         verdict = verdict_from_record(previous)
-        token = writ.issue(self.signer, previous, self.writ_ttl) if verdict.decision is Decision.PERMIT else None
+        token = (
+            writ.issue(self.signer, previous, self.writ_ttl)
+            if verdict.decision is Decision.PERMIT
+            else None
+        )
         approval = None
         if verdict.decision is Decision.DEFER:
-            approval = next((a for a in self.approvals.list(None, 1000)
-                             if a.request_id and a.action_hash == action_hash and a.agent == action.agent), None)
+            approval = next(
+                (
+                    a
+                    for a in self.approvals.list(None, 1000)
+                    if a.request_id and a.action_hash == action_hash and a.agent == action.agent
+                ),
+                None,
+            )
         return Outcome(verdict, action_hash, previous, token, approval, {"replayed": True})
 
     # -- approvals ----------------------------------------------------------
@@ -216,23 +302,34 @@ class Authority:
 
     def _selecting_policy(self, approval: Approval) -> Policy | None:
         name = approval.rule.split("/", 1)[0]
-        return next((p for p in self.policies() if p.name == name and p.namespace == approval.namespace),
-                    None)
+        return next(
+            (p for p in self.policies() if p.name == name and p.namespace == approval.namespace),
+            None,
+        )
 
     def _check_approver(self, approval: Approval, approver: Principal) -> None:
         if approver.role is not Role.APPROVER:
-            raise Refused(403, "not_an_approver",
-                          f"{approver.name!r} authenticated as an agent; agents can never approve")
+            raise Refused(
+                403,
+                "not_an_approver",
+                f"{approver.name!r} authenticated as an agent; agents can never approve",
+            )
         if approver.name == approval.agent:
             raise Refused(403, "self_approval", "an agent cannot approve its own action")
         selecting = self._selecting_policy(approval)
-        approvers = selecting.approvers if selecting else None
-        if approvers and (approvers.users or approvers.groups) and not approvers.admits(
-            approver.name, approver.groups
+        if selecting is None:
+            return
+        approvers = selecting.approvers
+        if (
+            (approvers.users or approvers.groups)
+            and not approvers.admits(approver.name, approver.groups)
         ):
-            raise Refused(403, "not_listed_approver",
-                          f"{approver.name!r} is not an approver of policy {selecting.name!r}"
-                          f" (users: {list(approvers.users)}, groups: {list(approvers.groups)})")
+            raise Refused(
+                403,
+                "not_listed_approver",
+                f"{approver.name!r} is not an approver of policy {selecting.name!r}"
+                f" (users: {list(approvers.users)}, groups: {list(approvers.groups)})",
+            )
 
     async def expire(self, approval: Approval) -> Approval:
         """Move an overdue Pending approval to Expired and record the denial."""
@@ -240,8 +337,15 @@ class Authority:
         if not self.approvals.swap(Phase.PENDING, expired):
             return self._get(approval.id)
         action = approval_action(approval)
-        verdict = Verdict(Decision.DENY, Reason.APPROVAL_EXPIRED, approval.rule, approval.risk,
-                          f"approval {approval.id} expired before anyone decided", None, approval.policy_hash)
+        verdict = Verdict(
+            Decision.DENY,
+            Reason.APPROVAL_EXPIRED,
+            approval.rule,
+            approval.risk,
+            f"approval {approval.id} expired before anyone decided",
+            None,
+            approval.policy_hash,
+        )
         await self._finish("expiry", action, verdict, approval=approval.id)
         await self._notify()
         return expired
@@ -253,8 +357,9 @@ class Authority:
             await self.expire(approval)
         return len(overdue)
 
-    async def resolve(self, approval_id: str, approver: Principal, approve: bool,
-                      reason: str | None = None) -> Approval:
+    async def resolve(
+        self, approval_id: str, approver: Principal, approve: bool, reason: str | None = None
+    ) -> Approval:
         """A human decides. Approval re-evaluates the current policy before permitting."""
         approval = self._get(approval_id)
         self._check_approver(approval, approver)
@@ -262,38 +367,61 @@ class Authority:
             await self.expire(approval)
             raise Refused(409, "approval_expired", f"approval {approval_id} has expired")
         if approval.phase is not Phase.PENDING:
-            raise Refused(409, "already_decided",
-                          f"approval {approval_id} is already {approval.phase.value}"
-                          + (f" by {approval.decided_by}" if approval.decided_by else ""))
+            raise Refused(
+                409,
+                "already_decided",
+                f"approval {approval_id} is already {approval.phase.value}"
+                + (f" by {approval.decided_by}" if approval.decided_by else ""),
+            )
         action = approval_action(approval)
         if approve:
             current = policy.evaluate(self.policies(), action)
             if current.decision is Decision.DENY:
                 final, phase, kind = current, Phase.DENIED, "denial"
             else:
-                final = current.but(decision=Decision.PERMIT, reason=Reason.APPROVED,
-                                    message=f"approved by {approver.name}" + (f": {reason}" if reason else ""))
+                final = current.but(
+                    decision=Decision.PERMIT,
+                    reason=Reason.APPROVED,
+                    message=f"approved by {approver.name}" + (f": {reason}" if reason else ""),
+                )
                 phase, kind = Phase.APPROVED, "approval"
         else:
-            final = Verdict(Decision.DENY, Reason.APPROVAL_DENIED, approval.rule, approval.risk,
-                            f"denied by {approver.name}" + (f": {reason}" if reason else ""),
-                            None, approval.policy_hash)
+            final = Verdict(
+                Decision.DENY,
+                Reason.APPROVAL_DENIED,
+                approval.rule,
+                approval.risk,
+                f"denied by {approver.name}" + (f": {reason}" if reason else ""),
+                None,
+                approval.policy_hash,
+            )
             phase, kind = Phase.DENIED, "denial"
         with self._approval_lock:
-            claimed = approval.moved(phase, decided_by=approver.name, decided_at=time.time(),
-                                     decision_reason=reason)
+            claimed = approval.moved(
+                phase, decided_by=approver.name, decided_at=time.time(), decision_reason=reason
+            )
             if not self.approvals.swap(Phase.PENDING, claimed):
-                raise Refused(409, "already_decided", f"approval {approval_id} was decided concurrently")
-        outcome = await self._finish(kind, action, final, approver=approver.name, approval=approval.id)
+                raise Refused(
+                    409, "already_decided", f"approval {approval_id} was decided concurrently"
+                )
+        outcome = await self._finish(
+            kind, action, final, approver=approver.name, approval=approval.id
+        )
         if outcome.record is None:
-            self.approvals.swap(phase, claimed.moved(Phase.DENIED, decision_reason="record_unavailable"))
-            raise Refused(503, "record_unavailable", "the approval could not be recorded; it was denied")
+            self.approvals.swap(
+                phase, claimed.moved(Phase.DENIED, decision_reason="record_unavailable")
+            )
+            raise Refused(
+                503, "record_unavailable", "the approval could not be recorded; it was denied"
+            )
         done = claimed.moved(phase, outcome=outcome_summary(outcome))
         self.approvals.swap(phase, done)
         await self._notify()
         return done
 
-    async def collect(self, approval_id: str, caller: Principal, wait: float = 0) -> tuple[Approval, str | None]:
+    async def collect(
+        self, approval_id: str, caller: Principal, wait: float = 0
+    ) -> tuple[Approval, str | None]:
         """The agent's view of its approval; the first look after Approved consumes it for a writ."""
         deadline = time.monotonic() + max(0.0, min(wait, 300.0))
         while True:
@@ -305,10 +433,10 @@ class Authority:
             if approval.phase is not Phase.PENDING or time.monotonic() >= deadline:
                 break
             async with self._changed:
-                try:
-                    await asyncio.wait_for(self._changed.wait(), timeout=min(1.0, deadline - time.monotonic()))
-                except TimeoutError:
-                    pass
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._changed.wait(), timeout=min(1.0, deadline - time.monotonic())
+                    )
         if approval.phase is Phase.APPROVED and caller.role is Role.AGENT:
             consumed = approval.moved(Phase.CONSUMED)
             if not self.approvals.swap(Phase.APPROVED, consumed):
@@ -323,8 +451,13 @@ class Authority:
 
 def approval_action(approval: Approval) -> Action:
     """The action an approval holds, exactly as it was decided."""
-    return Action(approval.agent, approval.tool, approval.action.get("args") or {},
-                  approval.action.get("operation"), namespace=approval.namespace)
+    return Action(
+        approval.agent,
+        approval.tool,
+        approval.action.get("args") or {},
+        approval.action.get("operation"),
+        namespace=approval.namespace,
+    )
 
 
 def decided_record(approval: Approval) -> Record | None:
@@ -345,6 +478,14 @@ def outcome_summary(outcome: Outcome) -> dict[str, Any]:
         "message": verdict.message,
         "policy_hash": verdict.policy_hash,
         "action_hash": outcome.action_hash,
-        "record": ({"chain": record.chain, "seq": record.seq, "hash": record.hash,
-                    "full": record.to_dict()} if record else None),
+        "record": (
+            {
+                "chain": record.chain,
+                "seq": record.seq,
+                "hash": record.hash,
+                "full": record.to_dict(),
+            }
+            if record
+            else None
+        ),
     }

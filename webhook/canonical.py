@@ -79,7 +79,9 @@ def normalize_tool(raw: str) -> str:
     normalized = unicodedata.normalize("NFKC", raw)
     if normalized != raw or not TOOL_NAME.fullmatch(normalized):
         offending = [f"U+{ord(ch):04X}" for ch in raw if not (ch.isascii() and ch.isprintable())]
-        detail = f" (non-ASCII or invisible characters: {', '.join(offending)})" if offending else ""
+        detail = (
+            f" (non-ASCII or invisible characters: {', '.join(offending)})" if offending else ""
+        )
         raise InvalidToolName(
             raw,
             f"tool name {raw!r} is not a plain ASCII identifier{detail}; "
@@ -135,7 +137,9 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def parse_json(raw: bytes | str, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
     """Strict JSON: no duplicate keys, no NaN/Infinity, bounded size and depth."""
     if len(raw) > max_bytes:
-        raise CanonicalError("payload_too_large", f"payload of {len(raw)} bytes exceeds {max_bytes}")
+        raise CanonicalError(
+            "payload_too_large", f"payload of {len(raw)} bytes exceeds {max_bytes}"
+        )
     try:
         value = json.loads(raw, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
     except CanonicalError:

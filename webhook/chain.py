@@ -74,7 +74,9 @@ def record_hash(body: dict[str, Any]) -> str:
     return canonical.content_hash(body)
 
 
-def seal(draft: Draft, chain: str, seq: int, prev: str, signer: Signer, now: float | None = None) -> Record:
+def seal(
+    draft: Draft, chain: str, seq: int, prev: str, signer: Signer, now: float | None = None
+) -> Record:
     """Give a draft its place in the chain, its hash and its signature."""
     unsigned = Record(
         **asdict(draft), chain=chain, seq=seq, prev=prev, time=timestamp(now), key_id=signer.key_id

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from enum import Enum
+from enum import StrEnum
 
 
-class Decision(str, Enum):
+class Decision(StrEnum):
     PERMIT = "PERMIT"
     DEFER = "DEFER"
     DENY = "DENY"
 
 
-class Reason(str, Enum):
+class Reason(StrEnum):
     """Machine-readable reason codes. Stable: clients and alerts key on them."""
 
     RULE_ALLOW = "rule_allow"

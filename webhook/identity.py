@@ -10,14 +10,14 @@ import hashlib
 import os
 import secrets
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     AGENT = "agent"
     APPROVER = "approver"
 
@@ -65,8 +65,12 @@ class TokenFile:
             for name, entry in (data.get(section) or {}).items():
                 digest = (entry or {}).get("token_sha256")
                 if not isinstance(digest, str) or not digest.startswith("sha256:"):
-                    raise ValueError(f"{self.path}: {section}.{name} needs token_sha256: sha256:<hex>")
-                by_hash[digest] = Principal(str(name), role, tuple((entry or {}).get("groups") or ()))
+                    raise ValueError(
+                        f"{self.path}: {section}.{name} needs token_sha256: sha256:<hex>"
+                    )
+                by_hash[digest] = Principal(
+                    str(name), role, tuple((entry or {}).get("groups") or ())
+                )
         self._by_hash = by_hash
 
     def _read(self) -> dict[str, Any]:

@@ -23,7 +23,9 @@ class Verifier:
 
     @property
     def raw(self) -> bytes:
-        return self.public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return self.public_key.public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
 
     @property
     def key_id(self) -> str:
@@ -72,7 +74,9 @@ def load_or_create(path: Path) -> Signer:
     if path.exists():
         mode = path.stat().st_mode & 0o777
         if mode & 0o077:
-            raise KeyFileError(f"signing key {path} is readable by others (mode {mode:o}); chmod 600 it")
+            raise KeyFileError(
+                f"signing key {path} is readable by others (mode {mode:o}); chmod 600 it"
+            )
         try:
             key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         except ValueError as exc:

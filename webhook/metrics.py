@@ -13,20 +13,29 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.decisions = Counter(
-            "kubewrit_decisions", "Decisions by outcome and reason code",
-            ["decision", "reason"], registry=self.registry,
+            "kubewrit_decisions",
+            "Decisions by outcome and reason code",
+            ["decision", "reason"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "kubewrit_decide_latency_seconds", "Time to decide and durably record one action",
-            buckets=LATENCY_BUCKETS, registry=self.registry,
+            "kubewrit_decide_latency_seconds",
+            "Time to decide and durably record one action",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.reload_failures = Counter(
-            "kubewrit_policy_reload_failures", "Policy changes rejected (previous policy kept)",
+            "kubewrit_policy_reload_failures",
+            "Policy changes rejected (previous policy kept)",
             registry=self.registry,
         )
         self.policies_loaded = Gauge(
-            "kubewrit_policies_loaded", "Valid policies currently enforced", registry=self.registry,
+            "kubewrit_policies_loaded",
+            "Valid policies currently enforced",
+            registry=self.registry,
         )
         self.approvals_pending = Gauge(
-            "kubewrit_approvals_pending", "Approvals waiting for a human", registry=self.registry,
+            "kubewrit_approvals_pending",
+            "Approvals waiting for a human",
+            registry=self.registry,
         )

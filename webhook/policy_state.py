@@ -37,8 +37,10 @@ class PolicyState:
 
     def detail(self) -> dict[str, object]:
         return {
-            "policies": [{"name": p.name, "hash": p.hash, "rules": len(p.rules), "mode": p.mode.value}
-                         for p in self.policies],
+            "policies": [
+                {"name": p.name, "hash": p.hash, "rules": len(p.rules), "mode": p.mode.value}
+                for p in self.policies
+            ],
             "loaded": self.loaded,
             "generation": self.generation,
             "last_error": self.error,

@@ -87,7 +87,9 @@ class Recorder:
         else:
             genesis = self._head.seal_next(chain.genesis_draft(self._public_key_b64), self.signer)
             self.ledger.write([genesis])
-        self._thread = threading.Thread(target=self._run, name=f"recorder-{self.chain_id}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"recorder-{self.chain_id}", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -145,7 +147,9 @@ class Recorder:
         try:
             self.ledger.write(records)
         except Exception as exc:
-            log.error("cannot persist %d record(s) of chain %s: %s", len(records), self.chain_id, exc)
+            log.error(
+                "cannot persist %d record(s) of chain %s: %s", len(records), self.chain_id, exc
+            )
             self._head = before
             error = RecordUnavailable(f"record store unavailable: {exc}")
             for job in jobs:

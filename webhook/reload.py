@@ -11,7 +11,6 @@ import logging
 from pathlib import Path
 
 import watchfiles
-
 from kubewrit.webhook import policy
 from kubewrit.webhook.metrics import Metrics
 from kubewrit.webhook.policy_state import PolicyState
@@ -38,10 +37,15 @@ def load_into(state: PolicyState, directory: Path, metrics: Metrics | None = Non
     return True
 
 
-async def watch(state: PolicyState, directory: Path, metrics: Metrics | None = None,
-                stop: asyncio.Event | None = None) -> None:
+async def watch(
+    state: PolicyState,
+    directory: Path,
+    metrics: Metrics | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
     """Reload on every change under `directory` until `stop` is set."""
     directory.mkdir(parents=True, exist_ok=True)
-    async for _changes in watchfiles.awatch(directory, debounce=100, step=20, stop_event=stop,
-                                             force_polling=False, recursive=False):
+    async for _changes in watchfiles.awatch(
+        directory, debounce=100, step=20, stop_event=stop, force_polling=False, recursive=False
+    ):
         load_into(state, directory, metrics)

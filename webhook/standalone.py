@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-
 from kubewrit.webhook import keys, reload
 from kubewrit.webhook.authority import Authority
 from kubewrit.webhook.identity import Role, TokenFile
@@ -98,10 +97,22 @@ def build(config: Config) -> Runtime:
     if first_start and config.bootstrap_tokens:
         config.printed.extend(bootstrap_tokens(config, tokens, state))
     chain_id = config.chain or f"standalone-{signer.key_id[:8]}"
-    recorder = Recorder(store, signer, chain_id,
-                        AnchorPolicy(config.anchor_every, config.anchor_seconds), public_key_b64(signer))
-    authority = Authority(state.current, recorder, store, signer, store.find_request,
-                          config.writ_ttl, config.approval_ttl)
+    recorder = Recorder(
+        store,
+        signer,
+        chain_id,
+        AnchorPolicy(config.anchor_every, config.anchor_seconds),
+        public_key_b64(signer),
+    )
+    authority = Authority(
+        state.current,
+        recorder,
+        store,
+        signer,
+        store.find_request,
+        config.writ_ttl,
+        config.approval_ttl,
+    )
 
     async def sweep_expired() -> None:
         while True:

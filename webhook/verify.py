@@ -71,15 +71,24 @@ def _group(records: Iterable[Mapping[str, Any]], report: Report) -> dict[str, li
             record = Record.from_dict(dict(data))
         except (TypeError, ValueError) as exc:
             entry = report.chains.setdefault(name, ChainReport(name))
-            entry.problem = entry.problem or Problem(name, int(data.get("seq", -1)), "malformed",
-                                                     f"record #{position} cannot be read: {exc}")
+            entry.problem = entry.problem or Problem(
+                name,
+                int(data.get("seq", -1)),
+                "malformed",
+                f"record #{position} cannot be read: {exc}",
+            )
             continue
         chains.setdefault(record.chain, []).append(record)
     return chains
 
 
-def _walk(name: str, records: list[Record], cut: Cut | None,
-          verifiers: Mapping[str, Verifier], entry: ChainReport) -> Problem | None:
+def _walk(
+    name: str,
+    records: list[Record],
+    cut: Cut | None,
+    verifiers: Mapping[str, Verifier],
+    entry: ChainReport,
+) -> Problem | None:
     expected_seq, expected_prev = (cut.seq, cut.prev) if cut else (0, chain.GENESIS_PREV)
     for position, record in enumerate(records):
         entry.records += 1
@@ -87,18 +96,44 @@ def _walk(name: str, records: list[Record], cut: Cut | None,
             return Problem(name, record.seq, "modified", "content does not match its hash")
         verifier = verifiers.get(record.key_id)
         if verifier is None:
-            return Problem(name, record.seq, "unknown_key", f"signed by key {record.key_id}, not a trusted key")
+            return Problem(
+                name, record.seq, "unknown_key", f"signed by key {record.key_id}, not a trusted key"
+            )
         if not chain.signature_valid(record, verifier):
-            return Problem(name, record.seq, "bad_signature", "signature does not verify (record re-hashed after a change?)")
+            return Problem(
+                name,
+                record.seq,
+                "bad_signature",
+                "signature does not verify (record re-hashed after a change?)",
+            )
         if record.seq < expected_seq:
-            kind = "inserted" if record.seq == expected_seq - 1 or record.prev == expected_prev else "reordered"
-            return Problem(name, record.seq, kind, f"seq {record.seq} appears where seq {expected_seq} belongs")
+            kind = (
+                "inserted"
+                if record.seq == expected_seq - 1 or record.prev == expected_prev
+                else "reordered"
+            )
+            return Problem(
+                name, record.seq, kind, f"seq {record.seq} appears where seq {expected_seq} belongs"
+            )
         if record.seq > expected_seq:
-            if any(later.seq == expected_seq for later in records[position + 1:]):
-                return Problem(name, record.seq, "reordered",
-                               f"seq {record.seq} appears before seq {expected_seq}")
-            missing = f"{expected_seq}" if record.seq == expected_seq + 1 else f"{expected_seq}-{record.seq - 1}"
-            return Problem(name, expected_seq, "missing", f"record(s) {missing} missing before seq {record.seq}")
+            if any(later.seq == expected_seq for later in records[position + 1 :]):
+                return Problem(
+                    name,
+                    record.seq,
+                    "reordered",
+                    f"seq {record.seq} appears before seq {expected_seq}",
+                )
+            missing = (
+                f"{expected_seq}"
+                if record.seq == expected_seq + 1
+                else f"{expected_seq}-{record.seq - 1}"
+            )
+            return Problem(
+                name,
+                expected_seq,
+                "missing",
+                f"record(s) {missing} missing before seq {record.seq}",
+            )
         if record.prev != expected_prev:
             return Problem(name, record.seq, "inserted", "link to the previous record is broken")
         expected_seq, expected_prev = record.seq + 1, record.hash
@@ -107,8 +142,13 @@ def _walk(name: str, records: list[Record], cut: Cut | None,
     return None
 
 
-def _check_anchor(name: str, records: list[Record], anchor: Anchor, cut: Cut | None,
-                  verifiers: Mapping[str, Verifier]) -> Problem | None:
+def _check_anchor(
+    name: str,
+    records: list[Record],
+    anchor: Anchor,
+    cut: Cut | None,
+    verifiers: Mapping[str, Verifier],
+) -> Problem | None:
     verifier = verifiers.get(anchor.key_id)
     if verifier is None or not chain.anchor_valid(anchor, verifier):
         return Problem(name, anchor.seq, "bad_signature", "anchor signature does not verify")
@@ -116,8 +156,12 @@ def _check_anchor(name: str, records: list[Record], anchor: Anchor, cut: Cut | N
     if at is None:
         last = records[-1].seq if records else (cut.seq if cut else 0) - 1
         if anchor.seq > last:
-            return Problem(name, last + 1, "truncated",
-                           f"anchor says the chain reached seq {anchor.seq}, records end at {last}")
+            return Problem(
+                name,
+                last + 1,
+                "truncated",
+                f"anchor says the chain reached seq {anchor.seq}, records end at {last}",
+            )
         if cut is not None and anchor.seq < cut.seq:
             return None  # anchored before the retention cut: exported, verified from the export
         return Problem(name, anchor.seq, "missing", "the anchored record is missing")
@@ -126,8 +170,12 @@ def _check_anchor(name: str, records: list[Record], anchor: Anchor, cut: Cut | N
     return None
 
 
-def verify(records: Iterable[Mapping[str, Any]], anchors: Iterable[Anchor],
-           trusted: Iterable[Verifier], cuts: Mapping[str, Cut] | None = None) -> Report:
+def verify(
+    records: Iterable[Mapping[str, Any]],
+    anchors: Iterable[Anchor],
+    trusted: Iterable[Verifier],
+    cuts: Mapping[str, Cut] | None = None,
+) -> Report:
     report = Report()
     cuts = cuts or {}
     verifiers = {v.key_id: v for v in trusted}

@@ -14,7 +14,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import jwt
-
 from kubewrit.webhook import canonical
 from kubewrit.webhook.canonical import Action
 from kubewrit.webhook.chain import Record
@@ -48,7 +47,9 @@ class WritClaims:
         return self.record_hash
 
 
-def issue(signer: Signer, record: Record, ttl: int = DEFAULT_TTL_SECONDS, now: float | None = None) -> str:
+def issue(
+    signer: Signer, record: Record, ttl: int = DEFAULT_TTL_SECONDS, now: float | None = None
+) -> str:
     issued = int(time.time() if now is None else now)
     claims = {
         "iss": ISSUER,
@@ -61,8 +62,12 @@ def issue(signer: Signer, record: Record, ttl: int = DEFAULT_TTL_SECONDS, now: f
         "exp": issued + ttl,
         "jti": record.hash,
     }
-    return jwt.encode(claims, signer.private_key, algorithm="EdDSA",
-                      headers={"typ": WRIT_TYPE, "kid": signer.key_id})
+    return jwt.encode(
+        claims,
+        signer.private_key,
+        algorithm="EdDSA",
+        headers={"typ": WRIT_TYPE, "kid": signer.key_id},
+    )
 
 
 class ReplayCache:
@@ -105,8 +110,14 @@ def verify(
     for verifier in candidates:
         try:
             claims = jwt.decode(
-                token, verifier.public_key, algorithms=["EdDSA"], issuer=ISSUER,
-                options={"require": ["exp", "iat", "sub", "act", "rec", "jti"], "verify_exp": False},
+                token,
+                verifier.public_key,
+                algorithms=["EdDSA"],
+                issuer=ISSUER,
+                options={
+                    "require": ["exp", "iat", "sub", "act", "rec", "jti"],
+                    "verify_exp": False,
+                },
             )
             break
         except jwt.InvalidSignatureError:
@@ -118,10 +129,19 @@ def verify(
     if moment >= claims["exp"]:
         raise WritRejected("expired", f"writ expired {int(moment - claims['exp'])}s ago")
     if claims["act"] != expected_hash:
-        raise WritRejected("action_mismatch", "writ was issued for a different action (arguments changed?)")
+        raise WritRejected(
+            "action_mismatch", "writ was issued for a different action (arguments changed?)"
+        )
     if agent is not None and claims["sub"] != agent:
         raise WritRejected("agent_mismatch", f"writ was issued to {claims['sub']!r}, not {agent!r}")
     if replay is not None and not replay.claim(claims["jti"], claims["exp"], moment):
         raise WritRejected("replayed", "writ was already used")
-    return WritClaims(claims["sub"], claims["act"], claims["rec"], claims.get("chn", ""),
-                      int(claims.get("seq", -1)), claims["iat"], claims["exp"])
+    return WritClaims(
+        claims["sub"],
+        claims["act"],
+        claims["rec"],
+        claims.get("chn", ""),
+        int(claims.get("seq", -1)),
+        claims["iat"],
+        claims["exp"],
+    )

@@ -26,8 +26,14 @@ def apply_crds(control_plane: Any) -> None:
 
 def policy_manifest(namespace: str, name: str = "support-agent", spec: dict | None = None) -> str:
     spec = spec if spec is not None else yaml.safe_load(WALKTHROUGH.read_text())
-    return yaml.safe_dump({"apiVersion": "kubewrit.io/v1alpha1", "kind": "AgentPolicy",
-                           "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+    return yaml.safe_dump(
+        {
+            "apiVersion": "kubewrit.io/v1alpha1",
+            "kind": "AgentPolicy",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        }
+    )
 
 
 @dataclass
@@ -38,12 +44,17 @@ class DecisionWebhook:
     args: list[str]
 
     def decide(self, token: str, **body: Any) -> httpx.Response:
-        return httpx.post(f"{self.url}/v1/decide", json=body, headers={"Authorization": f"Bearer {token}"},
-                          timeout=30)
+        return httpx.post(
+            f"{self.url}/v1/decide",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
 
     def get(self, path: str, token: str, **kwargs: Any) -> httpx.Response:
-        return httpx.get(f"{self.url}{path}", headers={"Authorization": f"Bearer {token}"}, timeout=60,
-                         **kwargs)
+        return httpx.get(
+            f"{self.url}{path}", headers={"Authorization": f"Bearer {token}"}, timeout=60, **kwargs
+        )
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -54,18 +65,35 @@ class DecisionWebhook:
                 self.process.kill()
 
 
-def start_webhook(control_plane: Any, workdir: Path, replica: str = "test-webhook",
-                  *extra: str) -> DecisionWebhook:
+def start_webhook(
+    control_plane: Any, workdir: Path, replica: str = "test-webhook", *extra: str
+) -> DecisionWebhook:
     workdir.mkdir(parents=True, exist_ok=True)
     control_plane.kubectl("create", "namespace", "kubewrit-system", check=False)
     port = free_port()
     log = workdir / f"{replica}.log"
-    args = [shutil.which("kubewrit") or "kubewrit", "webhook", "--kubeconfig",
-            str(control_plane.kubeconfig_for("admin")), "--replica", replica, "--signing-key",
-            str(workdir / f"{replica}.pem"), "--host", "127.0.0.1", "--port", str(port),
-            "--log-level", "warning", "--anchor-seconds", "0.5", *extra]
-    process = subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT,
-                               env={**os.environ, "COLUMNS": "200"})
+    args = [
+        shutil.which("kubewrit") or "kubewrit",
+        "webhook",
+        "--kubeconfig",
+        str(control_plane.kubeconfig_for("admin")),
+        "--replica",
+        replica,
+        "--signing-key",
+        str(workdir / f"{replica}.pem"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--anchor-seconds",
+        "0.5",
+        *extra,
+    ]
+    process = subprocess.Popen(
+        args, stdout=log.open("ab"), stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"}
+    )
     webhook = DecisionWebhook(f"http://127.0.0.1:{port}", process, log, args)
     deadline = time.monotonic() + 60
     while True:

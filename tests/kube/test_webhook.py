@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from kubewrit.webhook import canonical, keys, writ
 
 from tests.conftest import run_cli
@@ -32,7 +31,9 @@ def shop(control_plane: Any) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def webhook(control_plane: Any, shop: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DecisionWebhook]:
+def webhook(
+    control_plane: Any, shop: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DecisionWebhook]:
     server = start_webhook(control_plane, tmp_path_factory.mktemp("webhook"))
     yield server
     server.stop()
@@ -43,7 +44,9 @@ def token(control_plane: Any, namespace: str, sa: str = "support-agent") -> str:
 
 
 def records(control_plane: Any, namespace: str) -> list[dict[str, Any]]:
-    listing = json.loads(control_plane.kubectl("get", "actionrecords", "-n", namespace, "-o", "json").stdout)
+    listing = json.loads(
+        control_plane.kubectl("get", "actionrecords", "-n", namespace, "-o", "json").stdout
+    )
     return sorted(listing["items"], key=lambda item: item["spec"]["seq"])
 
 
@@ -52,10 +55,15 @@ def test_agents_authenticate_with_their_service_account(control_plane, shop, web
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert (body["decision"], body["rule_id"]) == ("PERMIT", "support-agent/small-refunds")
-    published = json.loads(control_plane.kubectl(
-        "get", "configmap", "kubewrit-keys", "-n", "kubewrit-system", "-o", "json").stdout)["data"]
+    published = json.loads(
+        control_plane.kubectl(
+            "get", "configmap", "kubewrit-keys", "-n", "kubewrit-system", "-o", "json"
+        ).stdout
+    )["data"]
     trusted = [keys.load_public(value) for value in published.values()]
-    action = canonical.build_action("support-agent", "process_refund", {"amount": 45}, namespace=shop)
+    action = canonical.build_action(
+        "support-agent", "process_refund", {"amount": 45}, namespace=shop
+    )
     writ.verify(body["writ"], trusted, action, agent="support-agent")
     assert webhook.decide("not-a-token", tool="send_email").status_code == 401
 
@@ -72,39 +80,72 @@ def test_every_decision_is_an_action_record(control_plane, shop, webhook) -> Non
     denied = next(r for r in stored if r["spec"]["hash"] == big["record"]["hash"])
     assert denied["metadata"]["labels"]["kubewrit.io/decision"] == "DENY"
     assert denied["spec"]["seq"] == big["record"]["seq"]
-    selected = control_plane.kubectl("get", "actionrecords", "-n", shop, "-l", "kubewrit.io/decision=DENY",
-                                     "-o", "name").stdout.split()
+    selected = control_plane.kubectl(
+        "get", "actionrecords", "-n", shop, "-l", "kubewrit.io/decision=DENY", "-o", "name"
+    ).stdout.split()
     assert f"actionrecord.kubewrit.io/{denied['metadata']['name']}" in selected
 
 
 def test_action_record_spec_is_immutable(control_plane, shop, webhook) -> None:
     webhook.decide(token(control_plane, shop), tool="send_email", args={"to": "a@example.com"})
     name = records(control_plane, shop)[-1]["metadata"]["name"]
-    patched = control_plane.kubectl("patch", "actionrecord", name, "-n", shop, "--type=merge",
-                                    "-p", '{"spec": {"decision": "PERMIT", "reason": "forged"}}', check=False)
+    patched = control_plane.kubectl(
+        "patch",
+        "actionrecord",
+        name,
+        "-n",
+        shop,
+        "--type=merge",
+        "-p",
+        '{"spec": {"decision": "PERMIT", "reason": "forged"}}',
+        check=False,
+    )
     assert patched.returncode != 0 and "an ActionRecord is immutable" in patched.stderr
 
 
 def test_spoofed_agent_id_is_refused(control_plane, shop, webhook) -> None:
-    answer = webhook.decide(token(control_plane, shop), tool="process_refund", args={"amount": 45},
-                            agent="finance-agent")
+    answer = webhook.decide(
+        token(control_plane, shop),
+        tool="process_refund",
+        args={"amount": 45},
+        agent="finance-agent",
+    )
     assert answer.status_code == 403 and answer.json()["error"]["code"] == "identity_mismatch"
 
 
 def test_policies_select_agents_by_service_account(control_plane, shop, webhook) -> None:
-    other = webhook.decide(token(control_plane, shop, "finance-agent"), tool="process_refund",
-                           args={"amount": 45}).json()
+    other = webhook.decide(
+        token(control_plane, shop, "finance-agent"), tool="process_refund", args={"amount": 45}
+    ).json()
     assert (other["decision"], other["reason"]) == ("DENY", "default_deny")
 
 
 def test_policy_updates_are_live_within_a_second(control_plane, shop, webhook) -> None:
     agent = token(control_plane, shop)
-    spec = {"agents": ["support-agent"], "rules": [
-        {"id": "email-only", "match": {"tool": "send_email"}, "allow": True}]}
-    control_plane.kubectl("apply", "-f", "-", input=policy_manifest(shop, "email-only", spec))
-    control_plane.kubectl("apply", "-f", "-", input=policy_manifest(shop, "support-agent", {
+    spec = {
         "agents": ["support-agent"],
-        "rules": [{"id": "over-50", "match": {"tool": "process_refund", "amount_gt": 50}, "deny": True}]}))
+        "rules": [{"id": "email-only", "match": {"tool": "send_email"}, "allow": True}],
+    }
+    control_plane.kubectl("apply", "-f", "-", input=policy_manifest(shop, "email-only", spec))
+    control_plane.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=policy_manifest(
+            shop,
+            "support-agent",
+            {
+                "agents": ["support-agent"],
+                "rules": [
+                    {
+                        "id": "over-50",
+                        "match": {"tool": "process_refund", "amount_gt": 50},
+                        "deny": True,
+                    }
+                ],
+            },
+        ),
+    )
     deadline = time.monotonic() + 1.0
     body = webhook.decide(agent, tool="process_refund", args={"amount": 45}).json()
     while body["reason"] != "default_deny" and time.monotonic() < deadline:
@@ -123,8 +164,9 @@ def test_policy_updates_are_live_within_a_second(control_plane, shop, webhook) -
     time.sleep(0.5)
 
 
-def test_verify_passes_then_names_a_deleted_or_relabelled_record(control_plane, shop, webhook,
-                                                                  tmp_path: Path) -> None:
+def test_verify_passes_then_names_a_deleted_or_relabelled_record(
+    control_plane, shop, webhook, tmp_path: Path
+) -> None:
     agent = token(control_plane, shop)
     for amount in (45, 46, 47):
         webhook.decide(agent, tool="process_refund", args={"amount": amount})
@@ -134,9 +176,17 @@ def test_verify_passes_then_names_a_deleted_or_relabelled_record(control_plane, 
     assert "verified" in ok.stdout
     stored = records(control_plane, shop)
     victim = stored[len(stored) // 2]
-    control_plane.kubectl("label", "actionrecord", victim["metadata"]["name"], "-n", shop, "--overwrite",
-                          "kubewrit.io/decision=PERMIT" if victim["spec"]["decision"] != "PERMIT"
-                          else "kubewrit.io/decision=DENY")
+    control_plane.kubectl(
+        "label",
+        "actionrecord",
+        victim["metadata"]["name"],
+        "-n",
+        shop,
+        "--overwrite",
+        "kubewrit.io/decision=PERMIT"
+        if victim["spec"]["decision"] != "PERMIT"
+        else "kubewrit.io/decision=DENY",
+    )
     relabelled = run_cli("verify", "--kubeconfig", kubeconfig, "-n", shop, check=False)
     assert relabelled.returncode == 1
     assert f"seq {victim['spec']['seq']}: modified" in relabelled.stdout
@@ -166,7 +216,9 @@ def test_restarted_webhook_continues_its_chain(control_plane, tmp_path: Path) ->
         second.stop()
     assert after["record"]["chain"] == before["record"]["chain"]
     assert after["record"]["seq"] == before["record"]["seq"] + 1
-    result = run_cli("verify", "--kubeconfig", str(control_plane.kubeconfig_for("admin")), "-n", namespace)
+    result = run_cli(
+        "verify", "--kubeconfig", str(control_plane.kubeconfig_for("admin")), "-n", namespace
+    )
     assert "verified" in result.stdout
 
 

@@ -8,22 +8,36 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from kubewrit.webhook import canonical, keys, writ
 
 from tests.conftest import Server, start_server
 
 
-@pytest.mark.parametrize("amount", ["5,000", "1e3", " 45", "45 ", "0x2D", {"value": 5000}, [45], True, None])
+@pytest.mark.parametrize(
+    "amount", ["5,000", "1e3", " 45", "45 ", "0x2D", {"value": 5000}, [45], True, None]
+)
 def test_wrongly_typed_amounts_are_denied_not_skipped(server: Server, amount: object) -> None:
     body = server.decide(tool="process_refund", args={"amount": amount}).json()
     assert (body["decision"], body["reason"]) == ("DENY", "type_mismatch"), body
 
 
-@pytest.mark.parametrize(("amount", "decision"), [("45", "PERMIT"), ("600", "DEFER"), ("1200.00", "DENY"),
-                                                   (45.0, "PERMIT"), (150, "PERMIT"), (150.01, "DEFER")])
-def test_clean_numeric_strings_compare_as_numbers(server: Server, amount: object, decision: str) -> None:
-    assert server.decide(tool="process_refund", args={"amount": amount}).json()["decision"] == decision
+@pytest.mark.parametrize(
+    ("amount", "decision"),
+    [
+        ("45", "PERMIT"),
+        ("600", "DEFER"),
+        ("1200.00", "DENY"),
+        (45.0, "PERMIT"),
+        (150, "PERMIT"),
+        (150.01, "DEFER"),
+    ],
+)
+def test_clean_numeric_strings_compare_as_numbers(
+    server: Server, amount: object, decision: str
+) -> None:
+    assert (
+        server.decide(tool="process_refund", args={"amount": amount}).json()["decision"] == decision
+    )
 
 
 def test_absent_amount_matches_no_amount_rule(server: Server) -> None:
@@ -31,7 +45,9 @@ def test_absent_amount_matches_no_amount_rule(server: Server) -> None:
     assert (body["decision"], body["reason"]) == ("DENY", "default_deny")
 
 
-@pytest.mark.parametrize("tool", ["prоcess_refund", "process\u200b_refund", "ｐrocess_refund", "process refund"])
+@pytest.mark.parametrize(
+    "tool", ["prоcess_refund", "process\u200b_refund", "ｐrocess_refund", "process refund"]
+)
 def test_look_alike_tool_names_are_denied_and_recorded(server: Server, tool: str) -> None:
     body = server.decide(tool=tool, args={"amount": 45}).json()
     assert (body["decision"], body["reason"]) == ("DENY", "invalid_tool_name")
@@ -56,7 +72,9 @@ def test_unauthenticated_and_unknown_tokens_are_refused(server: Server) -> None:
 
 
 def test_agents_cannot_approve_even_their_own_action(server: Server) -> None:
-    approval_id = server.decide(tool="process_refund", args={"amount": 340}).json()["approval"]["id"]
+    approval_id = server.decide(tool="process_refund", args={"amount": 340}).json()["approval"][
+        "id"
+    ]
     answer = server.post(f"/v1/approvals/{approval_id}/approve", "support-agent")
     assert answer.status_code == 403 and answer.json()["error"]["code"] == "not_an_approver"
     assert server.get(f"/v1/approvals/{approval_id}", "approver").json()["phase"] == "Pending"
@@ -65,13 +83,17 @@ def test_agents_cannot_approve_even_their_own_action(server: Server) -> None:
 def test_an_approver_outside_the_policy_list_cannot_approve(server: Server) -> None:
     outsider = server.kubewrit("tokens", "create", "intern", "--role", "approver").stdout.strip()
     server.tokens["intern"] = outsider
-    approval_id = server.decide(tool="process_refund", args={"amount": 340}).json()["approval"]["id"]
+    approval_id = server.decide(tool="process_refund", args={"amount": 340}).json()["approval"][
+        "id"
+    ]
     answer = server.post(f"/v1/approvals/{approval_id}/approve", "intern")
     assert answer.status_code == 403 and answer.json()["error"]["code"] == "not_listed_approver"
 
 
 def test_approvals_are_single_use(server: Server) -> None:
-    approval_id = server.decide(tool="process_refund", args={"amount": 340}).json()["approval"]["id"]
+    approval_id = server.decide(tool="process_refund", args={"amount": 340}).json()["approval"][
+        "id"
+    ]
     assert server.post(f"/v1/approvals/{approval_id}/approve", "approver").status_code == 200
     again = server.post(f"/v1/approvals/{approval_id}/deny", "approver")
     assert again.status_code == 409 and again.json()["error"]["code"] == "already_decided"
@@ -82,8 +104,12 @@ def test_approvals_are_single_use(server: Server) -> None:
 
 
 def test_denied_approval_never_permits(server: Server) -> None:
-    approval_id = server.decide(tool="process_refund", args={"amount": 340}).json()["approval"]["id"]
-    server.post(f"/v1/approvals/{approval_id}/deny", "approver", json={"reason": "duplicate refund"})
+    approval_id = server.decide(tool="process_refund", args={"amount": 340}).json()["approval"][
+        "id"
+    ]
+    server.post(
+        f"/v1/approvals/{approval_id}/deny", "approver", json={"reason": "duplicate refund"}
+    )
     view = server.get(f"/v1/approvals/{approval_id}", "support-agent").json()
     assert view["phase"] == "Denied" and view["outcome"]["decision"] == "DENY"
     assert view["outcome"]["reason"] == "approval_denied" and view["outcome"]["writ"] is None
@@ -92,10 +118,15 @@ def test_denied_approval_never_permits(server: Server) -> None:
 def test_expired_approval_is_denied(tmp_path: Path) -> None:
     server = start_server(tmp_path, "--approval-ttl", "1")
     try:
-        approval_id = server.decide(tool="process_refund", args={"amount": 340}).json()["approval"]["id"]
+        approval_id = server.decide(tool="process_refund", args={"amount": 340}).json()["approval"][
+            "id"
+        ]
         time.sleep(2.5)
         answer = server.post(f"/v1/approvals/{approval_id}/approve", "approver")
-        assert answer.status_code == 409 and answer.json()["error"]["code"] in {"approval_expired", "already_decided"}
+        assert answer.status_code == 409 and answer.json()["error"]["code"] in {
+            "approval_expired",
+            "already_decided",
+        }
         view = server.get(f"/v1/approvals/{approval_id}", "support-agent").json()
         assert view["phase"] == "Expired"
         records = server.get("/v1/records", "approver", params={"limit": 100}).json()["items"]
@@ -118,28 +149,46 @@ def test_replayed_or_altered_writs_are_rejected(server: Server) -> None:
         writ.verify(body["writ"], key, bigger)
     assert altered.value.code == "action_mismatch"
     header, payload, signature = body["writ"].split(".")
-    forged = ".".join([header, payload[:-2] + ("A" if payload[-2] != "A" else "B") + payload[-1], signature])
+    forged = ".".join(
+        [header, payload[:-2] + ("A" if payload[-2] != "A" else "B") + payload[-1], signature]
+    )
     with pytest.raises(writ.WritRejected):
         writ.verify(forged, key, action)
 
 
-@pytest.mark.parametrize(("raw", "status", "code"), [
-    (b'{"tool": "send_email", "tool": "process_refund"}', 400, "duplicate_key"),
-    (b'{"tool": "send_email", "args": {"n": NaN}}', 400, "invalid_number"),
-    (b'{"tool": "send_email", "args": {"n": Infinity}}', 400, "invalid_number"),
-    (b'{"tool": "send_email", "args": {"n": 9007199254740993}}', 400, "number_out_of_range"),
-    (b'{"tool": "send_email"', 400, "malformed_json"),
-    (b'{"tool": "send_email", "agnet": "x"}', 400, "invalid_request"),
-    (b'{"tool": 5}', 400, "invalid_request"),
-    (b'[1, 2]', 400, "invalid_request"),
-    (b'{"tool": "send_email", "args": ' + b'{"a": ' * 40 + b"1" + b"}" * 40 + b"}", 400, "too_deep"),
-    (b'{"tool": "send_email", "args": {"blob": "' + b"x" * 70000 + b'"}}', 413, "payload_too_large"),
-])
-def test_bad_input_gets_a_clear_error_and_changes_nothing(server: Server, raw: bytes, status: int,
-                                                          code: str) -> None:
+@pytest.mark.parametrize(
+    ("raw", "status", "code"),
+    [
+        (b'{"tool": "send_email", "tool": "process_refund"}', 400, "duplicate_key"),
+        (b'{"tool": "send_email", "args": {"n": NaN}}', 400, "invalid_number"),
+        (b'{"tool": "send_email", "args": {"n": Infinity}}', 400, "invalid_number"),
+        (b'{"tool": "send_email", "args": {"n": 9007199254740993}}', 400, "number_out_of_range"),
+        (b'{"tool": "send_email"', 400, "malformed_json"),
+        (b'{"tool": "send_email", "agnet": "x"}', 400, "invalid_request"),
+        (b'{"tool": 5}', 400, "invalid_request"),
+        (b"[1, 2]", 400, "invalid_request"),
+        (
+            b'{"tool": "send_email", "args": ' + b'{"a": ' * 40 + b"1" + b"}" * 40 + b"}",
+            400,
+            "too_deep",
+        ),
+        (
+            b'{"tool": "send_email", "args": {"blob": "' + b"x" * 70000 + b'"}}',
+            413,
+            "payload_too_large",
+        ),
+    ],
+)
+def test_bad_input_gets_a_clear_error_and_changes_nothing(
+    server: Server, raw: bytes, status: int, code: str
+) -> None:
     before = len(server.get("/v1/records", "approver", params={"limit": 1000}).json()["items"])
-    answer = httpx.post(f"{server.url}/v1/decide", content=raw, timeout=10,
-                        headers={**server.headers("support-agent"), "Content-Type": "application/json"})
+    answer = httpx.post(
+        f"{server.url}/v1/decide",
+        content=raw,
+        timeout=10,
+        headers={**server.headers("support-agent"), "Content-Type": "application/json"},
+    )
     assert answer.status_code == status, answer.text
     assert answer.json()["error"]["code"] == code
     after = len(server.get("/v1/records", "approver", params={"limit": 1000}).json()["items"])

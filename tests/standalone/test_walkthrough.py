@@ -18,8 +18,13 @@ def test_small_refund_is_permitted_with_a_verifiable_writ(server: Server) -> Non
     assert answer.status_code == 200
     body = answer.json()
     assert (body["decision"], body["reason"], body["rule_id"]) == (
-        "PERMIT", "rule_allow", "support-agent/small-refunds")
-    action = canonical.build_action("support-agent", "process_refund", {"amount": 45, "order_id": "A-1"})
+        "PERMIT",
+        "rule_allow",
+        "support-agent/small-refunds",
+    )
+    action = canonical.build_action(
+        "support-agent", "process_refund", {"amount": 45, "order_id": "A-1"}
+    )
     claims = writ.verify(body["writ"], public_key(server), action, agent="support-agent")
     assert claims.record_hash == body["record"]["hash"]
     assert body["action_hash"] == canonical.action_hash(action)
@@ -33,11 +38,15 @@ def test_mid_range_refund_waits_for_an_approver_then_runs(server: Server) -> Non
     pending = server.get(f"/v1/approvals/{approval_id}", "support-agent").json()
     assert pending["phase"] == "Pending"
 
-    decided = server.post(f"/v1/approvals/{approval_id}/approve", "approver", json={"reason": "customer ok"})
+    decided = server.post(
+        f"/v1/approvals/{approval_id}/approve", "approver", json={"reason": "customer ok"}
+    )
     assert decided.status_code == 200, decided.text
     assert decided.json()["phase"] == "Approved"
 
-    collected = server.get(f"/v1/approvals/{approval_id}", "support-agent", params={"wait": 5}).json()
+    collected = server.get(
+        f"/v1/approvals/{approval_id}", "support-agent", params={"wait": 5}
+    ).json()
     assert collected["phase"] == "Consumed"
     outcome = collected["outcome"]
     assert outcome["decision"] == "PERMIT" and outcome["reason"] == "approved"
@@ -52,11 +61,17 @@ def test_mid_range_refund_waits_for_an_approver_then_runs(server: Server) -> Non
 def test_long_poll_returns_when_the_approver_decides(server: Server) -> None:
     import threading
 
-    approval_id = server.decide(tool="process_refund", args={"amount": 200}).json()["approval"]["id"]
-    timer = threading.Timer(0.5, lambda: server.post(f"/v1/approvals/{approval_id}/approve", "approver"))
+    approval_id = server.decide(tool="process_refund", args={"amount": 200}).json()["approval"][
+        "id"
+    ]
+    timer = threading.Timer(
+        0.5, lambda: server.post(f"/v1/approvals/{approval_id}/approve", "approver")
+    )
     timer.start()
     started = time.monotonic()
-    collected = server.get(f"/v1/approvals/{approval_id}", "support-agent", params={"wait": 20}).json()
+    collected = server.get(
+        f"/v1/approvals/{approval_id}", "support-agent", params={"wait": 20}
+    ).json()
     timer.join()
     assert collected["outcome"]["decision"] == "PERMIT"
     assert time.monotonic() - started < 5
@@ -71,7 +86,11 @@ def test_600_is_deferred_and_marked_high_risk(server: Server) -> None:
 
 def test_large_refund_is_denied_with_the_policy_reason(server: Server) -> None:
     body = server.decide(tool="process_refund", args={"amount": 1200}).json()
-    assert (body["decision"], body["reason"], body["rule_id"]) == ("DENY", "rule_deny", "support-agent/large-refunds")
+    assert (body["decision"], body["reason"], body["rule_id"]) == (
+        "DENY",
+        "rule_deny",
+        "support-agent/large-refunds",
+    )
     assert "finance team" in body["message"]
     assert body["writ"] is None and body["record"]["seq"] > 0
 
@@ -111,7 +130,10 @@ def test_invalid_policy_edit_keeps_the_previous_policy(server: Server) -> None:
     while ready["last_error"] is None and time.monotonic() < deadline:
         time.sleep(0.05)
         ready = server.get("/readyz").json()
-    assert "unknown key 'alow'" in ready["last_error"] and "rule 1 (small-refunds)" in ready["last_error"]
+    assert (
+        "unknown key 'alow'" in ready["last_error"]
+        and "rule 1 (small-refunds)" in ready["last_error"]
+    )
     assert server.decide(tool="process_refund", args={"amount": 45}).json()["decision"] == "PERMIT"
     metrics = server.get("/metrics").text
     assert "kubewrit_policy_reload_failures_total 1.0" in metrics
@@ -137,13 +159,16 @@ def test_every_decision_is_recorded_and_the_chain_verifies(server: Server, tmp_p
     server.kubewrit("records", "export", "-o", str(export))
     key = tmp_path / "key.pub"
     key.write_text(server.kubewrit("keys", "public").stdout)
-    offline = server.kubewrit("verify", "--export", str(export), "--public-key", str(key), "-o", "json")
+    offline = server.kubewrit(
+        "verify", "--export", str(export), "--public-key", str(key), "-o", "json"
+    )
     assert '"ok": true' in offline.stdout
 
 
 def test_metrics_and_admission_review(server: Server) -> None:
     review = {
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
         "request": {"uid": "u-1", "object": {"tool": "process_refund", "args": {"amount": 1200}}},
     }
     answer = server.post("/v1/admission", "support-agent", json=review).json()["response"]

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-
 from kubewrit.webhook import canonical
 
 
@@ -22,8 +21,9 @@ def test_context_does_not_change_the_hash_but_arguments_do() -> None:
     assert hash_of("t", {"x": 1}) != hash_of("t", {"x": "1"})
 
 
-@pytest.mark.parametrize("tool", ["prоcess_refund", "process\u200brefund", "ｐrocess", "a b", "", "1tool",
-                                  "tool\n"])
+@pytest.mark.parametrize(
+    "tool", ["prоcess_refund", "process\u200brefund", "ｐrocess", "a b", "", "1tool", "tool\n"]
+)
 def test_unsafe_tool_names_are_rejected(tool: str) -> None:
     with pytest.raises(canonical.InvalidToolName):
         canonical.normalize_tool(tool)
@@ -34,15 +34,18 @@ def test_error_names_the_invisible_character() -> None:
         canonical.normalize_tool("process\u200b_refund")
 
 
-@pytest.mark.parametrize(("raw", "code"), [
-    (b'{"a": NaN}', "invalid_number"),
-    (b'{"a": -Infinity}', "invalid_number"),
-    (b'{"a": 9007199254740993}', "number_out_of_range"),
-    (b'{"a": 1, "a": 2}', "duplicate_key"),
-    (b'{"a": ' * 40 + b"1" + b"}" * 40, "too_deep"),
-    (b"{", "malformed_json"),
-    (b"\xff\xfe", "malformed_json"),
-])
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b'{"a": NaN}', "invalid_number"),
+        (b'{"a": -Infinity}', "invalid_number"),
+        (b'{"a": 9007199254740993}', "number_out_of_range"),
+        (b'{"a": 1, "a": 2}', "duplicate_key"),
+        (b'{"a": ' * 40 + b"1" + b"}" * 40, "too_deep"),
+        (b"{", "malformed_json"),
+        (b"\xff\xfe", "malformed_json"),
+    ],
+)
 def test_strict_json(raw: bytes, code: str) -> None:
     with pytest.raises(canonical.CanonicalError) as caught:
         canonical.parse_json(raw)
@@ -56,4 +59,7 @@ def test_size_limit() -> None:
 
 
 def test_canonical_bytes_are_rfc8785() -> None:
-    assert canonical.canonical_bytes({"b": 1e21, "a": "é", "c": 0.1}) == '{"a":"é","b":1e+21,"c":0.1}'.encode()
+    assert (
+        canonical.canonical_bytes({"b": 1e21, "a": "é", "c": 0.1})
+        == '{"a":"é","b":1e+21,"c":0.1}'.encode()
+    )

@@ -7,7 +7,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from kubewrit.webhook import chain, keys, verify, writ
 from kubewrit.webhook.chain import Draft
 from kubewrit.webhook.recorder import Recorder, RecordUnavailable
@@ -21,8 +20,10 @@ def signer() -> keys.Signer:
 
 def build_chain(signer: keys.Signer, count: int = 8) -> tuple[list[dict], chain.Anchor]:
     head = chain.Head("writer-1")
-    records = [head.seal_next(Draft(kind="decision", decision="PERMIT", tool=f"tool{i}"), signer).to_dict()
-               for i in range(count)]
+    records = [
+        head.seal_next(Draft(kind="decision", decision="PERMIT", tool=f"tool{i}"), signer).to_dict()
+        for i in range(count)
+    ]
     return records, chain.sign_anchor(chain.Record.from_dict(records[-1]), signer)
 
 
@@ -48,7 +49,9 @@ def test_modified_record(signer) -> None:
 def test_modified_and_rehashed_record_fails_its_signature(signer) -> None:
     records, anchor = build_chain(signer)
     records[3]["decision"] = "DENY"
-    records[3]["hash"] = chain.record_hash({k: v for k, v in records[3].items() if k not in ("hash", "signature")})
+    records[3]["hash"] = chain.record_hash(
+        {k: v for k, v in records[3].items() if k not in ("hash", "signature")}
+    )
     assert first_problem(records, anchor, signer).kind == "bad_signature"
 
 
@@ -132,9 +135,14 @@ def test_unwritable_store_fails_the_record(tmp_path: Path, signer) -> None:
 
 
 def test_writ_rejections(signer) -> None:
-    record = chain.Head("c").seal_next(Draft(kind="decision", agent="a", action_hash="sha256:abc"), signer)
+    record = chain.Head("c").seal_next(
+        Draft(kind="decision", agent="a", action_hash="sha256:abc"), signer
+    )
     token = writ.issue(signer, record, ttl=60, now=1000)
-    assert writ.verify(token, signer.verifier, "sha256:abc", agent="a", now=1001).record_hash == record.hash
+    assert (
+        writ.verify(token, signer.verifier, "sha256:abc", agent="a", now=1001).record_hash
+        == record.hash
+    )
     cases = [
         (dict(action="sha256:other"), "action_mismatch"),
         (dict(now=1061), "expired"),
@@ -143,8 +151,13 @@ def test_writ_rejections(signer) -> None:
     ]
     for change, code in cases:
         with pytest.raises(writ.WritRejected) as caught:
-            writ.verify(token, change.get("keys_", signer.verifier), change.get("action", "sha256:abc"),
-                        agent=change.get("agent", "a"), now=change.get("now", 1001))
+            writ.verify(
+                token,
+                change.get("keys_", signer.verifier),
+                change.get("action", "sha256:abc"),
+                agent=change.get("agent", "a"),
+                now=change.get("now", 1001),
+            )
         assert caught.value.code == code
     with pytest.raises(writ.WritRejected):
         writ.verify(token[:-4] + "AAAA", signer.verifier, "sha256:abc", now=1001)

@@ -14,17 +14,24 @@ def write(path: Path, text: str) -> Path:
 
 
 def test_check_prints_the_decision_and_exits_by_outcome(tmp_path: Path) -> None:
-    action = write(tmp_path / "a.json", '{"agent": "support-agent", "tool": "process_refund", "args": {"amount": 1200}}')
+    action = write(
+        tmp_path / "a.json",
+        '{"agent": "support-agent", "tool": "process_refund", "args": {"amount": 1200}}',
+    )
     result = run_cli("check", str(action), "-p", str(EXAMPLE_POLICIES), "-o", "json", check=False)
     assert result.returncode == 3
     assert json.loads(result.stdout)["rule_id"] == "support-agent/large-refunds"
-    small = write(tmp_path / "b.yaml", "agent: support-agent\ntool: process_refund\nargs: {amount: 45}\n")
+    small = write(
+        tmp_path / "b.yaml", "agent: support-agent\ntool: process_refund\nargs: {amount: 45}\n"
+    )
     ok = run_cli("check", str(small), "-p", str(EXAMPLE_POLICIES))
     assert "PERMIT" in ok.stdout and "small-refunds" in ok.stdout
 
 
 def test_check_reports_an_invalid_policy_and_fails(tmp_path: Path) -> None:
-    bad = write(tmp_path / "bad.yaml", "rules:\n  - match: {tool: t}\n    allow: true\n    deny: true\n")
+    bad = write(
+        tmp_path / "bad.yaml", "rules:\n  - match: {tool: t}\n    allow: true\n    deny: true\n"
+    )
     action = write(tmp_path / "a.json", '{"agent": "x", "tool": "t"}')
     result = run_cli("check", str(action), "-p", str(bad), check=False)
     assert result.returncode == 1
@@ -37,13 +44,16 @@ def test_policy_test_suites() -> None:
 
 
 def test_policy_test_suite_failure_exits_non_zero(tmp_path: Path) -> None:
-    suite = write(tmp_path / "suite.yaml", f"""
-policies: [{EXAMPLE_POLICIES / 'support-agent.yaml'}]
+    suite = write(
+        tmp_path / "suite.yaml",
+        f"""
+policies: [{EXAMPLE_POLICIES / "support-agent.yaml"}]
 tests:
   - name: wrong expectation
     action: {{agent: support-agent, tool: process_refund, args: {{amount: 45}}}}
     expect: {{decision: DENY}}
-""")
+""",
+    )
     result = run_cli("test", str(suite), check=False)
     assert result.returncode == 1 and "1 failed" in result.stdout
 

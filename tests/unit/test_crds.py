@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-
 from kubewrit.webhook.chain import Record
 from kubewrit.webhook.kube.records import SPEC_FIELDS
 
@@ -14,7 +13,9 @@ CRDS = Path(__file__).resolve().parents[2] / "crds"
 
 def spec_properties(name: str) -> set[str]:
     crd = yaml.safe_load((CRDS / f"{name}.kubewrit.io.yaml").read_text())
-    return set(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"])
+    return set(
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    )
 
 
 def test_action_record_schema_holds_every_record_field() -> None:
@@ -26,7 +27,20 @@ def test_action_approval_schema_holds_every_spec_field() -> None:
     from kubewrit.webhook.approval import Approval
     from kubewrit.webhook.kube.approvals import to_object
 
-    approval = Approval(id="apr-1", agent="a", tool="t", action_hash="h", action={"operation": "op"},
-                        rule="p/r", risk="low", reason="r", message="m", policy_hash="ph",
-                        created_at=0, expires_at=0, request_id="q", namespace="ns")
+    approval = Approval(
+        id="apr-1",
+        agent="a",
+        tool="t",
+        action_hash="h",
+        action={"operation": "op"},
+        rule="p/r",
+        risk="low",
+        reason="r",
+        message="m",
+        policy_hash="ph",
+        created_at=0,
+        expires_at=0,
+        request_id="q",
+        namespace="ns",
+    )
     assert set(to_object(approval)["spec"]) <= spec_properties("actionapprovals")

@@ -4,7 +4,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from kubewrit.webhook import canonical, policy
 from kubewrit.webhook.decision import Decision, Reason
 
@@ -25,14 +24,17 @@ def walkthrough() -> list[policy.Policy]:
     return policy.load_paths([WALKTHROUGH])
 
 
-@pytest.mark.parametrize(("amount", "decision", "rule"), [
-    (45, Decision.PERMIT, "small-refunds"),
-    (150, Decision.PERMIT, "small-refunds"),
-    (340, Decision.DEFER, "mid-range-refunds"),
-    (600, Decision.DEFER, "mid-range-refunds"),
-    (1000, Decision.DEFER, "mid-range-refunds"),
-    (1200, Decision.DENY, "large-refunds"),
-])
+@pytest.mark.parametrize(
+    ("amount", "decision", "rule"),
+    [
+        (45, Decision.PERMIT, "small-refunds"),
+        (150, Decision.PERMIT, "small-refunds"),
+        (340, Decision.DEFER, "mid-range-refunds"),
+        (600, Decision.DEFER, "mid-range-refunds"),
+        (1000, Decision.DEFER, "mid-range-refunds"),
+        (1200, Decision.DENY, "large-refunds"),
+    ],
+)
 def test_walkthrough(walkthrough, amount, decision, rule) -> None:
     verdict = decide(walkthrough, amount=amount)
     assert verdict.decision is decision
@@ -55,14 +57,20 @@ risk:
 """)
     assert decide(policies, "pay", amount=100).decision is Decision.PERMIT
     upgraded = decide(policies, "pay", amount=600)
-    assert (upgraded.decision, upgraded.reason, upgraded.risk) == (Decision.DEFER, Reason.RISK_ESCALATION, "high")
+    assert (upgraded.decision, upgraded.reason, upgraded.risk) == (
+        Decision.DEFER,
+        Reason.RISK_ESCALATION,
+        "high",
+    )
     denied = decide(policies, "pay", amount=30000)
     assert (denied.decision, denied.risk) == (Decision.DENY, "critical")
 
 
 def test_strictest_effect_wins_across_policies() -> None:
     allow = compile_text("rules: [{match: {tool: send_email}, allow: true}]", "a.yaml")
-    deny = compile_text("rules: [{match: {tool: send_email, to_glob: '*@rival.com'}, deny: true}]", "b.yaml")
+    deny = compile_text(
+        "rules: [{match: {tool: send_email, to_glob: '*@rival.com'}, deny: true}]", "b.yaml"
+    )
     policies = allow + deny
     assert decide(policies, "send_email", to="x@ok.com").decision is Decision.PERMIT
     assert decide(policies, "send_email", to="x@rival.com").rule_id == "b/rule-1"
@@ -77,7 +85,9 @@ rules:
     assert decide(policies, "t").rule_id == "p/first"
 
 
-@pytest.mark.parametrize("value", ["5,000", "1e3", "", " 5", "45\n", {"value": 5000}, [1], True, False])
+@pytest.mark.parametrize(
+    "value", ["5,000", "1e3", "", " 5", "45\n", {"value": 5000}, [1], True, False]
+)
 def test_wrong_types_deny_the_whole_decision(walkthrough, value) -> None:
     verdict = decide(walkthrough, amount=value)
     assert (verdict.decision, verdict.reason) == (Decision.DENY, Reason.TYPE_MISMATCH)
@@ -106,13 +116,26 @@ rules:
         region: {not_in: [embargoed]}
     allow: true
 """)
-    good = {"to": "a@example.com", "customer": {"tier": "gold"}, "subject": "Re: refund",
-            "template": "support/refund", "region": "eu"}
+    good = {
+        "to": "a@example.com",
+        "customer": {"tier": "gold"},
+        "subject": "Re: refund",
+        "template": "support/refund",
+        "region": "eu",
+    }
     assert decide(policies, "send_email", **good).decision is Decision.PERMIT
-    for key, bad in [("to", "a@evil.com"), ("customer", {"tier": "free"}), ("subject", "hello"),
-                     ("template", "marketing/x"), ("region", "embargoed")]:
+    for key, bad in [
+        ("to", "a@evil.com"),
+        ("customer", {"tier": "free"}),
+        ("subject", "hello"),
+        ("template", "marketing/x"),
+        ("region", "embargoed"),
+    ]:
         assert decide(policies, "send_email", **{**good, key: bad}).reason is Reason.DEFAULT_DENY
-    assert decide(policies, "send_email", **{**good, "customer": "gold"}).reason is Reason.TYPE_MISMATCH
+    assert (
+        decide(policies, "send_email", **{**good, "customer": "gold"}).reason
+        is Reason.TYPE_MISMATCH
+    )
 
 
 def test_cel_when() -> None:
@@ -154,21 +177,34 @@ def test_hash_covers_content_not_file_names_or_times(tmp_path: Path) -> None:
     assert policy.load_paths([renamed])[0].hash != original
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("rules: [{match: {tool: t}, alow: true}]", "rule 1: unknown key 'alow' (did you mean 'allow'?)"),
-    ("rules: [{id: r, match: {tool: t}, allow: true, deny: true}]",
-     "rule 1 (r): two effects in one rule (allow and deny)"),
-    ("rules: [{match: {tool: t}}]", "rule 1: no effect"),
-    ("rules: [{match: {tool: t, note_regex: '(['}, allow: true}]", "rule 1: bad regex"),
-    ("rules: [{match: {tool: t}, when: 'args.x >', allow: true}]", "rule 1: bad CEL expression"),
-    ("rules: [{match: {tool: t}, allow: true}]\nrisk: {rules: [{name: x, when: {tool: t}, risk_level: severe}]}",
-     "risk rule 1 (x): bad risk level 'severe'"),
-    ("rules: [{match: {tool: t}, allow: true}]\nextra: 1", "unknown key 'extra'"),
-    ("rules: [{match: {tool: prоcess}, allow: true}]", "not a plain ASCII identifier"),
-    ("rules: [{match: {tool: t}, allow: true, allow: true}]", "duplicate key 'allow'"),
-    ("rules: [{match: {tool: t, amount_gt: '5'}, allow: true}]", "amount_gt needs a number"),
-    ("rules: []", "non-empty list of rules"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "rules: [{match: {tool: t}, alow: true}]",
+            "rule 1: unknown key 'alow' (did you mean 'allow'?)",
+        ),
+        (
+            "rules: [{id: r, match: {tool: t}, allow: true, deny: true}]",
+            "rule 1 (r): two effects in one rule (allow and deny)",
+        ),
+        ("rules: [{match: {tool: t}}]", "rule 1: no effect"),
+        ("rules: [{match: {tool: t, note_regex: '(['}, allow: true}]", "rule 1: bad regex"),
+        (
+            "rules: [{match: {tool: t}, when: 'args.x >', allow: true}]",
+            "rule 1: bad CEL expression",
+        ),
+        (
+            "rules: [{match: {tool: t}, allow: true}]\nrisk: {rules: [{name: x, when: {tool: t}, risk_level: severe}]}",
+            "risk rule 1 (x): bad risk level 'severe'",
+        ),
+        ("rules: [{match: {tool: t}, allow: true}]\nextra: 1", "unknown key 'extra'"),
+        ("rules: [{match: {tool: prоcess}, allow: true}]", "not a plain ASCII identifier"),
+        ("rules: [{match: {tool: t}, allow: true, allow: true}]", "duplicate key 'allow'"),
+        ("rules: [{match: {tool: t, amount_gt: '5'}, allow: true}]", "amount_gt needs a number"),
+        ("rules: []", "non-empty list of rules"),
+    ],
+)
 def test_invalid_policies_name_file_rule_and_problem(text: str, message: str) -> None:
     with pytest.raises(policy.PolicyError) as caught:
         compile_text(text, "policies/bad.yaml")
@@ -180,8 +216,12 @@ def test_kubernetes_manifest_compiles_to_the_same_policy(walkthrough) -> None:
     import yaml
 
     spec = yaml.safe_load(WALKTHROUGH.read_text())
-    manifest = {"apiVersion": "kubewrit.io/v1alpha1", "kind": "AgentPolicy",
-                "metadata": {"name": "support-agent", "namespace": "shop"}, "spec": spec}
+    manifest = {
+        "apiVersion": "kubewrit.io/v1alpha1",
+        "kind": "AgentPolicy",
+        "metadata": {"name": "support-agent", "namespace": "shop"},
+        "spec": spec,
+    }
     compiled = policy.compile_document(manifest, "manifest")
     assert compiled.hash == walkthrough[0].hash and compiled.namespace == "shop"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import click
-
 from kubewrit.webhook.cli import approvals, audit, policies, serve, watch
 
 
@@ -28,5 +27,12 @@ main.add_command(audit.keys_group)
 main.add_command(audit.tokens)
 main.add_command(approvals.approvals)
 main.add_command(watch.watch)
+
+try:  # the MCP proxy needs the `mcp` extra; the rest of the CLI must not
+    from kubewrit.webhook.integrations.mcp_proxy import cli_command as mcp_proxy_command
+except ImportError:
+    pass
+else:
+    main.add_command(mcp_proxy_command())
 
 __all__ = ["main"]

@@ -5,11 +5,10 @@ from __future__ import annotations
 import time
 
 import click
-from rich.table import Table
-
 from kubewrit.webhook.cli.output import console, fail, print_json, styled
 from kubewrit.webhook.cli.remote import remote_options
 from kubewrit.webhook.client import Client, KubewritError
+from rich.table import Table
 
 
 @click.group()
@@ -25,8 +24,12 @@ def _age(seconds: float) -> str:
 
 
 @approvals.command("list")
-@click.option("--phase", default="Pending", show_default=True,
-              help="Pending, Approved, Denied, Expired, Consumed or all.")
+@click.option(
+    "--phase",
+    default="Pending",
+    show_default=True,
+    help="Pending, Approved, Denied, Expired, Consumed or all.",
+)
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
 @remote_options(role="approver")
 def list_cmd(client: Client, phase: str, output: str) -> None:
@@ -44,22 +47,35 @@ def list_cmd(client: Client, phase: str, output: str) -> None:
     now = time.time()
     for item in items:
         args = ", ".join(f"{k}={v}" for k, v in (item["action"].get("args") or {}).items())
-        table.add_row(item["id"], item["agent"], item["tool"], args[:40], item["risk"], styled(item["phase"]),
-                      item.get("decided_by") or "", _age(item["expires_at"] - now))
+        table.add_row(
+            item["id"],
+            item["agent"],
+            item["tool"],
+            args[:40],
+            item["risk"],
+            styled(item["phase"]),
+            item.get("decided_by") or "",
+            _age(item["expires_at"] - now),
+        )
     console.print(table)
 
 
 def _decide(client: Client, approval_id: str, approve: bool, reason: str | None) -> None:
     try:
-        result = client.approve(approval_id, reason) if approve else client.deny(approval_id, reason)
+        result = (
+            client.approve(approval_id, reason) if approve else client.deny(approval_id, reason)
+        )
     except KubewritError as exc:
         fail(f"{exc.code}: {exc.message}")
     console.print(f"approval {approval_id} {styled(result['phase'])} by {result.get('decided_by')}")
     outcome = result.get("outcome") or {}
     if outcome:
-        console.print(f"  final decision {styled(outcome['decision'])} ({outcome['reason']}), "
-                      f"record {outcome['record']['chain']}/{outcome['record']['seq']}"
-                      if outcome.get("record") else f"  final decision {outcome['decision']}")
+        console.print(
+            f"  final decision {styled(outcome['decision'])} ({outcome['reason']}), "
+            f"record {outcome['record']['chain']}/{outcome['record']['seq']}"
+            if outcome.get("record")
+            else f"  final decision {outcome['decision']}"
+        )
 
 
 @approvals.command()

@@ -9,17 +9,21 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
-
-from kubewrit.webhook import keys, standalone, verify as verification
+from kubewrit.webhook import keys, standalone
+from kubewrit.webhook import verify as verification
 from kubewrit.webhook.chain import Anchor
 from kubewrit.webhook.cli.output import console, fail, print_json, styled
 from kubewrit.webhook.identity import Role, TokenFile
 from kubewrit.webhook.store.sqlite import RecordQuery, SQLiteStore
+from rich.table import Table
 
-DATA_DIR = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
-                        default=Path(".kubewrit"), show_default=True,
-                        help="The standalone server's data directory.")
+DATA_DIR = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".kubewrit"),
+    show_default=True,
+    help="The standalone server's data directory.",
+)
 
 
 def open_store(data_dir: Path) -> SQLiteStore:
@@ -67,40 +71,76 @@ def load_keys(paths: Iterable[Path]) -> list[keys.Verifier]:
 
 def print_report(report: verification.Report, output: str) -> None:
     if output == "json":
-        print_json({
-            "ok": report.ok,
-            "records": report.total,
-            "chains": [{"chain": c.chain, "records": c.records, "first_seq": c.first_seq,
-                        "last_seq": c.last_seq, "anchored_seq": c.anchored_seq,
-                        "problem": None if c.problem is None else {
-                            "seq": c.problem.seq, "kind": c.problem.kind, "detail": c.problem.detail}}
-                       for c in report.chains.values()],
-        })
+        print_json(
+            {
+                "ok": report.ok,
+                "records": report.total,
+                "chains": [
+                    {
+                        "chain": c.chain,
+                        "records": c.records,
+                        "first_seq": c.first_seq,
+                        "last_seq": c.last_seq,
+                        "anchored_seq": c.anchored_seq,
+                        "problem": None
+                        if c.problem is None
+                        else {
+                            "seq": c.problem.seq,
+                            "kind": c.problem.kind,
+                            "detail": c.problem.detail,
+                        },
+                    }
+                    for c in report.chains.values()
+                ],
+            }
+        )
         return
     for entry in report.chains.values():
         status = "[green]intact[/]" if entry.problem is None else f"[red]{entry.problem.kind}[/]"
-        console.print(f"chain {entry.chain}: {entry.records} records, seq {entry.first_seq}..{entry.last_seq}, "
-                      f"anchored at {entry.anchored_seq}: {status}")
+        console.print(
+            f"chain {entry.chain}: {entry.records} records, seq {entry.first_seq}..{entry.last_seq}, "
+            f"anchored at {entry.anchored_seq}: {status}"
+        )
     if not report.chains:
         console.print("[red]no records found[/]")
     for problem in report.problems:
         console.print(f"[bold red]first bad record:[/] {problem}")
     if report.ok:
-        console.print(f"[bold green]verified[/] {report.total} records in {len(report.chains)} chain(s)")
+        console.print(
+            f"[bold green]verified[/] {report.total} records in {len(report.chains)} chain(s)"
+        )
 
 
 @click.command()
-@click.option("--export", "export_file", type=click.Path(path_type=Path),
-              help="Verify a JSON Lines export (`-` for stdin) instead of a store.")
-@click.option("--public-key", "key_files", multiple=True, type=click.Path(exists=True, path_type=Path),
-              help="Trusted public key (PEM or base64url); repeatable. Default: the data dir's key.")
-@click.option("--kubeconfig", type=click.Path(path_type=Path),
-              help="Verify the ActionRecords and anchors of a cluster instead.")
+@click.option(
+    "--export",
+    "export_file",
+    type=click.Path(path_type=Path),
+    help="Verify a JSON Lines export (`-` for stdin) instead of a store.",
+)
+@click.option(
+    "--public-key",
+    "key_files",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Trusted public key (PEM or base64url); repeatable. Default: the data dir's key.",
+)
+@click.option(
+    "--kubeconfig",
+    type=click.Path(path_type=Path),
+    help="Verify the ActionRecords and anchors of a cluster instead.",
+)
 @click.option("--namespace", "-n", help="With --kubeconfig: only this namespace.")
 @DATA_DIR
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
-def verify(export_file: Path | None, key_files: tuple[Path, ...], kubeconfig: Path | None,
-           namespace: str | None, data_dir: Path, output: str) -> None:
+def verify(
+    export_file: Path | None,
+    key_files: tuple[Path, ...],
+    kubeconfig: Path | None,
+    namespace: str | None,
+    data_dir: Path,
+    output: str,
+) -> None:
     """Check every chain: hashes, links, signatures, sequence gaps and anchors. Exit 0 if intact."""
     cuts: dict[str, verification.Cut] = {}
     if kubeconfig is not None:
@@ -117,7 +157,9 @@ def verify(export_file: Path | None, key_files: tuple[Path, ...], kubeconfig: Pa
         store = open_store(data_dir)
         records, anchors = list(store.iter_records()), store.anchors()
         store.close()
-        trusted = load_keys(key_files) or [keys.load_or_create(standalone.Config(data_dir=data_dir).key_file).verifier]
+        trusted = load_keys(key_files) or [
+            keys.load_or_create(standalone.Config(data_dir=data_dir).key_file).verifier
+        ]
     report = verification.verify(records, anchors, trusted, cuts)
     print_report(report, output)
     raise SystemExit(0 if report.ok else 1)
@@ -135,27 +177,56 @@ def records() -> None:
 @click.option("--decision", type=click.Choice(["PERMIT", "DEFER", "DENY"]))
 @click.option("--limit", default=50, show_default=True)
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
-def list_records(data_dir: Path, agent: str | None, tool: str | None, decision: str | None,
-                 limit: int, output: str) -> None:
+def list_records(
+    data_dir: Path,
+    agent: str | None,
+    tool: str | None,
+    decision: str | None,
+    limit: int,
+    output: str,
+) -> None:
     """The most recent decisions, oldest first."""
     store = open_store(data_dir)
-    items = store.query(RecordQuery(agent=agent, tool=tool, decision=decision, limit=100000))[-limit:]
+    items = store.query(RecordQuery(agent=agent, tool=tool, decision=decision, limit=100000))[
+        -limit:
+    ]
     store.close()
     if output == "json":
         print_json([r.to_dict() for r in items])
         return
     table = Table()
-    for column in ("SEQ", "TIME", "KIND", "AGENT", "TOOL", "DECISION", "REASON", "RULE", "APPROVER"):
+    for column in (
+        "SEQ",
+        "TIME",
+        "KIND",
+        "AGENT",
+        "TOOL",
+        "DECISION",
+        "REASON",
+        "RULE",
+        "APPROVER",
+    ):
         table.add_column(column)
     for r in items:
-        table.add_row(str(r.seq), r.time, r.kind, r.agent, r.tool, styled(r.decision) if r.decision else "",
-                      r.reason, r.rule, r.approver or "")
+        table.add_row(
+            str(r.seq),
+            r.time,
+            r.kind,
+            r.agent,
+            r.tool,
+            styled(r.decision) if r.decision else "",
+            r.reason,
+            r.rule,
+            r.approver or "",
+        )
     console.print(table)
 
 
 @records.command("export")
 @DATA_DIR
-@click.option("-o", "--out", type=click.Path(path_type=Path), help="File to write (default: stdout).")
+@click.option(
+    "-o", "--out", type=click.Path(path_type=Path), help="File to write (default: stdout)."
+)
 def export_records(data_dir: Path, out: Path | None) -> None:
     """Write every record and anchor as JSON Lines, for offline `kubewrit verify --export`."""
     store = open_store(data_dir)

@@ -15,8 +15,13 @@ console = Console(highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 DECISION_STYLE = {"PERMIT": "bold green", "DEFER": "bold yellow", "DENY": "bold red"}
-PHASE_STYLE = {"Pending": "bold yellow", "Approved": "green", "Consumed": "dim green",
-               "Denied": "red", "Expired": "dim red"}
+PHASE_STYLE = {
+    "Pending": "bold yellow",
+    "Approved": "green",
+    "Consumed": "dim green",
+    "Denied": "red",
+    "Expired": "dim red",
+}
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

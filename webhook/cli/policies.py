@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
-
 from kubewrit.webhook import canonical, policy
 from kubewrit.webhook.cli.output import console, fail, print_json, read_document, styled
 from kubewrit.webhook.decision import Decision, Reason, Verdict
 from kubewrit.webhook.policy.model import Policy
+from rich.table import Table
 
 ACTION_KEYS = {"agent", "tool", "args", "operation", "context"}
 
@@ -25,7 +24,9 @@ def load_policies(paths: Sequence[Path]) -> list[Policy]:
         fail(str(exc))
 
 
-def evaluate_document(document: Any, policies: Sequence[Policy], default_agent: str | None) -> tuple[Verdict, str]:
+def evaluate_document(
+    document: Any, policies: Sequence[Policy], default_agent: str | None
+) -> tuple[Verdict, str]:
     """Decide an action document offline, exactly as the server would (minus recording)."""
     if not isinstance(document, dict):
         raise ValueError("an action must be a mapping with tool and args")
@@ -36,10 +37,17 @@ def evaluate_document(document: Any, policies: Sequence[Policy], default_agent: 
     if not agent:
         raise ValueError("no agent: put `agent:` in the action or pass --agent")
     try:
-        action = canonical.build_action(agent, document.get("tool", ""), document.get("args"),
-                                        document.get("operation"), document.get("context"))
+        action = canonical.build_action(
+            agent,
+            document.get("tool", ""),
+            document.get("args"),
+            document.get("operation"),
+            document.get("context"),
+        )
     except canonical.InvalidToolName as exc:
-        raw = canonical.Action(agent, exc.raw, document.get("args") or {}, document.get("operation"))
+        raw = canonical.Action(
+            agent, exc.raw, document.get("args") or {}, document.get("operation")
+        )
         verdict = Verdict(Decision.DENY, Reason.INVALID_TOOL_NAME, "tool-name", message=exc.message)
         return verdict, canonical.action_hash(raw)
     return policy.evaluate(policies, action), canonical.action_hash(action)
@@ -47,19 +55,34 @@ def evaluate_document(document: Any, policies: Sequence[Policy], default_agent: 
 
 def verdict_json(verdict: Verdict, action_hash: str) -> dict[str, Any]:
     return {
-        "decision": verdict.decision.value, "reason": verdict.reason.value, "rule_id": verdict.rule_id,
-        "risk": verdict.risk, "risk_rule": verdict.risk_rule, "message": verdict.message,
-        "policy": verdict.policy, "policy_hash": verdict.policy_hash, "action_hash": action_hash,
+        "decision": verdict.decision.value,
+        "reason": verdict.reason.value,
+        "rule_id": verdict.rule_id,
+        "risk": verdict.risk,
+        "risk_rule": verdict.risk_rule,
+        "message": verdict.message,
+        "policy": verdict.policy,
+        "policy_hash": verdict.policy_hash,
+        "action_hash": action_hash,
     }
 
 
 @click.command()
 @click.argument("action_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("-p", "--policies", "policy_paths", multiple=True, required=True,
-              type=click.Path(exists=True, path_type=Path), help="Policy file or directory (repeatable).")
+@click.option(
+    "-p",
+    "--policies",
+    "policy_paths",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Policy file or directory (repeatable).",
+)
 @click.option("--agent", help="Agent identity, if the action file does not name one.")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
-def check(action_file: Path, policy_paths: tuple[Path, ...], agent: str | None, output: str) -> None:
+def check(
+    action_file: Path, policy_paths: tuple[Path, ...], agent: str | None, output: str
+) -> None:
     """Decide the action in ACTION_FILE (JSON or YAML) offline. Exit 0 on PERMIT, 2 on DEFER, 3 on DENY."""
     policies = load_policies(policy_paths)
     try:
@@ -69,8 +92,10 @@ def check(action_file: Path, policy_paths: tuple[Path, ...], agent: str | None, 
     if output == "json":
         print_json(verdict_json(verdict, action_hash))
     else:
-        console.print(f"{styled(verdict.decision.value)}  reason={verdict.reason.value}  "
-                      f"rule={verdict.rule_id}  risk={verdict.risk}")
+        console.print(
+            f"{styled(verdict.decision.value)}  reason={verdict.reason.value}  "
+            f"rule={verdict.rule_id}  risk={verdict.risk}"
+        )
         if verdict.message:
             console.print(f"  {verdict.message}")
         console.print(f"  action {action_hash}", style="dim")
@@ -107,11 +132,17 @@ def run_suite(path: Path) -> list[CaseResult]:
         if bad:
             raise ValueError(f"{path}: test {name!r}: unknown expect keys {sorted(bad)}")
         verdict, _ = evaluate_document(case["action"], policies, case.get("agent"))
-        got = {"decision": verdict.decision.value, "reason": verdict.reason.value,
-               "rule": verdict.rule_id, "risk": verdict.risk}
+        got = {
+            "decision": verdict.decision.value,
+            "reason": verdict.reason.value,
+            "rule": verdict.rule_id,
+            "risk": verdict.risk,
+        }
         passed = all(str(got[key]) == str(value) for key, value in expect.items())
         shown = " ".join(f"{k}={got[k]}" for k in expect)
-        results.append(CaseResult(name, passed, " ".join(f"{k}={v}" for k, v in expect.items()), shown))
+        results.append(
+            CaseResult(name, passed, " ".join(f"{k}={v}" for k, v in expect.items()), shown)
+        )
     return results
 
 
@@ -129,15 +160,30 @@ def test(suites: tuple[Path, ...], output: str) -> None:
             fail(str(exc))
     failed = [r for _, r in all_results if not r.passed]
     if output == "json":
-        print_json([{"suite": str(f), "name": r.name, "passed": r.passed, "expected": r.expected,
-                     "got": r.got} for f, r in all_results])
+        print_json(
+            [
+                {
+                    "suite": str(f),
+                    "name": r.name,
+                    "passed": r.passed,
+                    "expected": r.expected,
+                    "got": r.got,
+                }
+                for f, r in all_results
+            ]
+        )
     else:
         table = Table(title="policy tests", show_lines=False)
         for column in ("suite", "test", "result", "expected", "got"):
             table.add_column(column)
         for file, r in all_results:
-            table.add_row(file.name, r.name, "[green]PASS[/]" if r.passed else "[red]FAIL[/]",
-                          r.expected, r.got)
+            table.add_row(
+                file.name,
+                r.name,
+                "[green]PASS[/]" if r.passed else "[red]FAIL[/]",
+                r.expected,
+                r.got,
+            )
         console.print(table)
         console.print(f"{len(all_results) - len(failed)} passed, {len(failed)} failed")
     raise SystemExit(1 if failed else 0)
@@ -152,8 +198,12 @@ def canonical_cmd(action_file: Path, agent: str | None) -> None:
     if not isinstance(document, dict):
         fail(f"{action_file}: an action must be a mapping")
     try:
-        action = canonical.build_action(document.get("agent") or agent or "", document.get("tool", ""),
-                                        document.get("args"), document.get("operation"))
+        action = canonical.build_action(
+            document.get("agent") or agent or "",
+            document.get("tool", ""),
+            document.get("args"),
+            document.get("operation"),
+        )
     except canonical.CanonicalError as exc:
         fail(f"{action_file}: {exc.message}")
     click.echo(canonical.canonical_bytes(action.car()).decode())

@@ -7,36 +7,81 @@ from pathlib import Path
 
 import click
 import uvicorn
-
 from kubewrit.webhook import keys, standalone
 from kubewrit.webhook.cli.output import console, fail
 from kubewrit.webhook.server.app import create_app
 
 
 @click.command()
-@click.option("-p", "--policies", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("examples/policies"), show_default=True,
-              help="Directory of policy files, hot-reloaded.")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".kubewrit"),
-              show_default=True, help="SQLite store, signing key and tokens.")
+@click.option(
+    "-p",
+    "--policies",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("examples/policies"),
+    show_default=True,
+    help="Directory of policy files, hot-reloaded.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".kubewrit"),
+    show_default=True,
+    help="SQLite store, signing key and tokens.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
-@click.option("--max-body", default=64 * 1024, show_default=True, type=int, help="Largest request, bytes.")
+@click.option(
+    "--max-body", default=64 * 1024, show_default=True, type=int, help="Largest request, bytes."
+)
 @click.option("--writ-ttl", default=60, show_default=True, type=int, help="Writ lifetime, seconds.")
-@click.option("--approval-ttl", default=900, show_default=True, type=float,
-              help="How long a DEFER waits for a human, seconds.")
-@click.option("--anchor-every", default=100, show_default=True, type=int,
-              help="Publish the chain head every N records...")
-@click.option("--anchor-seconds", default=10.0, show_default=True, type=float, help="...or every T seconds.")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
-def serve(policies: Path, data_dir: Path, host: str, port: int, max_body: int, writ_ttl: int,
-          approval_ttl: float, anchor_every: int, anchor_seconds: float, log_level: str) -> None:
+@click.option(
+    "--approval-ttl",
+    default=900,
+    show_default=True,
+    type=float,
+    help="How long a DEFER waits for a human, seconds.",
+)
+@click.option(
+    "--anchor-every",
+    default=100,
+    show_default=True,
+    type=int,
+    help="Publish the chain head every N records...",
+)
+@click.option(
+    "--anchor-seconds", default=10.0, show_default=True, type=float, help="...or every T seconds."
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def serve(
+    policies: Path,
+    data_dir: Path,
+    host: str,
+    port: int,
+    max_body: int,
+    writ_ttl: int,
+    approval_ttl: float,
+    anchor_every: int,
+    anchor_seconds: float,
+    log_level: str,
+) -> None:
     """Run the decision API with policy files and an embedded SQLite store."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = standalone.Config(policies=policies, data_dir=data_dir, max_body=max_body, writ_ttl=writ_ttl,
-                               approval_ttl=approval_ttl, anchor_every=anchor_every,
-                               anchor_seconds=anchor_seconds)
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = standalone.Config(
+        policies=policies,
+        data_dir=data_dir,
+        max_body=max_body,
+        writ_ttl=writ_ttl,
+        approval_ttl=approval_ttl,
+        anchor_every=anchor_every,
+        anchor_seconds=anchor_seconds,
+    )
     try:
         runtime = standalone.build(config)
     except (keys.KeyFileError, ValueError, OSError) as exc:
@@ -44,52 +89,103 @@ def serve(policies: Path, data_dir: Path, host: str, port: int, max_body: int, w
     state = runtime.state
     console.print(f"[bold]kubewrit[/] serving on http://{host}:{port}  (data: {data_dir})")
     for p in state.policies:
-        console.print(f"  policy [cyan]{p.name}[/] {p.hash[:19]}  {len(p.rules)} rules  {p.mode.value}")
+        console.print(
+            f"  policy [cyan]{p.name}[/] {p.hash[:19]}  {len(p.rules)} rules  {p.mode.value}"
+        )
     if state.error:
         console.print(f"  [red]policy error:[/] {state.error}")
     if not state.policies:
         console.print(f"  [yellow]no valid policy in {policies}: every action is denied[/]")
     if config.printed:
-        console.print("[bold yellow]First start: tokens created (shown once; client copies in "
-                      f"{config.credentials_file}):[/]")
+        console.print(
+            "[bold yellow]First start: tokens created (shown once; client copies in "
+            f"{config.credentials_file}):[/]"
+        )
         for line in config.printed:
             console.print(f"  {line}")
     uvicorn.run(create_app(runtime), host=host, port=port, log_level=log_level)
 
 
 @click.command()
-@click.option("--kubeconfig", type=click.Path(path_type=Path), envvar="KUBECONFIG",
-              help="Outside a cluster: the kubeconfig to use (in a pod: the service account).")
-@click.option("--namespace", default="kubewrit-system", show_default=True,
-              help="Where this webhook publishes its public key (and records without a namespace).")
-@click.option("--replica", envvar="POD_NAME", default="", help="This replica's name; names its chains.")
-@click.option("--signing-key", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path("/var/run/kubewrit/signing-key.pem"), show_default=True,
-              help="Ed25519 key (created if missing); keep it to continue the same chains after restarts.")
+@click.option(
+    "--kubeconfig",
+    type=click.Path(path_type=Path),
+    envvar="KUBECONFIG",
+    help="Outside a cluster: the kubeconfig to use (in a pod: the service account).",
+)
+@click.option(
+    "--namespace",
+    default="kubewrit-system",
+    show_default=True,
+    help="Where this webhook publishes its public key (and records without a namespace).",
+)
+@click.option(
+    "--replica", envvar="POD_NAME", default="", help="This replica's name; names its chains."
+)
+@click.option(
+    "--signing-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("/var/run/kubewrit/signing-key.pem"),
+    show_default=True,
+    help="Ed25519 key (created if missing); keep it to continue the same chains after restarts.",
+)
 @click.option("--host", default="0.0.0.0", show_default=True)
 @click.option("--port", default=8443, show_default=True, type=int)
-@click.option("--tls-cert", type=click.Path(exists=True, path_type=Path), help="Serve HTTPS with this cert.")
+@click.option(
+    "--tls-cert", type=click.Path(exists=True, path_type=Path), help="Serve HTTPS with this cert."
+)
 @click.option("--tls-key", type=click.Path(exists=True, path_type=Path))
 @click.option("--approval-ttl", default=900, show_default=True, type=float)
 @click.option("--writ-ttl", default=60, show_default=True, type=int)
 @click.option("--anchor-every", default=100, show_default=True, type=int)
 @click.option("--anchor-seconds", default=10.0, show_default=True, type=float)
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
-def webhook(kubeconfig: Path | None, namespace: str, replica: str, signing_key: Path, host: str, port: int,
-            tls_cert: Path | None, tls_key: Path | None, approval_ttl: float, writ_ttl: int,
-            anchor_every: int, anchor_seconds: float, log_level: str) -> None:
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def webhook(
+    kubeconfig: Path | None,
+    namespace: str,
+    replica: str,
+    signing_key: Path,
+    host: str,
+    port: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    approval_ttl: float,
+    writ_ttl: int,
+    anchor_every: int,
+    anchor_seconds: float,
+    log_level: str,
+) -> None:
     """Run the decision API in Kubernetes mode: TokenReview, AgentPolicies, ActionRecords."""
     from kubewrit.webhook.kube import runtime as kube_runtime
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = kube_runtime.Config(kubeconfig=kubeconfig, namespace=namespace, replica=replica,
-                                 signing_key=signing_key, approval_ttl=approval_ttl, writ_ttl=writ_ttl,
-                                 anchor_every=anchor_every, anchor_seconds=anchor_seconds)
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = kube_runtime.Config(
+        kubeconfig=kubeconfig,
+        namespace=namespace,
+        replica=replica,
+        signing_key=signing_key,
+        approval_ttl=approval_ttl,
+        writ_ttl=writ_ttl,
+        anchor_every=anchor_every,
+        anchor_seconds=anchor_seconds,
+    )
     try:
         runtime = kube_runtime.build(config)
     except (keys.KeyFileError, OSError) as exc:
         fail(str(exc))
     console.print(f"[bold]kubewrit webhook[/] {config.replica_name()} on {host}:{port}")
-    uvicorn.run(create_app(runtime), host=host, port=port, log_level=log_level,
-                ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None)
+    uvicorn.run(
+        create_app(runtime),
+        host=host,
+        port=port,
+        log_level=log_level,
+        ssl_certfile=str(tls_cert) if tls_cert else None,
+        ssl_keyfile=str(tls_key) if tls_key else None,
+    )

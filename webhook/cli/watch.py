@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import click
-
 from kubewrit.webhook.cli.output import console, fail, styled
 from kubewrit.webhook.cli.remote import remote_options
 from kubewrit.webhook.client import Client, KubewritError
@@ -13,9 +12,11 @@ from kubewrit.webhook.client import Client, KubewritError
 
 def line(record: dict[str, object]) -> str:
     approver = f" by {record['approver']}" if record.get("approver") else ""
-    return (f"{record['time']}  {styled(str(record['decision'])):<8} {record['agent']} → {record['tool']}"
-            f"  [dim]{record['reason']} · {record['rule']} · risk {record['risk']} · "
-            f"#{record['seq']}[/]{approver}")
+    return (
+        f"{record['time']}  {styled(str(record['decision'])):<8} {record['agent']} → {record['tool']}"
+        f"  [dim]{record['reason']} · {record['rule']} · risk {record['risk']} · "
+        f"#{record['seq']}[/]{approver}"
+    )
 
 
 @click.command()
@@ -43,9 +44,11 @@ def watch(client: Client, interval: float, count: int | None) -> None:
             for approval in pending:
                 if approval["id"] not in seen_pending:
                     seen_pending.add(approval["id"])
-                    console.print(f"[black on yellow] PENDING [/] {approval['id']}  {approval['agent']} → "
-                                  f"{approval['tool']} {approval['action'].get('args')}  "
-                                  f"approve: kubewrit approvals approve {approval['id']}")
+                    console.print(
+                        f"[black on yellow] PENDING [/] {approval['id']}  {approval['agent']} → "
+                        f"{approval['tool']} {approval['action'].get('args')}  "
+                        f"approve: kubewrit approvals approve {approval['id']}"
+                    )
             time.sleep(interval)
     except KeyboardInterrupt:
         pass

@@ -42,8 +42,11 @@ def load(kubeconfig: Path | str | None = None, context: str | None = None) -> cl
         except config.ConfigException:
             pass
     configuration = client.Configuration()
-    config.load_kube_config(config_file=str(kubeconfig) if kubeconfig else None, context=context,
-                            client_configuration=configuration)
+    config.load_kube_config(
+        config_file=str(kubeconfig) if kubeconfig else None,
+        context=context,
+        client_configuration=configuration,
+    )
     return client.ApiClient(configuration)
 
 
@@ -77,5 +80,5 @@ def status_of(exc: Exception) -> int | None:
     return getattr(exc, "status", None)
 
 
-def annotations(obj: dict[str, Any]) -> dict[str, str]:
+def annotations_of(obj: dict[str, Any]) -> dict[str, str]:
     return dict((obj.get("metadata") or {}).get("annotations") or {})

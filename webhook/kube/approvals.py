@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client, watch
-
 from kubewrit.webhook import canonical
 from kubewrit.webhook.approval import Approval, Phase
 from kubewrit.webhook.identity import Principal, Role
@@ -59,9 +58,14 @@ def to_object(approval: Approval) -> dict[str, Any]:
     return {
         "apiVersion": f"{kube_api.GROUP}/{kube_api.VERSION}",
         "kind": "ActionApproval",
-        "metadata": {"name": approval.id, "namespace": namespace, "labels": {
-            kube_api.LABEL_AGENT: kube_api.label_value(approval.agent),
-            kube_api.LABEL_TOOL: kube_api.label_value(approval.tool)}},
+        "metadata": {
+            "name": approval.id,
+            "namespace": namespace,
+            "labels": {
+                kube_api.LABEL_AGENT: kube_api.label_value(approval.agent),
+                kube_api.LABEL_TOOL: kube_api.label_value(approval.tool),
+            },
+        },
         "spec": spec,
     }
 
@@ -83,14 +87,22 @@ def status_of(approval: Approval) -> dict[str, Any]:
 def from_object(obj: dict[str, Any]) -> Approval:
     metadata, spec, status = obj["metadata"], obj["spec"], obj.get("status") or {}
     return Approval(
-        id=metadata["name"], agent=spec["agent"], tool=spec["tool"], action_hash=spec["actionHash"],
-        action=json.loads(spec["action"]), rule=spec.get("rule", ""), risk=spec.get("risk", ""),
-        reason=spec.get("reason", ""), message=spec.get("message", ""),
+        id=metadata["name"],
+        agent=spec["agent"],
+        tool=spec["tool"],
+        action_hash=spec["actionHash"],
+        action=json.loads(spec["action"]),
+        rule=spec.get("rule", ""),
+        risk=spec.get("risk", ""),
+        reason=spec.get("reason", ""),
+        message=spec.get("message", ""),
         policy_hash=spec.get("policyHash", ""),
         created_at=parse_time(metadata.get("creationTimestamp")),
         expires_at=parse_time(spec.get("expiresAt")),
-        phase=Phase(status.get("phase", "Pending")), request_id=spec.get("requestId"),
-        decided_by=status.get("decidedBy"), decided_at=parse_time(status.get("decidedAt")) or None,
+        phase=Phase(status.get("phase", "Pending")),
+        request_id=spec.get("requestId"),
+        decided_by=status.get("decidedBy"),
+        decided_at=parse_time(status.get("decidedAt")) or None,
         decision_reason=status.get("reason"),
         outcome=json.loads(status["outcome"]) if status.get("outcome") else None,
         namespace=metadata.get("namespace"),
@@ -117,10 +129,21 @@ class ActionApprovalStore:
 
     def create(self, approval: Approval) -> None:
         obj = self.custom.create_namespaced_custom_object(
-            kube_api.GROUP, kube_api.VERSION, approval.namespace, kube_api.APPROVALS, to_object(approval))
+            kube_api.GROUP,
+            kube_api.VERSION,
+            approval.namespace,
+            kube_api.APPROVALS,
+            to_object(approval),
+        )
         obj["status"] = status_of(approval)
         obj = self.custom.replace_namespaced_custom_object_status(
-            kube_api.GROUP, kube_api.VERSION, approval.namespace, kube_api.APPROVALS, approval.id, obj)
+            kube_api.GROUP,
+            kube_api.VERSION,
+            approval.namespace,
+            kube_api.APPROVALS,
+            approval.id,
+            obj,
+        )
         self._remember(obj)
 
     def get(self, approval_id: str) -> Approval | None:
@@ -131,7 +154,8 @@ class ActionApprovalStore:
     def swap(self, expected: Phase, updated: Approval) -> bool:
         try:
             current = self.custom.get_namespaced_custom_object(
-                kube_api.GROUP, kube_api.VERSION, updated.namespace, kube_api.APPROVALS, updated.id)
+                kube_api.GROUP, kube_api.VERSION, updated.namespace or "", kube_api.APPROVALS, updated.id
+            )
         except client.ApiException as exc:
             if exc.status == 404:
                 return False
@@ -142,7 +166,13 @@ class ActionApprovalStore:
         current["status"] = status_of(updated)
         try:
             stored = self.custom.replace_namespaced_custom_object_status(
-                kube_api.GROUP, kube_api.VERSION, updated.namespace, kube_api.APPROVALS, updated.id, current)
+                kube_api.GROUP,
+                kube_api.VERSION,
+                updated.namespace,
+                kube_api.APPROVALS,
+                updated.id,
+                current,
+            )
         except client.ApiException as exc:
             if exc.status == 409:
                 return False
@@ -164,7 +194,9 @@ class ActionApprovalStore:
         name = obj["metadata"]["name"]
         with self._lock:
             known = self._cache.get(name)
-            if known and int(known["metadata"]["resourceVersion"]) > int(obj["metadata"]["resourceVersion"]):
+            if known and int(known["metadata"]["resourceVersion"]) > int(
+                obj["metadata"]["resourceVersion"]
+            ):
                 return
             self._cache[name] = obj
 
@@ -186,7 +218,7 @@ class ActionApprovalStore:
 
     def _maybe_resolve(self, obj: dict[str, Any]) -> None:
         """A stamped decision annotation on a Pending approval: hand it to the authority."""
-        notes = kube_api.annotations(obj)
+        notes = kube_api.annotations_of(obj)
         decision = notes.get(kube_api.ANNOTATION_DECISION)
         decided_by = notes.get(kube_api.ANNOTATION_DECIDED_BY)
         phase = (obj.get("status") or {}).get("phase", "Pending")
@@ -199,8 +231,11 @@ class ActionApprovalStore:
         groups = tuple(g for g in notes.get(kube_api.ANNOTATION_DECIDED_GROUPS, "").split(",") if g)
         approver = Principal(decided_by, Role.APPROVER, groups)
         future = asyncio.run_coroutine_threadsafe(
-            self.resolver(name, approver, decision == "approve", notes.get(kube_api.ANNOTATION_REASON)),
-            self.loop)
+            self.resolver(
+                name, approver, decision == "approve", notes.get(kube_api.ANNOTATION_REASON)
+            ),
+            self.loop,
+        )
         future.add_done_callback(lambda f: self._resolved(name, f))
 
     def _resolved(self, name: str, future: Any) -> None:
@@ -210,7 +245,9 @@ class ActionApprovalStore:
             log.warning("approval %s not resolved: %s", name, getattr(error, "message", error))
 
     def _list(self) -> str:
-        listing = self.custom.list_cluster_custom_object(kube_api.GROUP, kube_api.VERSION, kube_api.APPROVALS)
+        listing = self.custom.list_cluster_custom_object(
+            kube_api.GROUP, kube_api.VERSION, kube_api.APPROVALS
+        )
         with self._lock:
             self._cache = {obj["metadata"]["name"]: obj for obj in listing.get("items", [])}
         for obj in listing.get("items", []):
@@ -223,9 +260,14 @@ class ActionApprovalStore:
             try:
                 version = self._list()
                 stream = watch.Watch()
-                for event in stream.stream(self.custom.list_cluster_custom_object, kube_api.GROUP,
-                                           kube_api.VERSION, kube_api.APPROVALS, resource_version=version,
-                                           timeout_seconds=300):
+                for event in stream.stream(
+                    self.custom.list_cluster_custom_object,
+                    kube_api.GROUP,
+                    kube_api.VERSION,
+                    kube_api.APPROVALS,
+                    resource_version=version,
+                    timeout_seconds=300,
+                ):
                     if self._stop.is_set():
                         stream.stop()
                         break

@@ -8,7 +8,6 @@ import threading
 import time
 
 from kubernetes import client
-
 from kubewrit.webhook.identity import Principal, Role
 from kubewrit.webhook.kube.api import SERVICE_ACCOUNT_PREFIX
 
@@ -18,8 +17,13 @@ log = logging.getLogger(__name__)
 class TokenReviewAuthenticator:
     """ServiceAccounts are agents (named by SA, scoped to their namespace); other users are approvers."""
 
-    def __init__(self, api: client.ApiClient, ttl: float = 30.0, negative_ttl: float = 5.0,
-                 audiences: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        ttl: float = 30.0,
+        negative_ttl: float = 5.0,
+        audiences: list[str] | None = None,
+    ) -> None:
         self.api = client.AuthenticationV1Api(api)
         self.ttl = ttl
         self.negative_ttl = negative_ttl
@@ -42,7 +46,9 @@ class TokenReviewAuthenticator:
         return principal
 
     def _review(self, token: str) -> Principal | None:
-        review = client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token, audiences=self.audiences))
+        review = client.V1TokenReview(
+            spec=client.V1TokenReviewSpec(token=token, audiences=self.audiences)
+        )
         try:
             result = self.api.create_token_review(review)
         except Exception as exc:  # the API server is unreachable: nobody is authenticated
@@ -54,6 +60,6 @@ class TokenReviewAuthenticator:
         username = status.user.username or ""
         groups = tuple(status.user.groups or ())
         if username.startswith(SERVICE_ACCOUNT_PREFIX):
-            namespace, _, name = username[len(SERVICE_ACCOUNT_PREFIX):].partition(":")
+            namespace, _, name = username[len(SERVICE_ACCOUNT_PREFIX) :].partition(":")
             return Principal(name, Role.AGENT, groups, namespace)
         return Principal(username, Role.APPROVER, groups)

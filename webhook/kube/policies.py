@@ -13,7 +13,6 @@ import time
 from typing import Any
 
 from kubernetes import client, watch
-
 from kubewrit.webhook import policy
 from kubewrit.webhook.kube import api as kube_api
 from kubewrit.webhook.metrics import Metrics
@@ -30,7 +29,9 @@ def compile_object(obj: dict[str, Any]) -> Policy:
 
 
 class PolicyCache:
-    def __init__(self, api: client.ApiClient, state: PolicyState, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, api: client.ApiClient, state: PolicyState, metrics: Metrics | None = None
+    ) -> None:
         self.custom = kube_api.custom(api)
         self.state = state
         self.metrics = metrics
@@ -74,7 +75,9 @@ class PolicyCache:
         self._publish()
 
     def _list(self) -> str:
-        listing = self.custom.list_cluster_custom_object(kube_api.GROUP, kube_api.VERSION, kube_api.POLICIES)
+        listing = self.custom.list_cluster_custom_object(
+            kube_api.GROUP, kube_api.VERSION, kube_api.POLICIES
+        )
         seen = set()
         for obj in listing.get("items", []):
             metadata = obj["metadata"]
@@ -91,9 +94,15 @@ class PolicyCache:
             try:
                 version = self._list()
                 stream = watch.Watch()
-                for event in stream.stream(self.custom.list_cluster_custom_object, kube_api.GROUP,
-                                           kube_api.VERSION, kube_api.POLICIES, resource_version=version,
-                                           timeout_seconds=300, allow_watch_bookmarks=True):
+                for event in stream.stream(
+                    self.custom.list_cluster_custom_object,
+                    kube_api.GROUP,
+                    kube_api.VERSION,
+                    kube_api.POLICIES,
+                    resource_version=version,
+                    timeout_seconds=300,
+                    allow_watch_bookmarks=True,
+                ):
                     if self._stop.is_set():
                         stream.stop()
                         break

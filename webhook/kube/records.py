@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kubernetes import client
-
 from kubewrit.webhook.chain import Anchor, Draft, Record
 from kubewrit.webhook.keys import Signer
 from kubewrit.webhook.kube import api as kube_api
@@ -26,11 +25,26 @@ log = logging.getLogger(__name__)
 
 # Record field -> ActionRecord spec field (Kubernetes spells them in camelCase).
 SPEC_FIELDS = {
-    "chain": "chain", "seq": "seq", "prev": "prev", "kind": "kind", "time": "time",
-    "agent": "agent", "tool": "tool", "action_hash": "actionHash", "policy_hash": "policyHash",
-    "decision": "decision", "reason": "reason", "rule": "rule", "risk": "risk",
-    "approver": "approver", "approval": "approval", "request_id": "requestId",
-    "message": "message", "namespace": "namespace", "key_id": "keyId", "hash": "hash",
+    "chain": "chain",
+    "seq": "seq",
+    "prev": "prev",
+    "kind": "kind",
+    "time": "time",
+    "agent": "agent",
+    "tool": "tool",
+    "action_hash": "actionHash",
+    "policy_hash": "policyHash",
+    "decision": "decision",
+    "reason": "reason",
+    "rule": "rule",
+    "risk": "risk",
+    "approver": "approver",
+    "approval": "approval",
+    "request_id": "requestId",
+    "message": "message",
+    "namespace": "namespace",
+    "key_id": "keyId",
+    "hash": "hash",
     "signature": "signature",
 }
 RECORD_FIELDS = {spec: field for field, spec in SPEC_FIELDS.items()}
@@ -55,8 +69,10 @@ def object_name(record: Record) -> str:
 
 def labels(record: Record) -> dict[str, str]:
     values = {
-        kube_api.LABEL_CHAIN: record.chain, kube_api.LABEL_AGENT: record.agent,
-        kube_api.LABEL_DECISION: record.decision, kube_api.LABEL_TOOL: record.tool,
+        kube_api.LABEL_CHAIN: record.chain,
+        kube_api.LABEL_AGENT: record.agent,
+        kube_api.LABEL_DECISION: record.decision,
+        kube_api.LABEL_TOOL: record.tool,
         kube_api.LABEL_KIND: record.kind,
     }
     return {key: kube_api.label_value(value) for key, value in values.items() if value}
@@ -82,15 +98,19 @@ class ActionRecordLedger:
 
     def _create(self, record: Record, namespace: str) -> None:
         try:
-            self.custom.create_namespaced_custom_object(kube_api.GROUP, kube_api.VERSION, namespace,
-                                                        kube_api.RECORDS, to_object(record))
+            self.custom.create_namespaced_custom_object(
+                kube_api.GROUP, kube_api.VERSION, namespace, kube_api.RECORDS, to_object(record)
+            )
         except client.ApiException as exc:
             if exc.status != 409:
                 raise
             existing = self.custom.get_namespaced_custom_object(
-                kube_api.GROUP, kube_api.VERSION, namespace, kube_api.RECORDS, object_name(record))
+                kube_api.GROUP, kube_api.VERSION, namespace, kube_api.RECORDS, object_name(record)
+            )
             if existing["spec"].get("hash") != record.hash:
-                raise RuntimeError(f"ActionRecord {object_name(record)} exists with other content") from exc
+                raise RuntimeError(
+                    f"ActionRecord {object_name(record)} exists with other content"
+                ) from exc
 
     def write(self, records: Sequence[Record], namespace: str | None = None) -> None:
         """All records of a batch are created concurrently; the batch is durable when all are."""
@@ -111,9 +131,14 @@ class ActionRecordLedger:
         token = None
         while True:
             page = self.custom.list_namespaced_custom_object(
-                kube_api.GROUP, kube_api.VERSION, namespace, kube_api.RECORDS,
+                kube_api.GROUP,
+                kube_api.VERSION,
+                namespace,
+                kube_api.RECORDS,
                 label_selector=f"{kube_api.LABEL_CHAIN}={kube_api.label_value(chain_id)}",
-                limit=500, _continue=token)
+                limit=500,
+                _continue=token,
+            )
             for item in page.get("items", []):
                 if item["spec"].get("chain") == chain_id:
                     yield from_spec(item["spec"])
@@ -122,14 +147,20 @@ class ActionRecordLedger:
                 return
 
     def publish_anchor(self, anchor: Anchor, namespace: str | None = None) -> None:
-        update_configmap(self.core, namespace or self.home, kube_api.ANCHORS_CONFIGMAP,
-                         {anchor.chain: json.dumps(anchor.to_dict(), sort_keys=True)})
+        update_configmap(
+            self.core,
+            namespace or self.home,
+            kube_api.ANCHORS_CONFIGMAP,
+            {anchor.chain: json.dumps(anchor.to_dict(), sort_keys=True)},
+        )
 
     def publish_key(self, key_id: str, public_key_b64: str) -> None:
         update_configmap(self.core, self.home, kube_api.KEYS_CONFIGMAP, {key_id: public_key_b64})
 
 
-def update_configmap(core: client.CoreV1Api, namespace: str, name: str, data: dict[str, str]) -> None:
+def update_configmap(
+    core: client.CoreV1Api, namespace: str, name: str, data: dict[str, str]
+) -> None:
     """Merge keys into a ConfigMap with compare-and-swap on resourceVersion: retried, never overwritten."""
     for _ in range(CAS_ATTEMPTS):
         try:
@@ -137,8 +168,12 @@ def update_configmap(core: client.CoreV1Api, namespace: str, name: str, data: di
         except client.ApiException as exc:
             if exc.status != 404:
                 raise
-            body = client.V1ConfigMap(metadata=client.V1ObjectMeta(
-                name=name, namespace=namespace, labels={"app.kubernetes.io/part-of": "kubewrit"}), data=data)
+            body = client.V1ConfigMap(
+                metadata=client.V1ObjectMeta(
+                    name=name, namespace=namespace, labels={"app.kubernetes.io/part-of": "kubewrit"}
+                ),
+                data=data,
+            )
             try:
                 core.create_namespaced_config_map(namespace, body)
                 return
@@ -155,7 +190,9 @@ def update_configmap(core: client.CoreV1Api, namespace: str, name: str, data: di
             if exc.status != 409:
                 raise
             log.debug("ConfigMap %s/%s changed underneath us; retrying", namespace, name)
-    raise RuntimeError(f"could not update ConfigMap {namespace}/{name} after {CAS_ATTEMPTS} attempts")
+    raise RuntimeError(
+        f"could not update ConfigMap {namespace}/{name} after {CAS_ATTEMPTS} attempts"
+    )
 
 
 class ChainLedger:
@@ -178,8 +215,14 @@ class ChainLedger:
 class RecorderPool:
     """One recorder (and chain) per namespace this replica records in, started on first use."""
 
-    def __init__(self, ledger: ActionRecordLedger, signer: Signer, replica: str,
-                 anchors: AnchorPolicy, public_key_b64: str) -> None:
+    def __init__(
+        self,
+        ledger: ActionRecordLedger,
+        signer: Signer,
+        replica: str,
+        anchors: AnchorPolicy,
+        public_key_b64: str,
+    ) -> None:
         self.ledger = ledger
         self.signer = signer
         self.replica = replica
@@ -196,8 +239,13 @@ class RecorderPool:
         with self._lock:
             recorder = self._recorders.get(namespace)
             if recorder is None:
-                recorder = Recorder(ChainLedger(self.ledger, namespace), self.signer,
-                                    self.chain_id(namespace), self.anchors, self.public_key_b64)
+                recorder = Recorder(
+                    ChainLedger(self.ledger, namespace),
+                    self.signer,
+                    self.chain_id(namespace),
+                    self.anchors,
+                    self.public_key_b64,
+                )
                 recorder.start()
                 self._recorders[namespace] = recorder
             return recorder

@@ -55,12 +55,18 @@ def build(config: Config) -> Runtime:
     state = PolicyState()
     signer = keys.load_or_create(config.signing_key)
     ledger = ActionRecordLedger(api, config.namespace)
-    recorders = RecorderPool(ledger, signer, config.replica_name(),
-                             AnchorPolicy(config.anchor_every, config.anchor_seconds), public_key_b64(signer))
+    recorders = RecorderPool(
+        ledger,
+        signer,
+        config.replica_name(),
+        AnchorPolicy(config.anchor_every, config.anchor_seconds),
+        public_key_b64(signer),
+    )
     approvals = ActionApprovalStore(api)
     policies = PolicyCache(api, state, metrics)
-    authority = Authority(state.current, recorders, approvals, signer, None,
-                          config.writ_ttl, config.approval_ttl)
+    authority = Authority(
+        state.current, recorders, approvals, signer, None, config.writ_ttl, config.approval_ttl
+    )
     authenticator = TokenReviewAuthenticator(api, ttl=config.token_cache_seconds)
 
     def start() -> None:

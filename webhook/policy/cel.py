@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import celpy
-
 from kubewrit.webhook.policy.conditions import TypeMismatch
 
 _ENVIRONMENT = celpy.Environment()
@@ -23,7 +22,9 @@ class Expression:
     source: str
     program: Any
 
-    def matches(self, agent: str, tool: str, operation: str | None, args: Mapping[str, Any]) -> bool:
+    def matches(
+        self, agent: str, tool: str, operation: str | None, args: Mapping[str, Any]
+    ) -> bool:
         activation = {
             "args": celpy.json_to_cel(dict(args)),
             "tool": celpy.celtypes.StringType(tool),
@@ -33,7 +34,9 @@ class Expression:
         try:
             result = self.program.evaluate(activation)
         except celpy.CELEvalError as exc:
-            raise TypeMismatch(f"when: {self.source}", "an expression that evaluates", exc.args[0]) from None
+            raise TypeMismatch(
+                f"when: {self.source}", "an expression that evaluates", exc.args[0]
+            ) from None
         if not isinstance(result, celpy.celtypes.BoolType):
             raise TypeMismatch(f"when: {self.source}", "a boolean result", result)
         return bool(result)

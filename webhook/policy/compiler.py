@@ -14,7 +14,7 @@ from typing import Any
 
 from kubewrit.webhook import canonical
 from kubewrit.webhook.policy import cel
-from kubewrit.webhook.policy.conditions import compile_condition, split_shorthand
+from kubewrit.webhook.policy.conditions import Condition, compile_condition, split_shorthand
 from kubewrit.webhook.policy.model import (
     RISK_LEVELS,
     Approvers,
@@ -73,7 +73,7 @@ def compile_matcher(match: Any, when: Any = None) -> Matcher:
         raise ValueError("match must be a mapping of conditions")
     tools: tuple[str, ...] = ()
     operations: tuple[str, ...] = ()
-    conditions = []
+    conditions: list[Condition] = []
     for key, operand in match.items():
         if not isinstance(key, str):
             raise ValueError(f"match key {key!r} must be a string")
@@ -91,7 +91,9 @@ def compile_matcher(match: Any, when: Any = None) -> Matcher:
                 if isinstance(spec, Mapping):
                     if not spec:
                         raise ValueError(f"match.args.{path} has no operators")
-                    conditions.extend(compile_condition(str(path), str(op), v) for op, v in spec.items())
+                    conditions.extend(
+                        compile_condition(str(path), str(op), v) for op, v in spec.items()
+                    )
                 else:
                     conditions.append(compile_condition(str(path), "eq", spec))
         else:
@@ -121,7 +123,9 @@ def _compile_rule(index: int, raw: Any, seen_ids: set[str]) -> Rule:
         raise ValueError(f"two effects in one rule ({names}): set exactly one")
     effect = effects[0]
     if raw[effect.value] is not True:
-        raise ValueError(f"{effect.value} must be true (to express the opposite, use another effect)")
+        raise ValueError(
+            f"{effect.value} must be true (to express the opposite, use another effect)"
+        )
     for text_key in ("description", "reason"):
         if text_key in raw and not isinstance(raw[text_key], str):
             raise ValueError(f"{text_key} must be a string")
@@ -197,7 +201,9 @@ def compile_document(document: Any, source: str, default_name: str | None = None
     try:
         mode = Mode(spec.get("mode", "enforce"))
     except ValueError:
-        raise PolicyError(source, "mode", f"mode {spec.get('mode')!r} must be enforce or monitor") from None
+        raise PolicyError(
+            source, "mode", f"mode {spec.get('mode')!r} must be enforce or monitor"
+        ) from None
 
     raw_rules = spec.get("rules")
     if not isinstance(raw_rules, list) or not raw_rules:
@@ -215,9 +221,11 @@ def compile_document(document: Any, source: str, default_name: str | None = None
 
     risk_rules = []
     risk = spec.get("risk") or {}
-    if not isinstance(risk, Mapping) or _unknown_keys(risk, RISK_KEYS):
-        raise PolicyError(source, "risk", _unknown_keys(risk, RISK_KEYS) if isinstance(risk, Mapping)
-                          else "risk must be a mapping with `rules`")
+    if not isinstance(risk, Mapping):
+        raise PolicyError(source, "risk", "risk must be a mapping with `rules`")
+    problem = _unknown_keys(risk, RISK_KEYS)
+    if problem:
+        raise PolicyError(source, "risk", problem)
     raw_risk_rules = risk.get("rules") or []
     if not isinstance(raw_risk_rules, list):
         raise PolicyError(source, "risk.rules", "must be a list")
@@ -235,8 +243,12 @@ def compile_document(document: Any, source: str, default_name: str | None = None
         raise PolicyError(source, "approvers", "approvers must be a mapping with users and groups")
     try:
         approvers = Approvers(
-            users=_string_list(approvers_raw["users"], "approvers.users") if approvers_raw.get("users") else (),
-            groups=_string_list(approvers_raw["groups"], "approvers.groups") if approvers_raw.get("groups") else (),
+            users=_string_list(approvers_raw["users"], "approvers.users")
+            if approvers_raw.get("users")
+            else (),
+            groups=_string_list(approvers_raw["groups"], "approvers.groups")
+            if approvers_raw.get("groups")
+            else (),
         )
     except ValueError as exc:
         raise PolicyError(source, "approvers", str(exc)) from None

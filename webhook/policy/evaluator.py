@@ -52,7 +52,9 @@ def matcher_matches(matcher: Matcher, action: Action) -> bool:
         return False
     results = [condition.matches(action.args) for condition in matcher.conditions]
     if matcher.cel is not None:
-        results.append(matcher.cel.matches(action.agent, action.tool, action.operation, action.args))
+        results.append(
+            matcher.cel.matches(action.agent, action.tool, action.operation, action.args)
+        )
     return all(results)
 
 
@@ -89,36 +91,56 @@ def set_hash(policies: Sequence[Policy]) -> str:
 
 def _combine(policies: Sequence[Policy], action: Action) -> Verdict:
     try:
-        matches = [Match(policy, rule) for policy in policies if (rule := first_match(policy, action))]
+        matches = [
+            Match(policy, rule) for policy in policies if (rule := first_match(policy, action))
+        ]
         risk, risk_source = risk_level(policies, action)
     except RuleTypeMismatch as exc:
         return Verdict(
-            Decision.DENY, Reason.TYPE_MISMATCH, exc.rule_id, "low",
+            Decision.DENY,
+            Reason.TYPE_MISMATCH,
+            exc.rule_id,
+            "low",
             f"{exc}: a value of the wrong type is denied, never skipped",
-            exc.policy.name, exc.policy.hash,
+            exc.policy.name,
+            exc.policy.hash,
         )
     if not matches:
         return Verdict(
-            Decision.DENY, Reason.DEFAULT_DENY, DEFAULT_DENY_RULE, risk,
+            Decision.DENY,
+            Reason.DEFAULT_DENY,
+            DEFAULT_DENY_RULE,
+            risk,
             f"no rule matches tool {action.tool!r} for agent {action.agent!r}",
-            None, set_hash(policies), risk_rule=risk_source,
+            None,
+            set_hash(policies),
+            risk_rule=risk_source,
         )
     strictest = max(matches, key=lambda m: m.rule.effect.strictness)
     decision, reason = EFFECT_DECISION[strictest.rule.effect]
     message = strictest.rule.message
     if decision is Decision.PERMIT and risk in ESCALATING_RISK:
         decision, reason = Decision.DEFER, Reason.RISK_ESCALATION
-        message = f"risk {risk} ({risk_source}) requires approval" + (f"; {message}" if message else "")
+        message = f"risk {risk} ({risk_source}) requires approval" + (
+            f"; {message}" if message else ""
+        )
     return Verdict(
-        decision, reason, f"{strictest.policy.name}/{strictest.rule.id}", risk, message,
-        strictest.policy.name, strictest.policy.hash, risk_rule=risk_source,
+        decision,
+        reason,
+        f"{strictest.policy.name}/{strictest.rule.id}",
+        risk,
+        message,
+        strictest.policy.name,
+        strictest.policy.hash,
+        risk_rule=risk_source,
     )
 
 
 def evaluate(policies: Sequence[Policy], action: Action) -> Verdict:
     """Decide one action against every policy that selects its agent."""
-    selecting = sorted((p for p in policies if p.selects(action.agent, action.namespace)),
-                       key=lambda p: p.name)
+    selecting = sorted(
+        (p for p in policies if p.selects(action.agent, action.namespace)), key=lambda p: p.name
+    )
     enforcing = [p for p in selecting if p.mode is Mode.ENFORCE]
     monitoring = [p for p in selecting if p.mode is Mode.MONITOR]
     if enforcing or not monitoring:
@@ -128,7 +150,12 @@ def evaluate(policies: Sequence[Policy], action: Action) -> Verdict:
         return verdict
     would_be = _combine(monitoring, action)
     return Verdict(
-        Decision.PERMIT, Reason.MONITOR, would_be.rule_id, would_be.risk,
+        Decision.PERMIT,
+        Reason.MONITOR,
+        would_be.rule_id,
+        would_be.risk,
         f"monitor mode: would have been {would_be.decision.value} ({would_be.reason.value})",
-        would_be.policy, would_be.policy_hash, monitored=would_be,
+        would_be.policy,
+        would_be.policy_hash,
+        monitored=would_be,
     )

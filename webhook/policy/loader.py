@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from kubewrit.webhook.policy.compiler import PolicyError, compile_document
 from kubewrit.webhook.policy.model import Policy
 
@@ -19,7 +18,9 @@ class StrictLoader(yaml.SafeLoader):
     """SafeLoader that refuses duplicate keys instead of keeping the last one silently."""
 
 
-def _construct_mapping(loader: StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+def _construct_mapping(
+    loader: StrictLoader, node: yaml.MappingNode, deep: bool = False
+) -> dict[Any, Any]:
     mapping: dict[Any, Any] = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
@@ -65,7 +66,8 @@ def policy_files(paths: Iterable[Path]) -> list[Path]:
         if path.is_dir():
             found.extend(
                 sorted(
-                    p for p in path.iterdir()
+                    p
+                    for p in path.iterdir()
                     if p.is_file() and p.suffix in SUFFIXES and not p.name.startswith((".", "#"))
                 )
             )
@@ -82,7 +84,8 @@ def load_paths(paths: Iterable[Path]) -> list[Policy]:
         for policy in load_file(file):
             if policy.name in names:
                 raise PolicyError(
-                    str(file), "name",
+                    str(file),
+                    "name",
                     f"policy name {policy.name!r} is already used by {names[policy.name]}",
                 )
             names[policy.name] = str(file)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from fnmatch import fnmatchcase
-from enum import Enum
 from typing import Any
 
 from kubewrit.webhook.policy.conditions import Condition
 
 
-class Effect(str, Enum):
+class Effect(StrEnum):
     ALLOW = "allow"
     REQUIRE_APPROVAL = "require_approval"
     DENY = "deny"
@@ -20,7 +20,7 @@ class Effect(str, Enum):
         return {"allow": 0, "require_approval": 1, "deny": 2}[self.value]
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     ENFORCE = "enforce"
     MONITOR = "monitor"
 
@@ -61,8 +61,12 @@ class Rule:
     message: str = ""
 
     def describe(self) -> dict[str, Any]:
-        return {"id": self.id, "effect": self.effect.value, "match": self.matcher.describe(),
-                "message": self.message}
+        return {
+            "id": self.id,
+            "effect": self.effect.value,
+            "match": self.matcher.describe(),
+            "message": self.message,
+        }
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,6 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ValidationError
-
 from kubewrit.webhook import canonical
 from kubewrit.webhook.approval import Approval, Phase
 from kubewrit.webhook.authority import ActionInput, Outcome, Refused, outcome_summary
@@ -34,6 +31,8 @@ from kubewrit.webhook.server.models import (
 )
 from kubewrit.webhook.server.runtime import Runtime
 from kubewrit.webhook.store.sqlite import RecordQuery
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +41,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def error(status: int, code: str, message: str, decision: DecisionResponse | None = None) -> JSONResponse:
-    body = ErrorResponse.model_validate({"error": {"code": code, "message": message}, "decision": decision})
+def error(
+    status: int, code: str, message: str, decision: DecisionResponse | None = None
+) -> JSONResponse:
+    body = ErrorResponse.model_validate(
+        {"error": {"code": code, "message": message}, "decision": decision}
+    )
     return JSONResponse(body.model_dump(mode="json"), status_code=status)
 
 
@@ -71,11 +74,21 @@ def decision_response(outcome: Outcome) -> DecisionResponse:
         action_hash=outcome.action_hash,
         record=RecordRef(chain=record.chain, seq=record.seq, hash=record.hash) if record else None,
         writ=outcome.writ,
-        approval=ApprovalRef(id=approval.id, phase=approval.phase.value, expires_at=approval.expires_at,
-                             poll=f"/v1/approvals/{approval.id}") if approval else None,
-        monitored=MonitoredVerdict(decision=verdict.monitored.decision.value,
-                                   reason=verdict.monitored.reason.value,
-                                   rule_id=verdict.monitored.rule_id) if verdict.monitored else None,
+        approval=ApprovalRef(
+            id=approval.id,
+            phase=approval.phase.value,
+            expires_at=approval.expires_at,
+            poll=f"/v1/approvals/{approval.id}",
+        )
+        if approval
+        else None,
+        monitored=MonitoredVerdict(
+            decision=verdict.monitored.decision.value,
+            reason=verdict.monitored.reason.value,
+            rule_id=verdict.monitored.rule_id,
+        )
+        if verdict.monitored
+        else None,
         replayed=bool(outcome.extra.get("replayed")),
     )
 
@@ -89,10 +102,16 @@ def approval_view(approval: Approval, writ: str | None = None) -> ApprovalView:
     if outcome:
         record = outcome.get("record")
         view.outcome = DecisionResponse(
-            decision=outcome["decision"], reason=outcome["reason"], message=outcome["message"],
-            rule_id=outcome["rule_id"], risk=outcome["risk"], policy_hash=outcome["policy_hash"],
+            decision=outcome["decision"],
+            reason=outcome["reason"],
+            message=outcome["message"],
+            rule_id=outcome["rule_id"],
+            risk=outcome["risk"],
+            policy_hash=outcome["policy_hash"],
             action_hash=outcome["action_hash"],
-            record=RecordRef(chain=record["chain"], seq=record["seq"], hash=record["hash"]) if record else None,
+            record=RecordRef(chain=record["chain"], seq=record["seq"], hash=record["hash"])
+            if record
+            else None,
             writ=writ,
         )
     return view
@@ -102,7 +121,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     """Read at most `limit` bytes; refuse larger bodies before buffering them."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise CanonicalError("payload_too_large", f"body of {declared} bytes exceeds the {limit}-byte limit")
+        raise CanonicalError(
+            "payload_too_large", f"body of {declared} bytes exceeds the {limit}-byte limit"
+        )
     body = bytearray()
     async for chunk in request.stream():
         body.extend(chunk)
@@ -112,8 +133,16 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def openapi_body(model: type[BaseModel]) -> dict[str, Any]:
-    return {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": model.model_json_schema(ref_template="#/components/schemas/{model}")
+                }
+            },
+        }
+    }
 
 
 def create_app(runtime: Runtime) -> FastAPI:
@@ -177,28 +206,45 @@ def create_app(runtime: Runtime) -> FastAPI:
         request = DecideRequest.model_validate(data)
         started = time.perf_counter()
         try:
-            outcome = await authority.decide(principal, ActionInput(
-                tool=request.tool, args=request.args, operation=request.operation,
-                agent=request.agent, request_id=request.request_id,
-                context=request.context.model_dump() if request.context else None,
-            ))
+            outcome = await authority.decide(
+                principal,
+                ActionInput(
+                    tool=request.tool,
+                    args=request.args,
+                    operation=request.operation,
+                    agent=request.agent,
+                    request_id=request.request_id,
+                    context=request.context.model_dump() if request.context else None,
+                ),
+            )
         except Refused as exc:
             if exc.outcome:
-                metrics.decisions.labels(exc.outcome.decision.value, exc.outcome.verdict.reason.value).inc()
+                metrics.decisions.labels(
+                    exc.outcome.decision.value, exc.outcome.verdict.reason.value
+                ).inc()
             raise
         metrics.latency.observe(time.perf_counter() - started)
         metrics.decisions.labels(outcome.decision.value, outcome.verdict.reason.value).inc()
         return outcome
 
-    @app.post("/v1/decide", response_model=DecisionResponse, responses=ERRORS,
-              openapi_extra=openapi_body(DecideRequest), summary="Decide one action")
+    @app.post(
+        "/v1/decide",
+        response_model=DecisionResponse,
+        responses=ERRORS,
+        openapi_extra=openapi_body(DecideRequest),
+        summary="Decide one action",
+    )
     async def decide_endpoint(request: Request) -> DecisionResponse:
         principal = authenticate(request)
         data = canonical.parse_json(await read_body(request, runtime.max_body), runtime.max_body)
         return decision_response(await decide(principal, data))
 
-    @app.post("/v1/admission", responses=ERRORS, openapi_extra=openapi_body(AdmissionReview),
-              summary="Decide one action wrapped in an admission.k8s.io/v1 AdmissionReview")
+    @app.post(
+        "/v1/admission",
+        responses=ERRORS,
+        openapi_extra=openapi_body(AdmissionReview),
+        summary="Decide one action wrapped in an admission.k8s.io/v1 AdmissionReview",
+    )
     async def admission_endpoint(request: Request) -> JSONResponse:
         principal = authenticate(request)
         data = canonical.parse_json(await read_body(request, runtime.max_body), runtime.max_body)
@@ -226,17 +272,22 @@ def create_app(runtime: Runtime) -> FastAPI:
             annotations["kubewrit.io/approval"] = answer.approval.id
         if answer.writ:
             annotations["kubewrit.io/writ"] = answer.writ
-        return JSONResponse({
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "response": {
-                "uid": review.request.uid,
-                "allowed": answer.decision == Decision.PERMIT.value,
-                "status": {"code": codes[answer.decision], "message": message,
-                           "reason": answer.reason},
-                "auditAnnotations": annotations,
-            },
-        })
+        return JSONResponse(
+            {
+                "apiVersion": "admission.k8s.io/v1",
+                "kind": "AdmissionReview",
+                "response": {
+                    "uid": review.request.uid,
+                    "allowed": answer.decision == Decision.PERMIT.value,
+                    "status": {
+                        "code": codes[answer.decision],
+                        "message": message,
+                        "reason": answer.reason,
+                    },
+                    "auditAnnotations": annotations,
+                },
+            }
+        )
 
     @app.get("/v1/approvals", response_model=list[ApprovalView], responses=ERRORS)
     async def list_approvals(request: Request, phase: str | None = None) -> list[ApprovalView]:
@@ -244,14 +295,20 @@ def create_app(runtime: Runtime) -> FastAPI:
         try:
             wanted = Phase(phase) if phase else None
         except ValueError:
-            raise Refused(400, "invalid_phase", f"phase must be one of {[p.value for p in Phase]}") from None
+            raise Refused(
+                400, "invalid_phase", f"phase must be one of {[p.value for p in Phase]}"
+            ) from None
         approvals = authority.approvals.list(wanted, 500)
         if principal.role.value == "agent":
             approvals = [a for a in approvals if a.agent == principal.name]
         return [approval_view(a) for a in approvals]
 
-    @app.get("/v1/approvals/{approval_id}", response_model=ApprovalView, responses=ERRORS,
-             summary="An approval's state; with ?wait=N, long-poll until it is decided")
+    @app.get(
+        "/v1/approvals/{approval_id}",
+        response_model=ApprovalView,
+        responses=ERRORS,
+        summary="An approval's state; with ?wait=N, long-poll until it is decided",
+    )
     async def get_approval(approval_id: str, request: Request, wait: float = 0) -> ApprovalView:
         principal = authenticate(request)
         approval, token = await authority.collect(approval_id, principal, wait)
@@ -263,21 +320,39 @@ def create_app(runtime: Runtime) -> FastAPI:
         body = ApprovalDecision.model_validate(canonical.parse_json(raw) if raw.strip() else {})
         return approval_view(await authority.resolve(approval_id, principal, approve, body.reason))
 
-    @app.post("/v1/approvals/{approval_id}/approve", response_model=ApprovalView, responses=ERRORS,
-              openapi_extra=openapi_body(ApprovalDecision))
+    @app.post(
+        "/v1/approvals/{approval_id}/approve",
+        response_model=ApprovalView,
+        responses=ERRORS,
+        openapi_extra=openapi_body(ApprovalDecision),
+    )
     async def approve(approval_id: str, request: Request) -> ApprovalView:
         return await resolve(approval_id, request, True)
 
-    @app.post("/v1/approvals/{approval_id}/deny", response_model=ApprovalView, responses=ERRORS,
-              openapi_extra=openapi_body(ApprovalDecision))
+    @app.post(
+        "/v1/approvals/{approval_id}/deny",
+        response_model=ApprovalView,
+        responses=ERRORS,
+        openapi_extra=openapi_body(ApprovalDecision),
+    )
     async def deny(approval_id: str, request: Request) -> ApprovalView:
         return await resolve(approval_id, request, False)
 
-    @app.get("/v1/records", response_model=RecordPage, responses=ERRORS,
-             summary="Decision records, oldest first; page with after=<seq> and chain")
-    async def records(request: Request, chain: str | None = None, agent: str | None = None,
-                      tool: str | None = None, decision: str | None = None,
-                      after: int | None = None, limit: int = 100) -> RecordPage:
+    @app.get(
+        "/v1/records",
+        response_model=RecordPage,
+        responses=ERRORS,
+        summary="Decision records, oldest first; page with after=<seq> and chain",
+    )
+    async def records(
+        request: Request,
+        chain: str | None = None,
+        agent: str | None = None,
+        tool: str | None = None,
+        decision: str | None = None,
+        after: int | None = None,
+        limit: int = 100,
+    ) -> RecordPage:
         principal = authenticate(request)
         if principal.role.value == "agent":
             agent = principal.name

@@ -27,7 +27,9 @@ class DecideRequest(Strict):
     agent: str | None = Field(default=None, max_length=253)
     context: Context | None = None
     request_id: str | None = Field(
-        default=None, min_length=1, max_length=128,
+        default=None,
+        min_length=1,
+        max_length=128,
         description="Idempotency key: a retry with the same id gets the same decision.",
     )
 

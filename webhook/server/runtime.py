@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -28,4 +29,4 @@ class Runtime:
     max_body: int = 64 * 1024
     start: list[Callable[[], None]] = field(default_factory=list)
     stop: list[Callable[[], None]] = field(default_factory=list)
-    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)

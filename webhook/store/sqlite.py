@@ -63,7 +63,9 @@ class RecordQuery:
 
 
 def connect(path: Path | str) -> sqlite3.Connection:
-    connection = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
+    connection = sqlite3.connect(
+        str(path), timeout=30, check_same_thread=False, isolation_level=None
+    )
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=FULL")
     connection.execute("PRAGMA busy_timeout=30000")
@@ -96,8 +98,19 @@ class SQLiteStore:
 
     def write(self, records: Sequence[Record]) -> None:
         rows = [
-            (r.chain, r.seq, r.hash, r.time, r.kind, r.agent, r.tool, r.decision, r.reason,
-             r.request_id, json.dumps(r.to_dict(), separators=(",", ":")))
+            (
+                r.chain,
+                r.seq,
+                r.hash,
+                r.time,
+                r.kind,
+                r.agent,
+                r.tool,
+                r.decision,
+                r.reason,
+                r.request_id,
+                json.dumps(r.to_dict(), separators=(",", ":")),
+            )
             for r in records
         ]
         connection = self._writer
@@ -126,7 +139,9 @@ class SQLiteStore:
 
     def chains(self) -> list[str]:
         with self._lock:
-            rows = self._other.execute("SELECT DISTINCT chain FROM records ORDER BY chain").fetchall()
+            rows = self._other.execute(
+                "SELECT DISTINCT chain FROM records ORDER BY chain"
+            ).fetchall()
         return [chain for (chain,) in rows]
 
     def iter_records(self, chain: str | None = None) -> Iterator[dict[str, Any]]:
@@ -144,9 +159,14 @@ class SQLiteStore:
             reader.close()
 
     def query(self, q: RecordQuery) -> list[Record]:
-        clauses, params = [], []
-        for column, value in (("chain", q.chain), ("agent", q.agent), ("tool", q.tool),
-                              ("decision", q.decision)):
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("chain", q.chain),
+            ("agent", q.agent),
+            ("tool", q.tool),
+            ("decision", q.decision),
+        ):
             if value:
                 clauses.append(f"{column} = ?")
                 params.append(value)
@@ -176,13 +196,21 @@ class SQLiteStore:
         with self._lock:
             self._other.execute(
                 "INSERT INTO approvals VALUES (?,?,?,?,?,?)",
-                (approval.id, approval.phase.value, approval.agent, approval.created_at,
-                 approval.expires_at, json.dumps(approval.to_dict())),
+                (
+                    approval.id,
+                    approval.phase.value,
+                    approval.agent,
+                    approval.created_at,
+                    approval.expires_at,
+                    json.dumps(approval.to_dict()),
+                ),
             )
 
     def get(self, approval_id: str) -> Approval | None:
         with self._lock:
-            row = self._other.execute("SELECT body FROM approvals WHERE id = ?", (approval_id,)).fetchone()
+            row = self._other.execute(
+                "SELECT body FROM approvals WHERE id = ?", (approval_id,)
+            ).fetchone()
         return Approval.from_dict(json.loads(row[0])) if row else None
 
     def swap(self, expected: Phase, updated: Approval) -> bool:
@@ -198,5 +226,7 @@ class SQLiteStore:
         if phase is not None:
             sql, params = sql + " WHERE phase = ?", (phase.value,)
         with self._lock:
-            rows = self._other.execute(sql + " ORDER BY created_at LIMIT ?", (*params, limit)).fetchall()
+            rows = self._other.execute(
+                sql + " ORDER BY created_at LIMIT ?", (*params, limit)
+            ).fetchall()
         return [Approval.from_dict(json.loads(body)) for (body,) in rows]
