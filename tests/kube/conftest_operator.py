@@ -130,8 +130,24 @@ def start_operator(control_plane: Any, workdir: Path, *extra: str, namespaces: t
 
     try:
         wait_until(ready, timeout=timeout, what=f"operator {identity} to serve")
+        if admission and namespaces:
+            confine(control_plane, config_name or "", namespaces)
     except BaseException:
         op.stop()
         op.remove_webhook_configurations()
         raise
     return op
+
+
+def confine(control_plane: Any, config_name: str, namespaces: tuple[str, ...]) -> None:
+    """Scope the (fail-closed) webhooks to the test's namespaces, so a test run killed before
+    its teardown cannot leave a configuration that refuses writes in other tests' namespaces.
+    kopf patches the configuration only when its client config changes, so this stays."""
+    selector = {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In",
+                                      "values": list(namespaces)}]}
+    for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
+        hooks = json.loads(control_plane.kubectl("get", kind, config_name, "-o",
+                                                 "json").stdout)["webhooks"]
+        ops = [{"op": "add", "path": f"/webhooks/{i}/namespaceSelector", "value": selector}
+               for i in range(len(hooks))]
+        control_plane.kubectl("patch", kind, config_name, "--type=json", "-p", json.dumps(ops))
