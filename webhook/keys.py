@@ -39,8 +39,14 @@ class Verifier:
 
     def verify(self, signature_b64: str, message: bytes) -> bool:
         try:
-            self.public_key.verify(base64.urlsafe_b64decode(_pad(signature_b64)), message)
-        except (InvalidSignature, ValueError):
+            return self.verify_raw(base64.urlsafe_b64decode(_pad(signature_b64)), message)
+        except ValueError:
+            return False
+
+    def verify_raw(self, signature: bytes, message: bytes) -> bool:
+        try:
+            self.public_key.verify(signature, message)
+        except InvalidSignature:
             return False
         return True
 

@@ -161,3 +161,19 @@ def test_writ_rejections(signer) -> None:
         assert caught.value.code == code
     with pytest.raises(writ.WritRejected):
         writ.verify(token[:-4] + "AAAA", signer.verifier, "sha256:abc", now=1001)
+
+
+def test_writs_are_standard_jwts(signer) -> None:
+    import jwt
+
+    record = chain.Head("c").seal_next(Draft(kind="decision", agent="a", action_hash="sha256:x"), signer)
+    token = writ.issue(signer, record)
+    claims = jwt.decode(token, signer.verifier.public_key, algorithms=["EdDSA"], issuer="kubewrit")
+    assert (claims["sub"], claims["act"], claims["rec"]) == ("a", "sha256:x", record.hash)
+
+
+def test_malformed_writs_are_rejected(signer) -> None:
+    for token in ("", "a.b", "a.b.c", "...", "eyJ9.eyJ9.AA"):
+        with pytest.raises(writ.WritRejected) as caught:
+            writ.verify(token, signer.verifier, "sha256:x")
+        assert caught.value.code == "malformed"
