@@ -24,8 +24,9 @@ class Server(kopf.WebhookServer):
     (--webhook-url) or, in a cluster, a Service (--webhook-service namespace/name:port),
     since an API server often cannot resolve cluster DNS names itself."""
 
-    def __init__(self, *, url: str | None = None, service: str | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *, url: str | None = None, service: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.public_url = url
         self.service = parse_service(service) if service else None
@@ -52,8 +53,9 @@ def parse_service(text: str) -> dict[str, Any]:
 
 def server(config: AdmissionConfig) -> Server:
     """The webhook server for `config`; a self-signed certificate unless one is mounted."""
-    host = config.host or (config.listen_addr if config.listen_addr not in ("", "0.0.0.0", "::")
-                           else "127.0.0.1")
+    host = config.host or (
+        config.listen_addr if config.listen_addr not in ("", "0.0.0.0", "::") else "127.0.0.1"
+    )
     cert, key, ca = config.tls_cert, config.tls_key, config.tls_ca
     if cert is None or key is None:
         from urllib.parse import urlsplit
@@ -66,9 +68,16 @@ def server(config: AdmissionConfig) -> Server:
         hosts = [h for h in (url_host, *service_hosts, host, *config.extra_sans, "localhost") if h]
         cert, key = tls.self_signed(Path(tempfile.mkdtemp(prefix="kubewrit-operator-tls-")), hosts)
         ca = None
-    return Server(addr=config.listen_addr, port=config.port, host=host, url=config.url,
-                  service=config.service,
-                  certfile=str(cert), pkeyfile=str(key), cafile=str(ca) if ca else None)
+    return Server(
+        addr=config.listen_addr,
+        port=config.port,
+        host=host,
+        url=config.url,
+        service=config.service,
+        certfile=str(cert),
+        pkeyfile=str(key),
+        cafile=str(ca) if ca else None,
+    )
 
 
 def configure(settings: kopf.OperatorSettings, config: AdmissionConfig) -> None:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from kubernetes import client
-from kubewrit.operator import kube
+from kubewrit.webhook.kube import api as kube
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,12 @@ def read_cut(core: client.CoreV1Api, namespace: str, chain: str) -> Cut | None:
     if not raw:
         return None
     data = json.loads(raw)
-    return Cut(int(data["seq"]), str(data["prev"]), str(data.get("exported_to", "")),
-               str(data.get("time", "")))
+    return Cut(
+        int(data["seq"]),
+        str(data["prev"]),
+        str(data.get("exported_to", "")),
+        str(data.get("time", "")),
+    )
 
 
 def write_cut(core: client.CoreV1Api, namespace: str, chain: str, cut: Cut) -> Cut:
@@ -66,9 +70,13 @@ def write_cut(core: client.CoreV1Api, namespace: str, chain: str, cut: Cut) -> C
             if exc.status != 404:
                 raise
             body = client.V1ConfigMap(
-                metadata=client.V1ObjectMeta(name=kube.ANCHORS_CONFIGMAP, namespace=namespace,
-                                             labels={"app.kubernetes.io/part-of": "kubewrit"}),
-                data={cut_key(chain): cut.to_json()})
+                metadata=client.V1ObjectMeta(
+                    name=kube.ANCHORS_CONFIGMAP,
+                    namespace=namespace,
+                    labels={"app.kubernetes.io/part-of": "kubewrit"},
+                ),
+                data={cut_key(chain): cut.to_json()},
+            )
             try:
                 core.create_namespaced_config_map(namespace, body)
                 return cut
@@ -80,8 +88,12 @@ def write_cut(core: client.CoreV1Api, namespace: str, chain: str, cut: Cut) -> C
         raw = data.get(cut_key(chain))
         if raw and int(json.loads(raw)["seq"]) >= cut.seq:
             stored = json.loads(raw)
-            return Cut(int(stored["seq"]), str(stored["prev"]),
-                       str(stored.get("exported_to", "")), str(stored.get("time", "")))
+            return Cut(
+                int(stored["seq"]),
+                str(stored["prev"]),
+                str(stored.get("exported_to", "")),
+                str(stored.get("time", "")),
+            )
         data[cut_key(chain)] = cut.to_json()
         cm.data = data
         try:
@@ -92,5 +104,7 @@ def write_cut(core: client.CoreV1Api, namespace: str, chain: str, cut: Cut) -> C
             if exc.status != 409:
                 raise
             log.debug("anchors %s: conflict writing %s, re-reading", namespace, cut_key(chain))
-    raise RuntimeError(f"could not write {cut_key(chain)} to {namespace}/"
-                       f"{kube.ANCHORS_CONFIGMAP} after {CAS_ATTEMPTS} conflicts")
+    raise RuntimeError(
+        f"could not write {cut_key(chain)} to {namespace}/"
+        f"{kube.ANCHORS_CONFIGMAP} after {CAS_ATTEMPTS} conflicts"
+    )

@@ -21,7 +21,8 @@ from typing import Any
 
 import kopf
 from kubernetes import client
-from kubewrit.operator import kube, policies
+from kubewrit.operator import policies
+from kubewrit.webhook.kube import api as kube
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +53,23 @@ def stamp_for(userinfo: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
-@kopf.on.mutate(kube.GROUP, kube.VERSION, kube.APPROVALS, id="stamp-approver",
-                operations=["UPDATE"], persistent=True)
-def stamp_approver(*, body: kopf.Body, userinfo: Mapping[str, Any], patch: kopf.Patch,
-                   memo: kopf.Memo, old: kopf.Body | None = None, **_: Any) -> None:
+@kopf.on.mutate(
+    kube.GROUP,
+    kube.VERSION,
+    kube.APPROVALS,
+    id="stamp-approver",
+    operations=["UPDATE"],
+    persistent=True,
+)
+def stamp_approver(
+    *,
+    body: kopf.Body,
+    userinfo: Mapping[str, Any],
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    old: kopf.Body | None = None,
+    **_: Any,
+) -> None:
     """When a decision is newly annotated, stamp who made it, from the API server's userInfo."""
     if not memo.config.governs(body.get("metadata", {}).get("namespace")):
         return
@@ -67,7 +81,9 @@ def stamp_approver(*, body: kopf.Body, userinfo: Mapping[str, Any], patch: kopf.
         raise kopf.AdmissionError(
             f"{', '.join(touched)} cannot be set by hand: kubewrit stamps the approver from the "
             "identity the API server authenticated. Set only kubewrit.io/decision "
-            "(and optionally kubewrit.io/reason).", code=403)
+            "(and optionally kubewrit.io/reason).",
+            code=403,
+        )
     for key, value in stamp_for(userinfo).items():
         patch.metadata.annotations[key] = value
 
@@ -94,7 +110,8 @@ def selecting_policy(namespace: str, rule: str) -> tuple[str, Any]:
     if api is not None:
         try:
             body = client.CustomObjectsApi(api).get_namespaced_custom_object(
-                kube.GROUP, kube.VERSION, namespace, kube.POLICIES, name)
+                kube.GROUP, kube.VERSION, namespace, kube.POLICIES, name
+            )
         except client.ApiException as exc:
             if kube.status_of(exc) != 404:
                 raise
@@ -102,8 +119,12 @@ def selecting_policy(namespace: str, rule: str) -> tuple[str, Any]:
     return name, policies.approvers_of(namespace, name, body)
 
 
-def refusal(old: Mapping[str, Any] | None, body: Mapping[str, Any],
-            userinfo: Mapping[str, Any], operation: str | None) -> str | None:
+def refusal(
+    old: Mapping[str, Any] | None,
+    body: Mapping[str, Any],
+    userinfo: Mapping[str, Any],
+    operation: str | None,
+) -> str | None:
     """Why this change to an ActionApproval must be refused, or None (pure but for the policy)."""
     before, after = kube.annotations_of(old), kube.annotations_of(body)
     metadata = body.get("metadata") or {}
@@ -124,16 +145,22 @@ def refusal(old: Mapping[str, Any] | None, body: Mapping[str, Any],
         by = before.get(kube.ANNOTATION_DECIDED_BY, "someone")
         at = before.get(kube.ANNOTATION_DECIDED_AT, "an earlier time")
         if kube.ANNOTATION_DECISION in touched or kube.ANNOTATION_REASON in touched:
-            return (f"{what} was already decided ({before.get(kube.ANNOTATION_DECISION)!s}) by "
-                    f"{by} at {at}; an approval is decided once and cannot be changed")
-        return (f"{what}: {', '.join(touched)} record who decided and cannot be edited "
-                f"(decided by {by} at {at})")
+            return (
+                f"{what} was already decided ({before.get(kube.ANNOTATION_DECISION)!s}) by "
+                f"{by} at {at}; an approval is decided once and cannot be changed"
+            )
+        return (
+            f"{what}: {', '.join(touched)} record who decided and cannot be edited "
+            f"(decided by {by} at {at})"
+        )
 
     if not newly_decided(before, after):
         touched = _changed(before, after, (*kube.STAMP_ANNOTATIONS, kube.ANNOTATION_REASON))
         if touched:
-            return (f"{what}: {', '.join(touched)} can only come with a decision; set "
-                    "kubewrit.io/decision=approve|deny (the approver is stamped by kubewrit)")
+            return (
+                f"{what}: {', '.join(touched)} can only come with a decision; set "
+                "kubewrit.io/decision=approve|deny (the approver is stamped by kubewrit)"
+            )
         return None
 
     decision = after.get(kube.ANNOTATION_DECISION, "")
@@ -142,8 +169,10 @@ def refusal(old: Mapping[str, Any] | None, body: Mapping[str, Any],
     username = str(userinfo.get("username") or "")
     spec = body.get("spec") or {}
     if is_agent(userinfo, spec, namespace):
-        return (f"{what}: {username} is the agent that requested this action and may never "
-                "decide its own approval; a human approver must decide")
+        return (
+            f"{what}: {username} is the agent that requested this action and may never "
+            "decide its own approval; a human approver must decide"
+        )
     phase = ((old or {}).get("status") or {}).get("phase")
     if phase not in (None, "", "Pending"):
         return f"{what} is {phase}; only a Pending approval can be decided"
@@ -153,28 +182,49 @@ def refusal(old: Mapping[str, Any] | None, body: Mapping[str, Any],
     stamp = {key: after.get(key) for key in kube.STAMP_ANNOTATIONS}
     stamped_at = kube.parse_time(stamp[kube.ANNOTATION_DECIDED_AT])
     expected = stamp_for(userinfo)
-    if (stamp[kube.ANNOTATION_DECIDED_BY] != expected[kube.ANNOTATION_DECIDED_BY]
-            or stamp[kube.ANNOTATION_DECIDED_GROUPS] != expected[kube.ANNOTATION_DECIDED_GROUPS]
-            or stamped_at is None or abs(kube.now() - stamped_at) > STAMP_SKEW):
-        return (f"{what}: the approver stamp ({', '.join(kube.STAMP_ANNOTATIONS)}) does not match "
-                f"the requesting user {username}; it is written by kubewrit only")
+    if (
+        stamp[kube.ANNOTATION_DECIDED_BY] != expected[kube.ANNOTATION_DECIDED_BY]
+        or stamp[kube.ANNOTATION_DECIDED_GROUPS] != expected[kube.ANNOTATION_DECIDED_GROUPS]
+        or stamped_at is None
+        or abs(kube.now() - stamped_at) > STAMP_SKEW
+    ):
+        return (
+            f"{what}: the approver stamp ({', '.join(kube.STAMP_ANNOTATIONS)}) does not match "
+            f"the requesting user {username}; it is written by kubewrit only"
+        )
     policy_name, policy = selecting_policy(namespace, str(spec.get("rule") or ""))
     if policy is None:
-        return (f"{what}: no valid AgentPolicy {namespace}/{policy_name or '?'} selects this "
-                f"approval (rule {spec.get('rule')!r}), so nobody may decide it")
+        return (
+            f"{what}: no valid AgentPolicy {namespace}/{policy_name or '?'} selects this "
+            f"approval (rule {spec.get('rule')!r}), so nobody may decide it"
+        )
     groups = list(userinfo.get("groups") or [])
     if not policy.approvers.admits(username, groups):
-        return (f"{what}: {username} is not an approver of AgentPolicy {namespace}/{policy_name} "
-                f"(approvers: users {list(policy.approvers.users)}, "
-                f"groups {list(policy.approvers.groups)})")
+        return (
+            f"{what}: {username} is not an approver of AgentPolicy {namespace}/{policy_name} "
+            f"(approvers: users {list(policy.approvers.users)}, "
+            f"groups {list(policy.approvers.groups)})"
+        )
     return None
 
 
-@kopf.on.validate(kube.GROUP, kube.VERSION, kube.APPROVALS, id="validate-decision",
-                  operations=["CREATE", "UPDATE"], persistent=True)
-def validate_decision(*, body: kopf.Body, userinfo: Mapping[str, Any], memo: kopf.Memo,
-                      old: kopf.Body | None = None, operation: str | None = None,
-                      **_: Any) -> None:
+@kopf.on.validate(
+    kube.GROUP,
+    kube.VERSION,
+    kube.APPROVALS,
+    id="validate-decision",
+    operations=["CREATE", "UPDATE"],
+    persistent=True,
+)
+def validate_decision(
+    *,
+    body: kopf.Body,
+    userinfo: Mapping[str, Any],
+    memo: kopf.Memo,
+    old: kopf.Body | None = None,
+    operation: str | None = None,
+    **_: Any,
+) -> None:
     """Refuse unsafe decisions with a message the kubectl user can act on."""
     if not memo.config.governs(body.get("metadata", {}).get("namespace")):
         return

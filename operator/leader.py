@@ -33,8 +33,12 @@ def _micro_time(moment: datetime | None = None) -> str:
 class LeaderElector:
     """Acquire, renew and release one Lease; `leading` says whether singleton work may run."""
 
-    def __init__(self, api: client.ApiClient, config: LeaderConfig,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        config: LeaderConfig,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.coordination = client.CoordinationV1Api(api)
         self.config = config
         self.clock = clock
@@ -50,8 +54,10 @@ class LeaderElector:
     @property
     def leading(self) -> bool:
         """True only while the last successful renewal is younger than the renew deadline."""
-        return (self._renewed_at is not None
-                and self.clock() - self._renewed_at < self.config.renew_deadline)
+        return (
+            self._renewed_at is not None
+            and self.clock() - self._renewed_at < self.config.renew_deadline
+        )
 
     def _spec(self, acquire_time: datetime | None, transitions: int) -> client.V1LeaseSpec:
         return client.V1LeaseSpec(
@@ -70,9 +76,10 @@ class LeaderElector:
         except client.ApiException as exc:
             if exc.status != 404:
                 raise
-            body = client.V1Lease(metadata=client.V1ObjectMeta(name=cfg.name,
-                                                               namespace=cfg.namespace),
-                                  spec=self._spec(None, 0))
+            body = client.V1Lease(
+                metadata=client.V1ObjectMeta(name=cfg.name, namespace=cfg.namespace),
+                spec=self._spec(None, 0),
+            )
             try:
                 self.coordination.create_namespaced_lease(cfg.namespace, body)
             except client.ApiException as race:
@@ -105,8 +112,13 @@ class LeaderElector:
                 return False
             raise
         if not mine:
-            log.info("leader election: %s acquired lease %s/%s (previous holder %s)",
-                     self.identity, cfg.namespace, cfg.name, holder or "none")
+            log.info(
+                "leader election: %s acquired lease %s/%s (previous holder %s)",
+                self.identity,
+                cfg.namespace,
+                cfg.name,
+                holder or "none",
+            )
         self._renewed_at = self.clock()
         return True
 
@@ -125,8 +137,12 @@ class LeaderElector:
                 if lease.spec.acquire_time:
                     lease.spec.acquire_time = _micro_time(lease.spec.acquire_time)
                 self.coordination.replace_namespaced_lease(cfg.name, cfg.namespace, lease)
-                log.info("leader election: %s released lease %s/%s", self.identity,
-                         cfg.namespace, cfg.name)
+                log.info(
+                    "leader election: %s released lease %s/%s",
+                    self.identity,
+                    cfg.namespace,
+                    cfg.name,
+                )
         except client.ApiException as exc:
             log.warning("leader election: could not release the lease: %s", exc.reason)
 
@@ -146,8 +162,9 @@ class Singleton:
     work must not stall kopf's event loop (admission answers have deadlines).
     """
 
-    def __init__(self, elector: LeaderElector, work: Callable[[LeaderElector], Any],
-                 interval: float) -> None:
+    def __init__(
+        self, elector: LeaderElector, work: Callable[[LeaderElector], Any], interval: float
+    ) -> None:
         self.elector = elector
         self.work = work
         self.interval = interval
@@ -170,8 +187,11 @@ class Singleton:
             leading = self.elector.step()
             if leading != self.was_leading:
                 self.was_leading = leading
-                log.info("leader election: %s is %s", self.elector.identity,
-                         "now leading" if leading else "not leading")
+                log.info(
+                    "leader election: %s is %s",
+                    self.elector.identity,
+                    "now leading" if leading else "not leading",
+                )
             if leading and self.elector.clock() >= next_work:
                 try:
                     self.work(self.elector)

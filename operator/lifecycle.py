@@ -6,10 +6,11 @@ import logging
 from typing import Any
 
 import kopf
-from kubewrit.operator import admission, approvals, kube
+from kubewrit.operator import admission, approvals
 from kubewrit.operator.config import Config
 from kubewrit.operator.leader import LeaderElector, Singleton
 from kubewrit.operator.retention import Retention
+from kubewrit.webhook.kube import api as kube
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +35,24 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.posting.level = logging.WARNING  # Events only for what needs a human
     admission.configure(settings, config.admission)
 
-    api = kube.api_client(config.kubeconfig)
+    api = kube.load(config.kubeconfig)
     approvals.API["client"] = api
     if config.retention.enabled:
         retention = Retention(api, config.retention, config.namespaces)
         elector = LeaderElector(api, config.leader)
         memo.singleton = Singleton(
-            elector, lambda e: retention.run_once(lambda: e.leading), config.retention.interval)
+            elector, lambda e: retention.run_once(lambda: e.leading), config.retention.interval
+        )
         memo.singleton.start()
-        log.info("retention: max age %.0fs, max count %d per namespace, sink %s, lease %s/%s "
-                 "as %s", config.retention.max_age, config.retention.max_count,
-                 config.retention.sink, config.leader.namespace, config.leader.name,
-                 config.leader.identity)
+        log.info(
+            "retention: max age %.0fs, max count %d per namespace, sink %s, lease %s/%s as %s",
+            config.retention.max_age,
+            config.retention.max_count,
+            config.retention.sink,
+            config.leader.namespace,
+            config.leader.name,
+            config.leader.identity,
+        )
     else:
         log.info("retention: off (neither --retention-max-age nor --retention-max-count set)")
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import kopf
-from kubewrit.operator import kube
+from kubewrit.webhook.kube import api as kube
 from kubewrit.webhook.policy import Policy, PolicyError, compile_document
 
 log = logging.getLogger(__name__)
@@ -52,11 +52,18 @@ def compile_manifest(body: Mapping[str, Any]) -> Policy:
         "spec": dict(body.get("spec") or {}),
     }
     return compile_document(
-        manifest, source=source_of(metadata.get("namespace"), metadata.get("name")))
+        manifest, source=source_of(metadata.get("namespace"), metadata.get("name"))
+    )
 
 
-@kopf.on.validate(kube.GROUP, kube.VERSION, kube.POLICIES, id="validate-policy",
-                  operations=["CREATE", "UPDATE"], persistent=True)
+@kopf.on.validate(
+    kube.GROUP,
+    kube.VERSION,
+    kube.POLICIES,
+    id="validate-policy",
+    operations=["CREATE", "UPDATE"],
+    persistent=True,
+)
 def validate_policy(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Refuse an invalid policy with the compiler's message: which rule, what is wrong."""
     if not memo.config.governs(body.get("metadata", {}).get("namespace")):
@@ -67,14 +74,21 @@ def validate_policy(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         raise kopf.AdmissionError(str(exc), code=422) from None
 
 
-def ready_condition(status: str, reason: str, message: str, generation: int,
-                    previous: Mapping[str, Any] | None) -> dict[str, Any]:
+def ready_condition(
+    status: str, reason: str, message: str, generation: int, previous: Mapping[str, Any] | None
+) -> dict[str, Any]:
     """A Ready condition whose lastTransitionTime only moves when the status flips."""
     since = (previous or {}).get("lastTransitionTime")
     if not previous or previous.get("status") != status or not since:
         since = kube.rfc3339()
-    return {"type": "Ready", "status": status, "reason": reason, "message": message,
-            "lastTransitionTime": since, "observedGeneration": generation}
+    return {
+        "type": "Ready",
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since,
+        "observedGeneration": generation,
+    }
 
 
 def desired_status(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -83,8 +97,9 @@ def desired_status(body: Mapping[str, Any]) -> dict[str, Any]:
     namespace, name = metadata.get("namespace") or "", metadata.get("name") or ""
     generation = int(metadata.get("generation") or 0)
     current = dict(body.get("status") or {})
-    previous_ready = next((c for c in current.get("conditions") or [] if c.get("type") == "Ready"),
-                          None)
+    previous_ready = next(
+        (c for c in current.get("conditions") or [] if c.get("type") == "Ready"), None
+    )
     try:
         policy = compile_manifest(body)
     except PolicyError as exc:
@@ -93,14 +108,19 @@ def desired_status(body: Mapping[str, Any]) -> dict[str, Any]:
         rules: int | None
         served = SERVED.get((namespace, name))
         if served is not None:  # what this process saw compile last
-            serving, policy_hash, rules = (served.generation, served.policy.hash,
-                                           len(served.policy.rules))
+            serving, policy_hash, rules = (
+                served.generation,
+                served.policy.hash,
+                len(served.policy.rules),
+            )
         else:  # after a restart: what the status already says is being served
             serving = current.get("servingGeneration")
             policy_hash, rules = current.get("policyHash"), current.get("ruleCount")
         if serving is not None and policy_hash:
-            message = (f"generation {generation} is invalid and not enforced; still serving "
-                       f"generation {serving} (policy hash {policy_hash}): {exc}")
+            message = (
+                f"generation {generation} is invalid and not enforced; still serving "
+                f"generation {serving} (policy hash {policy_hash}): {exc}"
+            )
             reason = "InvalidServingPrevious"
         else:
             message = f"generation {generation} is invalid and nothing is served: {exc}"
@@ -114,8 +134,9 @@ def desired_status(body: Mapping[str, Any]) -> dict[str, Any]:
             "conditions": [ready_condition("False", reason, message, generation, previous_ready)],
         }
     SERVED[(namespace, name)] = Served(generation, policy)
-    message = (f"serving generation {generation}: {len(policy.rules)} rules, "
-               f"mode {policy.mode.value}")
+    message = (
+        f"serving generation {generation}: {len(policy.rules)} rules, mode {policy.mode.value}"
+    )
     return {
         "observedGeneration": generation,
         "servingGeneration": generation,
@@ -129,15 +150,19 @@ def desired_status(body: Mapping[str, Any]) -> dict[str, Any]:
 def _same(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
     def strip(status: Mapping[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in status.items() if k != "conditions" and v is not None}
-        out["conditions"] = [{k: v for k, v in c.items() if k != "lastTransitionTime"}
-                             for c in status.get("conditions") or []]
+        out["conditions"] = [
+            {k: v for k, v in c.items() if k != "lastTransitionTime"}
+            for c in status.get("conditions") or []
+        ]
         return out
+
     return strip(current) == strip(desired)
 
 
 @kopf.on.event(kube.GROUP, kube.VERSION, kube.POLICIES, id="policy-status")
-def policy_status(type: str | None, body: kopf.Body, patch: kopf.Patch,
-                  logger: kopf.Logger, **_: Any) -> None:
+def policy_status(
+    type: str | None, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any
+) -> None:
     """Every observed generation gets a status; unchanged generations cost nothing.
 
     An event handler (not create/update) so kopf keeps no bookkeeping annotations on

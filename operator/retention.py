@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client
-from kubewrit.operator import anchors, kube
+from kubewrit.operator import anchors
 from kubewrit.operator.config import RetentionConfig
+from kubewrit.webhook.kube import api as kube
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,13 @@ class ChainCut:
 def record_time(obj: Mapping[str, Any]) -> datetime | None:
     spec = obj.get("spec") or {}
     return kube.parse_time(spec.get("time")) or kube.parse_time(
-        (obj.get("metadata") or {}).get("creationTimestamp"))
+        (obj.get("metadata") or {}).get("creationTimestamp")
+    )
 
 
-def expendable(records: list[dict[str, Any]], now: datetime, max_age: float,
-               max_count: int) -> set[str]:
+def expendable(
+    records: list[dict[str, Any]], now: datetime, max_age: float, max_count: int
+) -> set[str]:
     """Names of one namespace's records that retention may remove (age or count)."""
     names: set[str] = set()
     if max_age > 0:
@@ -60,18 +63,28 @@ def expendable(records: list[dict[str, Any]], now: datetime, max_age: float,
             if moment is not None and moment < horizon:
                 names.add(obj["metadata"]["name"])
     if max_count > 0 and len(records) > max_count:
+
         def age_key(obj: dict[str, Any]) -> tuple[str, str, int]:
             moment = record_time(obj)
             spec = obj.get("spec") or {}
-            return (moment.isoformat() if moment else "", str(spec.get("chain")),
-                    int(spec.get("seq", 0)))
+            return (
+                moment.isoformat() if moment else "",
+                str(spec.get("chain")),
+                int(spec.get("seq", 0)),
+            )
+
         oldest_first = sorted(records, key=age_key)
-        names.update(obj["metadata"]["name"] for obj in oldest_first[:len(records) - max_count])
+        names.update(obj["metadata"]["name"] for obj in oldest_first[: len(records) - max_count])
     return names
 
 
-def plan_chain(namespace: str, chain: str, records: list[dict[str, Any]], doomed: set[str],
-               cut: anchors.Cut | None) -> ChainCut:
+def plan_chain(
+    namespace: str,
+    chain: str,
+    records: list[dict[str, Any]],
+    doomed: set[str],
+    cut: anchors.Cut | None,
+) -> ChainCut:
     """The longest deletable prefix of one chain (records sorted by seq inside)."""
     ordered = sorted(records, key=lambda o: int(o["spec"]["seq"]))
     result = ChainCut(namespace, chain)
@@ -80,15 +93,21 @@ def plan_chain(namespace: str, chain: str, records: list[dict[str, Any]], doomed
     start = cut.seq if cut else 0
     first = ordered[0]["spec"]
     if int(first["seq"]) != start or (cut and first.get("prev") != cut.prev):
-        log.error("retention: chain %s/%s starts at seq %s but its cut says %s: records are "
-                  "missing; not cutting this chain (run `kubewrit verify`)",
-                  namespace, chain, first["seq"], start)
+        log.error(
+            "retention: chain %s/%s starts at seq %s but its cut says %s: records are "
+            "missing; not cutting this chain (run `kubewrit verify`)",
+            namespace,
+            chain,
+            first["seq"],
+            start,
+        )
         return result
     index = 0
     while index < len(ordered) - 1:  # never the chain's last record
         here, after = ordered[index], ordered[index + 1]
-        linked = (int(after["spec"]["seq"]) == int(here["spec"]["seq"]) + 1
-                  and after["spec"].get("prev") == here["spec"].get("hash"))
+        linked = int(after["spec"]["seq"]) == int(here["spec"]["seq"]) + 1 and after["spec"].get(
+            "prev"
+        ) == here["spec"].get("hash")
         if here["metadata"]["name"] not in doomed or not linked:
             break
         index += 1
@@ -97,8 +116,9 @@ def plan_chain(namespace: str, chain: str, records: list[dict[str, Any]], doomed
     return result
 
 
-def list_records(custom: client.CustomObjectsApi, namespaces: tuple[str, ...]
-                 ) -> Iterator[dict[str, Any]]:
+def list_records(
+    custom: client.CustomObjectsApi, namespaces: tuple[str, ...]
+) -> Iterator[dict[str, Any]]:
     """Every ActionRecord in `namespaces` (all namespaces if empty), page by page."""
     for namespace in namespaces or (None,):
         token: str | None = None
@@ -107,11 +127,13 @@ def list_records(custom: client.CustomObjectsApi, namespaces: tuple[str, ...]
             if token:
                 kwargs["_continue"] = token
             if namespace is None:
-                page = custom.list_cluster_custom_object(kube.GROUP, kube.VERSION, kube.RECORDS,
-                                                         **kwargs)
+                page = custom.list_cluster_custom_object(
+                    kube.GROUP, kube.VERSION, kube.RECORDS, **kwargs
+                )
             else:
-                page = custom.list_namespaced_custom_object(kube.GROUP, kube.VERSION, namespace,
-                                                            kube.RECORDS, **kwargs)
+                page = custom.list_namespaced_custom_object(
+                    kube.GROUP, kube.VERSION, namespace, kube.RECORDS, **kwargs
+                )
             yield from page.get("items") or []
             token = (page.get("metadata") or {}).get("continue")
             if not token:
@@ -131,8 +153,9 @@ def export(sink: Path, records: list[dict[str, Any]]) -> None:
 class Retention:
     """One retention pass over the cluster (or the configured namespaces)."""
 
-    def __init__(self, api: client.ApiClient, config: RetentionConfig,
-                 namespaces: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, api: client.ApiClient, config: RetentionConfig, namespaces: tuple[str, ...] = ()
+    ) -> None:
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
         self.config = config
@@ -173,9 +196,15 @@ class Retention:
             meta = obj["metadata"]
             try:
                 self.custom.delete_namespaced_custom_object(
-                    kube.GROUP, kube.VERSION, meta["namespace"], kube.RECORDS, meta["name"],
-                    body=client.V1DeleteOptions(preconditions=client.V1Preconditions(
-                        uid=meta["uid"])))
+                    kube.GROUP,
+                    kube.VERSION,
+                    meta["namespace"],
+                    kube.RECORDS,
+                    meta["name"],
+                    body=client.V1DeleteOptions(
+                        preconditions=client.V1Preconditions(uid=meta["uid"])
+                    ),
+                )
             except client.ApiException as exc:
                 if exc.status != 404:
                     raise
@@ -186,13 +215,24 @@ class Retention:
             first = (planned.first_retained or {})["spec"]
         else:  # interrupted: the cut is right after the last record actually deleted
             first = planned.doomed[deleted]["spec"]
-        cut = anchors.Cut(seq=int(first["seq"]), prev=str(first.get("prev", "")),
-                          exported_to=str(sink), time=kube.rfc3339())
+        cut = anchors.Cut(
+            seq=int(first["seq"]),
+            prev=str(first.get("prev", "")),
+            exported_to=str(sink),
+            time=kube.rfc3339(),
+        )
         anchors.write_cut(self.core, planned.namespace, planned.chain, cut)
-        log.info("retention: exported and deleted %d records of chain %s in %s (seq %s..%s) "
-                 "to %s; the chain now begins at seq %s", deleted, planned.chain,
-                 planned.namespace, planned.doomed[0]["spec"]["seq"],
-                 planned.doomed[deleted - 1]["spec"]["seq"], sink, cut.seq)
+        log.info(
+            "retention: exported and deleted %d records of chain %s in %s (seq %s..%s) "
+            "to %s; the chain now begins at seq %s",
+            deleted,
+            planned.chain,
+            planned.namespace,
+            planned.doomed[0]["spec"]["seq"],
+            planned.doomed[deleted - 1]["spec"]["seq"],
+            sink,
+            cut.seq,
+        )
         return deleted
 
     def run_once(self, may_continue: Callable[[], bool] = lambda: True) -> int:

@@ -320,9 +320,8 @@ class Authority:
         if selecting is None:
             return
         approvers = selecting.approvers
-        if (
-            (approvers.users or approvers.groups)
-            and not approvers.admits(approver.name, approver.groups)
+        if (approvers.users or approvers.groups) and not approvers.admits(
+            approver.name, approver.groups
         ):
             raise Refused(
                 403,
@@ -356,6 +355,15 @@ class Authority:
         for approval in overdue:
             await self.expire(approval)
         return len(overdue)
+
+    async def sweep_expired(self, interval: float = 1.0) -> None:
+        """Run forever: overdue approvals become Expired (and are recorded) within `interval`."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.expire_overdue()
+            except Exception:
+                log.exception("approval expiry sweep failed")
 
     async def resolve(
         self, approval_id: str, approver: Principal, approve: bool, reason: str | None = None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import os
@@ -114,21 +113,13 @@ def build(config: Config) -> Runtime:
         config.approval_ttl,
     )
 
-    async def sweep_expired() -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                await authority.expire_overdue()
-            except Exception:
-                log.exception("approval expiry sweep failed")
-
     async def watch_policies() -> None:
         await reload.watch(state, config.policies, metrics)
 
     runtime = Runtime(authority, tokens, state, metrics, store, config.max_body)
     runtime.start.append(recorder.start)
     runtime.stop.extend([recorder.stop, store.close])
-    runtime.background.append(sweep_expired)
+    runtime.background.append(authority.sweep_expired)
     if config.watch:
         runtime.background.append(watch_policies)
     return runtime

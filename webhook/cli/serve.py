@@ -3,13 +3,67 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 import uvicorn
 from kubewrit.webhook import keys, standalone
 from kubewrit.webhook.cli.output import console, fail
 from kubewrit.webhook.server.app import create_app
+
+
+def server_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The knobs both servers share: limits, lifetimes, anchoring, logging."""
+    options = [
+        click.option(
+            "--max-body",
+            default=64 * 1024,
+            show_default=True,
+            type=int,
+            help="Largest request, bytes (larger: 413).",
+        ),
+        click.option(
+            "--writ-ttl", default=60, show_default=True, type=int, help="Writ lifetime, seconds."
+        ),
+        click.option(
+            "--approval-ttl",
+            default=900,
+            show_default=True,
+            type=float,
+            help="How long a DEFER waits for a human, seconds.",
+        ),
+        click.option(
+            "--anchor-every",
+            default=100,
+            show_default=True,
+            type=int,
+            help="Publish the chain head every N records...",
+        ),
+        click.option(
+            "--anchor-seconds",
+            default=10.0,
+            show_default=True,
+            type=float,
+            help="...or every T seconds.",
+        ),
+        click.option(
+            "--log-level",
+            default="info",
+            show_default=True,
+            type=click.Choice(["debug", "info", "warning", "error"]),
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def start_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 @click.command()
@@ -30,58 +84,13 @@ from kubewrit.webhook.server.app import create_app
 )
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
-@click.option(
-    "--max-body", default=64 * 1024, show_default=True, type=int, help="Largest request, bytes."
-)
-@click.option("--writ-ttl", default=60, show_default=True, type=int, help="Writ lifetime, seconds.")
-@click.option(
-    "--approval-ttl",
-    default=900,
-    show_default=True,
-    type=float,
-    help="How long a DEFER waits for a human, seconds.",
-)
-@click.option(
-    "--anchor-every",
-    default=100,
-    show_default=True,
-    type=int,
-    help="Publish the chain head every N records...",
-)
-@click.option(
-    "--anchor-seconds", default=10.0, show_default=True, type=float, help="...or every T seconds."
-)
-@click.option(
-    "--log-level",
-    default="info",
-    show_default=True,
-    type=click.Choice(["debug", "info", "warning", "error"]),
-)
+@server_options
 def serve(
-    policies: Path,
-    data_dir: Path,
-    host: str,
-    port: int,
-    max_body: int,
-    writ_ttl: int,
-    approval_ttl: float,
-    anchor_every: int,
-    anchor_seconds: float,
-    log_level: str,
+    policies: Path, data_dir: Path, host: str, port: int, log_level: str, **tuning: Any
 ) -> None:
     """Run the decision API with policy files and an embedded SQLite store."""
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    config = standalone.Config(
-        policies=policies,
-        data_dir=data_dir,
-        max_body=max_body,
-        writ_ttl=writ_ttl,
-        approval_ttl=approval_ttl,
-        anchor_every=anchor_every,
-        anchor_seconds=anchor_seconds,
-    )
+    start_logging(log_level)
+    config = standalone.Config(policies=policies, data_dir=data_dir, **tuning)
     try:
         runtime = standalone.build(config)
     except (keys.KeyFileError, ValueError, OSError) as exc:
@@ -135,16 +144,7 @@ def serve(
     "--tls-cert", type=click.Path(exists=True, path_type=Path), help="Serve HTTPS with this cert."
 )
 @click.option("--tls-key", type=click.Path(exists=True, path_type=Path))
-@click.option("--approval-ttl", default=900, show_default=True, type=float)
-@click.option("--writ-ttl", default=60, show_default=True, type=int)
-@click.option("--anchor-every", default=100, show_default=True, type=int)
-@click.option("--anchor-seconds", default=10.0, show_default=True, type=float)
-@click.option(
-    "--log-level",
-    default="info",
-    show_default=True,
-    type=click.Choice(["debug", "info", "warning", "error"]),
-)
+@server_options
 def webhook(
     kubeconfig: Path | None,
     namespace: str,
@@ -154,27 +154,19 @@ def webhook(
     port: int,
     tls_cert: Path | None,
     tls_key: Path | None,
-    approval_ttl: float,
-    writ_ttl: int,
-    anchor_every: int,
-    anchor_seconds: float,
     log_level: str,
+    **tuning: Any,
 ) -> None:
     """Run the decision API in Kubernetes mode: TokenReview, AgentPolicies, ActionRecords."""
     from kubewrit.webhook.kube import runtime as kube_runtime
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    start_logging(log_level)
     config = kube_runtime.Config(
         kubeconfig=kubeconfig,
         namespace=namespace,
         replica=replica,
         signing_key=signing_key,
-        approval_ttl=approval_ttl,
-        writ_ttl=writ_ttl,
-        anchor_every=anchor_every,
-        anchor_seconds=anchor_seconds,
+        **tuning,
     )
     try:
         runtime = kube_runtime.build(config)

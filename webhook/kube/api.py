@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ ANNOTATION_REASON = "kubewrit.io/reason"
 ANNOTATION_DECIDED_BY = "kubewrit.io/decided-by"
 ANNOTATION_DECIDED_GROUPS = "kubewrit.io/decided-by-groups"
 ANNOTATION_DECIDED_AT = "kubewrit.io/decided-at"
+STAMP_ANNOTATIONS = (ANNOTATION_DECIDED_BY, ANNOTATION_DECIDED_GROUPS, ANNOTATION_DECIDED_AT)
+DECISION_ANNOTATIONS = (ANNOTATION_DECISION, ANNOTATION_REASON)
 
 SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
 _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -35,7 +38,7 @@ _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 def load(kubeconfig: Path | str | None = None, context: str | None = None) -> client.ApiClient:
     """An API client from a kubeconfig file, or from the pod's service account in a cluster."""
-    if kubeconfig is None:
+    if kubeconfig is None and context is None:
         try:
             config.load_incluster_config()
             return client.ApiClient()
@@ -76,9 +79,39 @@ def core(api: client.ApiClient) -> client.CoreV1Api:
     return client.CoreV1Api(api)
 
 
-def status_of(exc: Exception) -> int | None:
+def status_of(exc: BaseException) -> int | None:
     return getattr(exc, "status", None)
 
 
-def annotations_of(obj: dict[str, Any]) -> dict[str, str]:
+def annotations_of(obj: Any) -> dict[str, str]:
+    if obj is None:
+        return {}
     return dict((obj.get("metadata") or {}).get("annotations") or {})
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def rfc3339(moment: datetime | float | None = None) -> str:
+    """Seconds-precision RFC 3339 in UTC (`2026-01-02T03:04:05Z`), as Kubernetes writes times."""
+    if isinstance(moment, int | float):
+        moment = datetime.fromtimestamp(moment, tz=UTC)
+    return (moment or now()).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str | None) -> datetime | None:
+    """RFC 3339 (with `Z` or an offset, with or without fractions) -> aware datetime."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def timestamp(text: str | None) -> float:
+    """RFC 3339 -> seconds since the epoch (0.0 when absent)."""
+    moment = parse_time(text)
+    return moment.timestamp() if moment else 0.0

@@ -12,28 +12,17 @@ import asyncio
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes import client, watch
+from kubernetes import client
 from kubewrit.webhook import canonical
 from kubewrit.webhook.approval import Approval, Phase
 from kubewrit.webhook.identity import Principal, Role
 from kubewrit.webhook.kube import api as kube_api
+from kubewrit.webhook.kube import watching
 
 log = logging.getLogger(__name__)
-
-
-def rfc3339(moment: float) -> str:
-    return datetime.fromtimestamp(moment, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: str | None) -> float:
-    if not text:
-        return 0.0
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def to_object(approval: Approval) -> dict[str, Any]:
@@ -49,7 +38,7 @@ def to_object(approval: Approval) -> dict[str, Any]:
         "reason": approval.reason,
         "message": approval.message,
         "policyHash": approval.policy_hash,
-        "expiresAt": rfc3339(approval.expires_at),
+        "expiresAt": kube_api.rfc3339(approval.expires_at),
     }
     if approval.action.get("operation"):
         spec["operation"] = approval.action["operation"]
@@ -75,7 +64,7 @@ def status_of(approval: Approval) -> dict[str, Any]:
     if approval.decided_by:
         status["decidedBy"] = approval.decided_by
     if approval.decided_at:
-        status["decidedAt"] = rfc3339(approval.decided_at)
+        status["decidedAt"] = kube_api.rfc3339(approval.decided_at)
     if approval.decision_reason:
         status["reason"] = approval.decision_reason
     if approval.outcome:
@@ -97,12 +86,12 @@ def from_object(obj: dict[str, Any]) -> Approval:
         reason=spec.get("reason", ""),
         message=spec.get("message", ""),
         policy_hash=spec.get("policyHash", ""),
-        created_at=parse_time(metadata.get("creationTimestamp")),
-        expires_at=parse_time(spec.get("expiresAt")),
+        created_at=kube_api.timestamp(metadata.get("creationTimestamp")),
+        expires_at=kube_api.timestamp(spec.get("expiresAt")),
         phase=Phase(status.get("phase", "Pending")),
         request_id=spec.get("requestId"),
         decided_by=status.get("decidedBy"),
-        decided_at=parse_time(status.get("decidedAt")) or None,
+        decided_at=kube_api.timestamp(status.get("decidedAt")) or None,
         decision_reason=status.get("reason"),
         outcome=json.loads(status["outcome"]) if status.get("outcome") else None,
         namespace=metadata.get("namespace"),
@@ -116,6 +105,7 @@ class ActionApprovalStore:
     """approval.ApprovalStore over ActionApproval objects, with a watch-fed cache for reads."""
 
     def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
         self.custom = kube_api.custom(api)
         self._cache: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
@@ -154,7 +144,11 @@ class ActionApprovalStore:
     def swap(self, expected: Phase, updated: Approval) -> bool:
         try:
             current = self.custom.get_namespaced_custom_object(
-                kube_api.GROUP, kube_api.VERSION, updated.namespace or "", kube_api.APPROVALS, updated.id
+                kube_api.GROUP,
+                kube_api.VERSION,
+                updated.namespace or "",
+                kube_api.APPROVALS,
+                updated.id,
             )
         except client.ApiException as exc:
             if exc.status == 404:
@@ -244,35 +238,12 @@ class ActionApprovalStore:
         if error is not None:
             log.warning("approval %s not resolved: %s", name, getattr(error, "message", error))
 
-    def _list(self) -> str:
-        listing = self.custom.list_cluster_custom_object(
-            kube_api.GROUP, kube_api.VERSION, kube_api.APPROVALS
-        )
+    def _listed(self, items: list[dict[str, Any]]) -> None:
         with self._lock:
-            self._cache = {obj["metadata"]["name"]: obj for obj in listing.get("items", [])}
-        for obj in listing.get("items", []):
+            self._cache = {obj["metadata"]["name"]: obj for obj in items}
+        for obj in items:
             self._maybe_resolve(obj)
         self.synced.set()
-        return str(listing["metadata"]["resourceVersion"])
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                version = self._list()
-                stream = watch.Watch()
-                for event in stream.stream(
-                    self.custom.list_cluster_custom_object,
-                    kube_api.GROUP,
-                    kube_api.VERSION,
-                    kube_api.APPROVALS,
-                    resource_version=version,
-                    timeout_seconds=300,
-                ):
-                    if self._stop.is_set():
-                        stream.stop()
-                        break
-                    if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
-                        self._observe(event["type"], event["object"])
-            except Exception as exc:
-                log.warning("ActionApproval watch interrupted (%s); relisting", exc)
-                time.sleep(1.0)
+        watching.follow(self.api, kube_api.APPROVALS, self._stop, self._listed, self._observe)

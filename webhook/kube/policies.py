@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
-from kubernetes import client, watch
+from kubernetes import client
 from kubewrit.webhook import policy
 from kubewrit.webhook.kube import api as kube_api
+from kubewrit.webhook.kube import watching
 from kubewrit.webhook.metrics import Metrics
 from kubewrit.webhook.policy.model import Policy
 from kubewrit.webhook.policy_state import PolicyState
@@ -32,7 +32,7 @@ class PolicyCache:
     def __init__(
         self, api: client.ApiClient, state: PolicyState, metrics: Metrics | None = None
     ) -> None:
-        self.custom = kube_api.custom(api)
+        self.api = api
         self.state = state
         self.metrics = metrics
         self.synced = threading.Event()
@@ -74,12 +74,9 @@ class PolicyCache:
                     self.metrics.reload_failures.inc()
         self._publish()
 
-    def _list(self) -> str:
-        listing = self.custom.list_cluster_custom_object(
-            kube_api.GROUP, kube_api.VERSION, kube_api.POLICIES
-        )
+    def _listed(self, items: list[dict[str, Any]]) -> None:
         seen = set()
-        for obj in listing.get("items", []):
+        for obj in items:
             metadata = obj["metadata"]
             seen.add((metadata["namespace"], metadata["name"]))
             self.apply("ADDED", obj)
@@ -87,27 +84,6 @@ class PolicyCache:
             self._by_key.pop(key, None)
         self._publish()
         self.synced.set()
-        return str(listing["metadata"]["resourceVersion"])
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                version = self._list()
-                stream = watch.Watch()
-                for event in stream.stream(
-                    self.custom.list_cluster_custom_object,
-                    kube_api.GROUP,
-                    kube_api.VERSION,
-                    kube_api.POLICIES,
-                    resource_version=version,
-                    timeout_seconds=300,
-                    allow_watch_bookmarks=True,
-                ):
-                    if self._stop.is_set():
-                        stream.stop()
-                        break
-                    if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
-                        self.apply(event["type"], event["object"])
-            except Exception as exc:
-                log.warning("AgentPolicy watch interrupted (%s); relisting", exc)
-                time.sleep(1.0)
+        watching.follow(self.api, kube_api.POLICIES, self._stop, self._listed, self.apply)

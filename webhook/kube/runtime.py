@@ -76,16 +76,8 @@ def build(config: Config) -> Runtime:
     async def watch_approvals() -> None:
         await asyncio.to_thread(approvals.start, asyncio.get_running_loop(), authority.resolve)
 
-    async def sweep_expired() -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                await authority.expire_overdue()
-            except Exception:
-                log.exception("approval expiry sweep failed")
-
     runtime = Runtime(authority, authenticator, state, metrics, NoRecordQueries(), config.max_body)
     runtime.start.append(start)
     runtime.stop.extend([policies.stop, approvals.stop, recorders.stop])
-    runtime.background.extend([watch_approvals, sweep_expired])
+    runtime.background.extend([watch_approvals, authority.sweep_expired])
     return runtime

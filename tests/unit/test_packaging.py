@@ -1,0 +1,28 @@
+"""`operator/` must never shadow the standard library, and both code roots must import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_repository_root_on_sys_path_does_not_shadow_stdlib_operator() -> None:
+    # -S: no site, so nothing imports `operator` before the repository root is on the path,
+    # exactly as `python -m pytest` / `python -m pip` behave in a fresh virtualenv.
+    probe = (f"import sys; sys.path.insert(0, {str(REPO)!r}); import collections, operator; "
+             "assert operator.itemgetter and operator.__file__.endswith('operator.py'), operator")
+    result = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True,
+                            cwd=REPO)
+    assert result.returncode == 0, result.stderr
+
+
+def test_both_code_roots_import_under_the_kubewrit_namespace() -> None:
+    import kubewrit.operator
+    import kubewrit.webhook
+
+    assert Path(kubewrit.webhook.__file__).parent == REPO / "webhook"
+    assert Path(kubewrit.operator.__file__).parent == REPO / "operator"
+    assert kubewrit.operator.Config is not None
