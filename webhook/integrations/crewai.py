@@ -44,12 +44,24 @@ def _never_cache(_args: Any = None, _result: Any = None) -> bool:
 
 def refusal(error: KubewritError, tool: str) -> ToolFailure:
     """The ToolFailure an agent receives for a call that did not run."""
-    details = {key: value for key, value in (("rule", error.rule_id),
-                                             ("record", error.record_ref),
-                                             ("approval", error.approval_id)) if value}
-    return ToolFailure(message=describe(error, tool), reason=ToolFailureReason.TOOL_REPORTED,
-                       code=error.code, details=details,
-                       retryable=isinstance(error, ApprovalTimeout | GovernanceUnavailable))
+    # The code travels in details, not ToolFailure.code: CrewAI would append it to the
+    # text, and the agent should read the same message in every framework.
+    details = {
+        key: value
+        for key, value in (
+            ("code", error.code),
+            ("rule", error.rule_id),
+            ("record", error.record_ref),
+            ("approval", error.approval_id),
+        )
+        if value
+    }
+    return ToolFailure(
+        message=describe(error, tool),
+        reason=ToolFailureReason.TOOL_REPORTED,
+        details=details,
+        retryable=isinstance(error, ApprovalTimeout | GovernanceUnavailable),
+    )
 
 
 class GovernedTool(BaseTool):
@@ -63,14 +75,27 @@ class GovernedTool(BaseTool):
     _governor: Governor = PrivateAttr()
 
     @classmethod
-    def wrap(cls, tool: BaseTool, governor: Governor, *, on_deny: OnDeny = "message",
-             operation: str | None = None) -> GovernedTool:
+    def wrap(
+        cls,
+        tool: BaseTool,
+        governor: Governor,
+        *,
+        on_deny: OnDeny = "message",
+        operation: str | None = None,
+    ) -> GovernedTool:
         governed = cls(
-            name=tool.name, description=tool.description, args_schema=tool.args_schema,
-            result_schema=tool.result_schema, env_vars=tool.env_vars,
-            result_as_answer=tool.result_as_answer, max_usage_count=tool.max_usage_count,
-            tool_failure_policy=tool.tool_failure_policy, cache_function=_never_cache,
-            inner=tool, on_deny=on_deny, operation=operation,
+            name=tool.name,
+            description=tool.description,
+            args_schema=tool.args_schema,
+            result_schema=tool.result_schema,
+            env_vars=tool.env_vars,
+            result_as_answer=tool.result_as_answer,
+            max_usage_count=tool.max_usage_count,
+            tool_failure_policy=tool.tool_failure_policy,
+            cache_function=_never_cache,
+            inner=tool,
+            on_deny=on_deny,
+            operation=operation,
         )
         governed._governor = governor
         return governed
@@ -96,17 +121,25 @@ class GovernedTool(BaseTool):
 
     def _run(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return self._governor.run(self.name, self._arguments(args, kwargs),
-                                      lambda frozen: self.inner._run(**frozen),
-                                      operation=self.operation, framework=FRAMEWORK)
+            return self._governor.run(
+                self.name,
+                self._arguments(args, kwargs),
+                lambda frozen: self.inner._run(**frozen),
+                operation=self.operation,
+                framework=FRAMEWORK,
+            )
         except KubewritError as error:
             return self._refuse(error)
 
     async def _arun(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return await self._governor.arun(self.name, self._arguments(args, kwargs),
-                                             lambda frozen: self.inner._arun(**frozen),
-                                             operation=self.operation, framework=FRAMEWORK)
+            return await self._governor.arun(
+                self.name,
+                self._arguments(args, kwargs),
+                lambda frozen: self.inner._arun(**frozen),
+                operation=self.operation,
+                framework=FRAMEWORK,
+            )
         except KubewritError as error:
             return self._refuse(error)
 
@@ -115,9 +148,14 @@ def _as_tool(target: BaseTool | Callable[..., Any]) -> BaseTool:
     return target if isinstance(target, BaseTool) else make_tool(target)
 
 
-def wrap_tools(tools: Sequence[BaseTool | Callable[..., Any]], *, agent_id: str | None = None,
-               governor: Governor | None = None, on_deny: OnDeny = "message",
-               **options: Any) -> list[GovernedTool]:
+def wrap_tools(
+    tools: Sequence[BaseTool | Callable[..., Any]],
+    *,
+    agent_id: str | None = None,
+    governor: Governor | None = None,
+    on_deny: OnDeny = "message",
+    **options: Any,
+) -> list[GovernedTool]:
     """Govern CrewAI tools (plain functions with a docstring become tools first).
 
     `options` build the Governor (url, token, token_file, public_key, timeout,
@@ -127,10 +165,14 @@ def wrap_tools(tools: Sequence[BaseTool | Callable[..., Any]], *, agent_id: str 
     return [GovernedTool.wrap(_as_tool(t), shared, on_deny=on_deny) for t in tools]
 
 
-def governed(*, agent_id: str | None = None, governor: Governor | None = None,
-             on_deny: OnDeny = "message", operation: str | None = None,
-             **options: Any) -> Callable[[BaseTool | Callable[..., Any]],
-                                                        GovernedTool]:
+def governed(
+    *,
+    agent_id: str | None = None,
+    governor: Governor | None = None,
+    on_deny: OnDeny = "message",
+    operation: str | None = None,
+    **options: Any,
+) -> Callable[[BaseTool | Callable[..., Any]], GovernedTool]:
     """Decorator form, stacked on `@tool`: `@governed(agent_id="support-agent")`."""
     shared = resolve(governor, agent_id, FRAMEWORK, on_deny, options)
 
