@@ -198,3 +198,29 @@ def test_direct_calls_are_governed(
         ("process_refund", {"order_id": a, "amount": 10}),
         ("send_email", {"to": "x@x.io", "body": a}),
     ]
+
+
+def test_async_crew_with_parallel_calls(
+    tools: list[GovernedTool], effects: SideEffects, order_id: Unique
+) -> None:
+    """`akickoff`, with one model turn asking for several tools at once."""
+    oid = order_id()
+    llm = ScriptedLLM(
+        [
+            [
+                {"name": "process_refund", "args": {"order_id": oid, "amount": 40}},
+                {"name": "process_refund", "args": {"order_id": oid, "amount": 4000}},
+                {"name": "send_email", "args": {"to": "p@x.io", "body": oid}},
+            ]
+        ]
+    )
+    agent = Agent(role="support", goal="Help", backstory="A support agent.", llm=llm, tools=tools)
+    task = Task(description="Handle it.", expected_output="What was done.", agent=agent)
+    output = asyncio.run(Crew(agents=[agent], tasks=[task]).akickoff())
+    assert output.raw == FINAL
+    assert sorted(effects.calls, key=str) == [
+        ("process_refund", {"order_id": oid, "amount": 40}),
+        ("send_email", {"to": "p@x.io", "body": oid}),
+    ]
+    results = llm.tool_results()
+    assert len(results) == 3 and sum("denied by policy" in r for r in results) == 1
