@@ -421,7 +421,13 @@ def gen_modules() -> None:
 
 
 def _openssl(*args: str, cwd: Path) -> None:
-    r = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
+    try:
+        r = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise CPError(
+            "openssl not found (it makes the certificates): run hack/ci-setup-kube.sh "
+            "or apt-get install openssl"
+        ) from None
     if r.returncode != 0:
         raise CPError(f"openssl {' '.join(args)} failed:\n{r.stderr}")
 
