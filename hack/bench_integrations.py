@@ -10,7 +10,10 @@ For each framework three things are timed, interleaved so drift hits them alike:
 `overhead_pct` is (governed - plain - direct) / direct at p50: what the SDK and
 adapter add (writ verification, hashing, copying the arguments, the adapter's
 own layer) over calling the decision API directly. Target: under 10%.
-Prints JSON. Usage: python hack/bench_integrations.py [--iterations N]
+CrewAI cannot share this environment (see hack/crewai-env): its row is measured by
+this script re-run inside CrewAI's venv, when that venv exists or `--only crewai`
+asks for it (which builds it).
+Prints JSON. Usage: python hack/bench_integrations.py [--iterations N] [--only NAME...]
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -46,6 +51,7 @@ def async_send_email() -> Callable[..., Awaitable[str]]:
     async def send_email(to: str, body: str) -> str:
         """Send an email to a customer."""
         return f"sent to {to}"
+
     return send_email
 
 
@@ -58,8 +64,11 @@ def check(result: Any) -> None:
 def percentiles(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
-    return {"p50_ms": round(statistics.median(ordered) * 1e3, 3),
-            "p95_ms": round(pick(0.95) * 1e3, 3), "p99_ms": round(pick(0.99) * 1e3, 3)}
+    return {
+        "p50_ms": round(statistics.median(ordered) * 1e3, 3),
+        "p95_ms": round(pick(0.95) * 1e3, 3),
+        "p99_ms": round(pick(0.99) * 1e3, 3),
+    }
 
 
 def report(times: dict[str, list[float]]) -> dict[str, Any]:
@@ -100,9 +109,54 @@ def bench_langchain(server: LocalServer, gov: Governor, client: Client, n: int) 
 
     plain = tool(send_email)
     [governed] = wrap_tools([plain], governor=gov)
-    return run_sync(n, {"direct": lambda: client.decide("send_email", ARGS),
-                        "plain": lambda: plain.invoke(ARGS),
-                        "governed": lambda: governed.invoke(ARGS)})
+    return run_sync(
+        n,
+        {
+            "direct": lambda: client.decide("send_email", ARGS),
+            "plain": lambda: plain.invoke(ARGS),
+            "governed": lambda: governed.invoke(ARGS),
+        },
+    )
+
+
+def bench_crewai(server: LocalServer, gov: Governor, client: Client, n: int) -> dict[str, Any]:
+    for name in ("OTEL_SDK_DISABLED", "CREWAI_DISABLE_TELEMETRY", "CREWAI_TESTING"):
+        os.environ.setdefault(name, "true")
+    from crewai.tools import tool
+    from kubewrit.webhook.integrations.crewai import wrap_tools
+
+    plain = tool(send_email)
+    [governed] = wrap_tools([plain], governor=gov)
+    return run_sync(
+        n,
+        {
+            "direct": lambda: client.decide("send_email", ARGS),
+            "plain": lambda: plain.run(**ARGS),
+            "governed": lambda: governed.run(**ARGS),
+        },
+    )
+
+
+def crewai_in_its_venv(n: int, explicit: bool) -> dict[str, Any]:
+    """The crewai row, measured by this script inside CrewAI's own venv."""
+    venv = Path(
+        os.environ.get("KUBEWRIT_CREWAI_VENV")
+        or Path.home() / ".cache" / "kubewrit" / "venv-crewai"
+    )
+    if not explicit and not (venv / "bin" / "python").exists():
+        return {"skipped": "no CrewAI venv: run hack/crewai-env (or --only crewai)"}
+    built = subprocess.run(
+        [str(REPO / "hack" / "crewai-env")], capture_output=True, text=True, check=True
+    )
+    python = Path(built.stdout.strip().splitlines()[-1]) / "bin" / "python"
+    out = subprocess.run(
+        [str(python), "-P", __file__, "--iterations", str(n), "--only", "crewai"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
+    return dict(json.loads(out.stdout)["frameworks"]["crewai"])
 
 
 def bench_langgraph(server: LocalServer, gov: Governor, client: Client, n: int) -> dict[str, Any]:
@@ -119,25 +173,40 @@ def bench_langgraph(server: LocalServer, gov: Governor, client: Client, n: int) 
         builder.add_edge("tools", END)
         return builder.compile()
 
-    state = {"messages": [AIMessage("", tool_calls=[{"name": "send_email", "args": ARGS,
-                                                      "id": "c1", "type": "tool_call"}])]}
+    state = {
+        "messages": [
+            AIMessage(
+                "",
+                tool_calls=[{"name": "send_email", "args": ARGS, "id": "c1", "type": "tool_call"}],
+            )
+        ]
+    }
     plain = graph(ToolNode([tool(send_email)]))
     governed = graph(governed_tool_node([tool(send_email)], governor=gov))
-    return run_sync(n, {"direct": lambda: client.decide("send_email", ARGS),
-                        "plain": lambda: plain.invoke(state),
-                        "governed": lambda: governed.invoke(state)})
+    return run_sync(
+        n,
+        {
+            "direct": lambda: client.decide("send_email", ARGS),
+            "plain": lambda: plain.invoke(state),
+            "governed": lambda: governed.invoke(state),
+        },
+    )
 
 
-def bench_llamaindex(server: LocalServer, gov: Governor, client: Client,
-                     n: int) -> dict[str, Any]:
+def bench_llamaindex(server: LocalServer, gov: Governor, client: Client, n: int) -> dict[str, Any]:
     from kubewrit.webhook.integrations.llamaindex import wrap_tools
     from llama_index.core.tools import FunctionTool
 
     plain = FunctionTool.from_defaults(send_email)
     [governed] = wrap_tools([plain], governor=gov)
-    return run_sync(n, {"direct": lambda: client.decide("send_email", ARGS),
-                        "plain": lambda: plain.call(**ARGS),
-                        "governed": lambda: governed.call(**ARGS)})
+    return run_sync(
+        n,
+        {
+            "direct": lambda: client.decide("send_email", ARGS),
+            "plain": lambda: plain.call(**ARGS),
+            "governed": lambda: governed.call(**ARGS),
+        },
+    )
 
 
 async def bench_openai_agents(gov: Governor, client: AsyncClient, n: int) -> dict[str, Any]:
@@ -148,11 +217,17 @@ async def bench_openai_agents(gov: Governor, client: AsyncClient, n: int) -> dic
     plain = function_tool(async_send_email())
     [governed] = wrap_tools([plain], governor=gov)
     raw = json.dumps(ARGS)
-    context = ToolContext.from_agent_context(RunContextWrapper(None), "c1", tool_name=plain.name,
-                                             tool_arguments=raw)
-    return await run_async(n, {"direct": lambda: client.decide("send_email", ARGS),
-                               "plain": lambda: plain.on_invoke_tool(context, raw),
-                               "governed": lambda: governed.on_invoke_tool(context, raw)})
+    context = ToolContext.from_agent_context(
+        RunContextWrapper(None), "c1", tool_name=plain.name, tool_arguments=raw
+    )
+    return await run_async(
+        n,
+        {
+            "direct": lambda: client.decide("send_email", ARGS),
+            "plain": lambda: plain.on_invoke_tool(context, raw),
+            "governed": lambda: governed.on_invoke_tool(context, raw),
+        },
+    )
 
 
 async def bench_autogen(gov: Governor, client: AsyncClient, n: int) -> dict[str, Any]:
@@ -163,9 +238,14 @@ async def bench_autogen(gov: Governor, client: AsyncClient, n: int) -> dict[str,
     plain = FunctionTool(async_send_email(), description="Send an email.")
     [governed] = wrap_tools([plain], governor=gov)
     token = CancellationToken()
-    return await run_async(n, {"direct": lambda: client.decide("send_email", ARGS),
-                               "plain": lambda: plain.run_json(ARGS, token),
-                               "governed": lambda: governed.run_json(ARGS, token)})
+    return await run_async(
+        n,
+        {
+            "direct": lambda: client.decide("send_email", ARGS),
+            "plain": lambda: plain.run_json(ARGS, token),
+            "governed": lambda: governed.run_json(ARGS, token),
+        },
+    )
 
 
 async def bench_mcp(gov: Governor, client: AsyncClient, n: int) -> dict[str, Any]:
@@ -177,10 +257,14 @@ async def bench_mcp(gov: Governor, client: AsyncClient, n: int) -> dict[str, Any
     upstream.tool()(send_email)
     proxy = governing_proxy(upstream, governor=gov)
     async with MCPClient(upstream) as plain, MCPClient(proxy.server) as governed:
-        return await run_async(n, {
-            "direct": lambda: client.decide("send_email", ARGS),
-            "plain": lambda: plain.call_tool("send_email", ARGS),
-            "governed": lambda: governed.call_tool("send_email", ARGS)})
+        return await run_async(
+            n,
+            {
+                "direct": lambda: client.decide("send_email", ARGS),
+                "plain": lambda: plain.call_tool("send_email", ARGS),
+                "governed": lambda: governed.call_tool("send_email", ARGS),
+            },
+        )
 
 
 def main() -> None:
@@ -200,15 +284,22 @@ def main() -> None:
     with served_process(REPO / "examples" / "policies") as server:
         token = server.tokens[AGENT]
         with server.governor(AGENT) as gov, Client(server.url, token) as client:
-            for name, bench in (("langchain", bench_langchain), ("langgraph", bench_langgraph),
-                                ("llamaindex", bench_llamaindex)):
+            for name, bench in (
+                ("langchain", bench_langchain),
+                ("langgraph", bench_langgraph),
+                ("llamaindex", bench_llamaindex),
+                ("crewai", bench_crewai),
+            ):
                 if wanted(name):
                     results[name] = _guard(name, lambda b=bench: b(server, gov, client, n))
 
             async def async_benches() -> None:
                 async with AsyncClient(server.url, token) as aclient:
-                    for name, bench in (("openai-agents", bench_openai_agents),
-                                        ("autogen", bench_autogen), ("mcp", bench_mcp)):
+                    for name, bench in (
+                        ("openai-agents", bench_openai_agents),
+                        ("autogen", bench_autogen),
+                        ("mcp", bench_mcp),
+                    ):
                         if wanted(name):
                             try:
                                 results[name] = await bench(gov, aclient, n)
@@ -217,8 +308,14 @@ def main() -> None:
                 await gov.aclose()
 
             asyncio.run(async_benches())
-    json.dump({"iterations": n, "target_overhead_pct": 10, "frameworks": results},
-              sys.stdout, indent=2)
+    if wanted("crewai") and "skipped" in results.get("crewai", {}):
+        try:
+            results["crewai"] = crewai_in_its_venv(n, explicit=bool(options.only))
+        except (subprocess.CalledProcessError, OSError, KeyError, ValueError) as exc:
+            results["crewai"] = {"skipped": f"CrewAI venv run failed: {exc}"}
+    json.dump(
+        {"iterations": n, "target_overhead_pct": 10, "frameworks": results}, sys.stdout, indent=2
+    )
     print()
 
 
