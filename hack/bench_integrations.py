@@ -159,7 +159,8 @@ def crewai_in_its_venv(n: int, explicit: bool) -> dict[str, Any]:
     return dict(json.loads(out.stdout)["frameworks"]["crewai"])
 
 
-def bench_langgraph(server: LocalServer, gov: Governor, client: Client, n: int) -> dict[str, Any]:
+def langgraph_graphs(gov: Governor, fn: Callable[..., Any]) -> tuple[Any, Any, dict[str, Any]]:
+    """(plain graph, governed graph, state): one ToolNode step with one tool call."""
     from kubewrit.webhook.integrations.langgraph import governed_tool_node
     from langchain_core.messages import AIMessage
     from langchain_core.tools import tool
@@ -181,8 +182,12 @@ def bench_langgraph(server: LocalServer, gov: Governor, client: Client, n: int) 
             )
         ]
     }
-    plain = graph(ToolNode([tool(send_email)]))
-    governed = graph(governed_tool_node([tool(send_email)], governor=gov))
+    return graph(ToolNode([tool(fn)])), graph(governed_tool_node([tool(fn)], governor=gov)), state
+
+
+def bench_langgraph(server: LocalServer, gov: Governor, client: Client, n: int) -> dict[str, Any]:
+    """The sync graph: ToolNode runs each tool call on a new worker thread."""
+    plain, governed, state = langgraph_graphs(gov, send_email)
     return run_sync(
         n,
         {
@@ -226,6 +231,19 @@ async def bench_openai_agents(gov: Governor, client: AsyncClient, n: int) -> dic
             "direct": lambda: client.decide("send_email", ARGS),
             "plain": lambda: plain.on_invoke_tool(context, raw),
             "governed": lambda: governed.on_invoke_tool(context, raw),
+        },
+    )
+
+
+async def bench_langgraph_async(gov: Governor, client: AsyncClient, n: int) -> dict[str, Any]:
+    """The same graph through ainvoke: tool calls run on the event loop, no thread hop."""
+    plain, governed, state = langgraph_graphs(gov, async_send_email())
+    return await run_async(
+        n,
+        {
+            "direct": lambda: client.decide("send_email", ARGS),
+            "plain": lambda: plain.ainvoke(state),
+            "governed": lambda: governed.ainvoke(state),
         },
     )
 
@@ -296,6 +314,7 @@ def main() -> None:
             async def async_benches() -> None:
                 async with AsyncClient(server.url, token) as aclient:
                     for name, bench in (
+                        ("langgraph-async", bench_langgraph_async),
                         ("openai-agents", bench_openai_agents),
                         ("autogen", bench_autogen),
                         ("mcp", bench_mcp),
