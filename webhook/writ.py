@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import heapq
 import json
 import threading
 import time
@@ -75,19 +76,25 @@ def issue(
 
 
 class ReplayCache:
-    """Remembers writs already used until they expire: a writ authorizes one execution."""
+    """Remembers writs already used until they expire: a writ authorizes one execution.
+
+    Expiry is kept in a heap, so each claim forgets the expired in O(log n) instead of
+    scanning everything remembered.
+    """
 
     def __init__(self) -> None:
-        self._seen: dict[str, int] = {}
+        self._seen: set[str] = set()
+        self._expiry: list[tuple[int, str]] = []
         self._lock = threading.Lock()
 
     def claim(self, jti: str, expires_at: int, now: float) -> bool:
         with self._lock:
-            for key in [k for k, exp in self._seen.items() if exp < now]:
-                del self._seen[key]
+            while self._expiry and self._expiry[0][0] < now:
+                self._seen.discard(heapq.heappop(self._expiry)[1])
             if jti in self._seen:
                 return False
-            self._seen[jti] = expires_at
+            self._seen.add(jti)
+            heapq.heappush(self._expiry, (expires_at, jti))
             return True
 
 
