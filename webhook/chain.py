@@ -115,7 +115,7 @@ class Anchor:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
-def sign_anchor(head: Record, signer: Signer) -> Anchor:
+def sign_anchor(head: Record | Head, signer: Signer) -> Anchor:
     unsigned = Anchor(head.chain, head.seq, head.hash, timestamp(), signer.key_id)
     return replace(unsigned, signature=signer.sign(canonical.canonical_bytes(unsigned.body())))
 

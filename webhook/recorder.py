@@ -32,12 +32,23 @@ class RecordUnavailable(RuntimeError):
     """The record could not be made durable; the decision must be DENY."""
 
 
+class PartialWrite(Exception):
+    """The first `written` records of a batch are durable, the rest are not."""
+
+    def __init__(self, written: int, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.written = written
+        self.cause = cause
+
+
 class Ledger(Protocol):
     """Where a chain's records and anchors live (SQLite, or ActionRecords in Kubernetes)."""
 
     def head(self, chain_id: str) -> Record | None: ...
 
-    def write(self, records: Sequence[Record]) -> None: ...
+    def write(self, records: Sequence[Record]) -> None:
+        """Make `records` durable, in order. All or nothing, or PartialWrite for a prefix."""
+        ...
 
     def publish_anchor(self, anchor: Anchor) -> None: ...
 
@@ -144,20 +155,30 @@ class Recorder:
     def _commit(self, jobs: list[_Job]) -> None:
         before = Head(self._head.chain, self._head.seq, self._head.hash)
         records = [self._head.seal_next(job.draft, self.signer) for job in jobs]
+        written, failure = len(records), None
         try:
             self.ledger.write(records)
+        except PartialWrite as partial:
+            written, failure = partial.written, partial.cause
         except Exception as exc:
-            log.error(
-                "cannot persist %d record(s) of chain %s: %s", len(records), self.chain_id, exc
-            )
-            self._head = before
-            error = RecordUnavailable(f"record store unavailable: {exc}")
-            for job in jobs:
-                job.future.set_exception(error)
-            return
+            written, failure = 0, exc
         self.batches += 1
-        for job, record in zip(jobs, records, strict=True):
+        for job, record in zip(jobs[:written], records[:written], strict=True):
             job.future.set_result(record)
+        if failure is None:
+            return
+        log.error(
+            "cannot persist %d record(s) of chain %s: %s",
+            len(records) - written,
+            self.chain_id,
+            failure,
+        )
+        # The chain continues from the last durable record: nothing after a gap is kept.
+        last = records[written - 1] if written else None
+        self._head = Head(before.chain, last.seq, last.hash) if last else before
+        error = RecordUnavailable(f"record store unavailable: {failure}")
+        for job in jobs[written:]:
+            job.future.set_exception(error)
 
     def _seconds_to_anchor(self) -> float:
         elapsed = time.monotonic() - self._anchored_at
@@ -178,8 +199,9 @@ class Recorder:
         self.publish_anchor()
 
     def publish_anchor(self) -> Anchor | None:
-        head = self.ledger.head(self.chain_id)
-        if head is None:
+        """Sign and publish the durable head (the recorder's thread owns it: no store read)."""
+        head = self._head
+        if head.seq < 0:
             return None
         anchor = chain.sign_anchor(head, self.signer)
         try:

@@ -277,3 +277,65 @@ spec:
         time.sleep(0.3)
         body = webhook.decide(agent, tool="process_refund", args={"amount": 45}).json()
     assert body["decision"] == "PERMIT"
+
+
+def test_refused_records_never_leave_a_gap_in_the_chain(control_plane, tmp_path: Path) -> None:
+    """Concurrent decisions while the API server refuses some records: those are DENY
+    record_unavailable, everything acknowledged is recorded, and the chain still verifies."""
+    import concurrent.futures
+
+    apply_crds(control_plane)
+    namespace = f"gaps-{uuid.uuid4().hex[:6]}"
+    control_plane.kubectl("create", "namespace", namespace)
+    control_plane.kubectl("create", "serviceaccount", "support-agent", "-n", namespace)
+    control_plane.kubectl("apply", "-f", "-", input=policy_manifest(namespace))
+    refuse = f"""
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {{name: every-fifth-{namespace}}}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+      - {{apiGroups: [kubewrit.io], apiVersions: [v1alpha1], operations: [CREATE],
+         resources: [actionrecords]}}
+  validations:
+    - expression: "object.spec.seq % 5 != 3"
+      message: refused for the test
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {{name: every-fifth-{namespace}}}
+spec:
+  policyName: every-fifth-{namespace}
+  validationActions: [Deny]
+  matchResources:
+    namespaceSelector:
+      matchLabels: {{kubernetes.io/metadata.name: {namespace}}}
+"""
+    control_plane.kubectl("apply", "-f", "-", input=refuse)
+    server = start_webhook(control_plane, tmp_path, f"gaps-{namespace}")
+    agent = token(control_plane, namespace)
+    try:
+        time.sleep(1.5)  # the admission policy takes effect asynchronously
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(
+                pool.map(
+                    lambda i: server.decide(
+                        agent, tool="process_refund", args={"amount": 45, "n": i}
+                    ).json(),
+                    range(40),
+                )
+            )
+    finally:
+        control_plane.kubectl("delete", "-f", "-", input=refuse)
+        server.stop()
+    reasons = {a["reason"] for a in answers}
+    assert reasons == {"rule_allow", "record_unavailable"}, reasons
+    acknowledged = {a["record"]["hash"] for a in answers if a["record"]}
+    stored = {r["spec"]["hash"] for r in records(control_plane, namespace)}
+    assert acknowledged <= stored
+    result = run_cli(
+        "verify", "--kubeconfig", str(control_plane.kubeconfig_for("admin")), "-n", namespace
+    )
+    assert "verified" in result.stdout

@@ -14,8 +14,13 @@ class KubewritError(Exception):
     proves the decision travels with the exception.
     """
 
-    def __init__(self, code: str, message: str, status: int | None = None,
-                 decision: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        status: int | None = None,
+        decision: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message

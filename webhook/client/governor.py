@@ -120,13 +120,19 @@ def describe(error: KubewritError, tool: str) -> str:
         where.append(f"approval {error.approval_id}")
     suffix = f" [{', '.join(where)}]" if where else ""
     if isinstance(error, ApprovalTimeout):
-        return (f"The call to {tool} needs a human approval that was not given in time; "
-                f"it did not run. ({error.message}){suffix}")
+        return (
+            f"The call to {tool} needs a human approval that was not given in time; "
+            f"it did not run. ({error.message}){suffix}"
+        )
     if isinstance(error, GovernanceUnavailable):
-        return (f"The call to {tool} did not run: the authorization service gave no usable "
-                f"answer ({error.code}: {error.message}).{suffix}")
-    return f"The call to {tool} was denied by policy and did not run: {error.message} " \
-           f"(reason: {error.code}){suffix}"
+        return (
+            f"The call to {tool} did not run: the authorization service gave no usable "
+            f"answer ({error.code}: {error.message}).{suffix}"
+        )
+    return (
+        f"The call to {tool} was denied by policy and did not run: {error.message} "
+        f"(reason: {error.code}){suffix}"
+    )
 
 
 def _load_key(public_key: str | bytes | keys.Verifier | None) -> keys.Verifier | None:
@@ -171,14 +177,17 @@ class Governor:
         self.framework = framework
         self.verifier = _load_key(public_key)
         self.replay = writ.ReplayCache()
-        self._settings = dict(url=url, token=token, token_file=token_file, timeout=timeout,
-                              retries=retries)
+        self._settings = dict(
+            url=url, token=token, token_file=token_file, timeout=timeout, retries=retries
+        )
         self.client = client or Client(**self._settings)  # type: ignore[arg-type]
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncClient] = (
-            weakref.WeakKeyDictionary())
+            weakref.WeakKeyDictionary()
+        )
         if self.verifier is None:
-            log.info("kubewrit: no public key configured; writ claims are checked, "
-                     "signatures are not")
+            log.info(
+                "kubewrit: no public key configured; writ claims are checked, signatures are not"
+            )
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -216,31 +225,49 @@ class Governor:
             context["metadata"] = dict(metadata)
         return context
 
-    def _flow(self, tool: str, args: Mapping[str, Any], operation: str | None,
-              framework: str | None, metadata: Mapping[str, Any] | None,
-              ) -> Generator[_Call, Any, Permit]:
+    def _flow(
+        self,
+        tool: str,
+        args: Mapping[str, Any],
+        operation: str | None,
+        framework: str | None,
+        metadata: Mapping[str, Any] | None,
+    ) -> Generator[_Call, Any, Permit]:
         try:
             plain = jsonable(args)
             canonical.check_value(plain)
         except (CanonicalError, TypeError, ValueError) as exc:
             code = getattr(exc, "code", "invalid_action")
             raise ApiError(code, f"arguments of {tool} cannot be authorized: {exc}") from None
-        body = dict(tool=tool, args=plain, operation=operation,
-                    context=self._context(framework, metadata) or None,
-                    request_id=new_request_id(), agent=self.agent)
+        body = dict(
+            tool=tool,
+            args=plain,
+            operation=operation,
+            context=self._context(framework, metadata) or None,
+            request_id=new_request_id(),
+            agent=self.agent,
+        )
         try:
             answer = yield _Call("decide", body)
         except ApiError as exc:
             if exc.decision.get("decision") == "DENY":
-                raise ActionDenied(str(exc.decision.get("reason") or exc.code), exc.message,
-                                   exc.status, exc.decision) from None
+                raise ActionDenied(
+                    str(exc.decision.get("reason") or exc.code),
+                    exc.message,
+                    exc.status,
+                    exc.decision,
+                ) from None
             raise
         decision = answer.get("decision")
         if decision not in DECISIONS or not isinstance(answer.get("action_hash"), str):
             raise _malformed(f"decision answer without a valid decision: {decision!r}")
         if decision == "DENY":
-            raise ActionDenied(str(answer.get("reason") or "denied"),
-                               str(answer.get("message") or "denied by policy"), None, answer)
+            raise ActionDenied(
+                str(answer.get("reason") or "denied"),
+                str(answer.get("message") or "denied by policy"),
+                None,
+                answer,
+            )
         if decision == "PERMIT":
             return self._permit(tool, operation, answer, None)
         approval = answer.get("approval")
@@ -249,8 +276,10 @@ class Governor:
         approval_id = approval["id"]
         deadline = time.monotonic() + self.approval_timeout
         while (remaining := deadline - time.monotonic()) > 0:
-            view = yield _Call("approval", {"approval_id": approval_id,
-                                            "wait": round(min(remaining, LONG_POLL_SECONDS), 3)})
+            view = yield _Call(
+                "approval",
+                {"approval_id": approval_id, "wait": round(min(remaining, LONG_POLL_SECONDS), 3)},
+            )
             phase = view.get("phase")
             if phase == "Pending":
                 continue
@@ -260,17 +289,23 @@ class Governor:
                 return self._permit(tool, operation, outcome, approval_id)
             if phase in ("Denied", "Expired") or outcome.get("decision") == "DENY":
                 default = "approval_denied" if phase == "Denied" else "approval_expired"
-                raise ActionDenied(str(outcome.get("reason") or default),
-                                   str(outcome.get("message") or f"approval {phase}"), None,
-                                   outcome)
+                raise ActionDenied(
+                    str(outcome.get("reason") or default),
+                    str(outcome.get("message") or f"approval {phase}"),
+                    None,
+                    outcome,
+                )
             raise _malformed(f"approval {approval_id} in phase {phase!r} without a usable outcome")
         raise ApprovalTimeout(
             "approval_timeout",
-            f"approval {approval_id} for {tool} was not decided within "
-            f"{self.approval_timeout:g}s", None, answer)
+            f"approval {approval_id} for {tool} was not decided within {self.approval_timeout:g}s",
+            None,
+            answer,
+        )
 
-    def _permit(self, tool: str, operation: str | None, answer: dict[str, Any],
-                approval_id: str | None) -> Permit:
+    def _permit(
+        self, tool: str, operation: str | None, answer: dict[str, Any], approval_id: str | None
+    ) -> Permit:
         token = answer.get("writ")
         if not isinstance(token, str) or not token:
             raise _malformed("PERMIT without a writ")
@@ -278,8 +313,15 @@ class Governor:
 
     # -- drivers ------------------------------------------------------------
 
-    def check(self, tool: str, args: Mapping[str, Any], *, operation: str | None = None,
-              framework: str | None = None, metadata: Mapping[str, Any] | None = None) -> Permit:
+    def check(
+        self,
+        tool: str,
+        args: Mapping[str, Any],
+        *,
+        operation: str | None = None,
+        framework: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Permit:
         """Decide (and wait for approval if needed). Returns a Permit or raises."""
         flow = self._flow(tool, args, operation, framework, metadata)
         try:
@@ -294,9 +336,15 @@ class Governor:
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 
-    async def acheck(self, tool: str, args: Mapping[str, Any], *, operation: str | None = None,
-                     framework: str | None = None,
-                     metadata: Mapping[str, Any] | None = None) -> Permit:
+    async def acheck(
+        self,
+        tool: str,
+        args: Mapping[str, Any],
+        *,
+        operation: str | None = None,
+        framework: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Permit:
         """`check` for event loops."""
         client = self.async_client()
         flow = self._flow(tool, args, operation, framework, metadata)
@@ -321,19 +369,22 @@ class Governor:
         this action: changed arguments, another agent, expired, forged, reused.
         """
         try:
-            agent = self.agent or str(jwt.decode(permit.writ, options={"verify_signature": False})
-                                      ["sub"])
+            agent = self.agent or str(
+                jwt.decode(permit.writ, options={"verify_signature": False})["sub"]
+            )
             action = canonical.build_action(agent, permit.tool, jsonable(args), permit.operation)
             expected = canonical.action_hash(action)
             if self.verifier is not None:
-                return writ.verify(permit.writ, self.verifier, expected, agent=agent,
-                                   replay=self.replay)
+                return writ.verify(
+                    permit.writ, self.verifier, expected, agent=agent, replay=self.replay
+                )
             return self._unsigned_claims(permit.writ, expected, agent)
         except writ.WritRejected as exc:
             raise ActionDenied(f"writ_{exc.code}", str(exc), None, permit.decision) from None
         except (CanonicalError, jwt.PyJWTError, KeyError) as exc:
-            raise ActionDenied("writ_malformed", f"cannot check the writ: {exc}", None,
-                               permit.decision) from None
+            raise ActionDenied(
+                "writ_malformed", f"cannot check the writ: {exc}", None, permit.decision
+            ) from None
 
     def _unsigned_claims(self, token: str, expected: str, agent: str) -> writ.WritClaims:
         """The claim checks of writ.verify, for when no trusted key is configured."""
@@ -345,43 +396,70 @@ class Governor:
         if now >= claims["exp"]:
             raise writ.WritRejected("expired", "writ expired")
         if claims["act"] != expected:
-            raise writ.WritRejected("action_mismatch",
-                                    "writ was issued for a different action (arguments changed?)")
+            raise writ.WritRejected(
+                "action_mismatch", "writ was issued for a different action (arguments changed?)"
+            )
         if claims["sub"] != agent:
             raise writ.WritRejected("agent_mismatch", f"writ was issued to {claims['sub']!r}")
         if not self.replay.claim(claims["jti"], claims["exp"], now):
             raise writ.WritRejected("replayed", "writ was already used")
-        return writ.WritClaims(claims["sub"], claims["act"], claims["rec"], claims.get("chn", ""),
-                               int(claims.get("seq", -1)), claims["iat"], claims["exp"])
+        return writ.WritClaims(
+            claims["sub"],
+            claims["act"],
+            claims["rec"],
+            claims.get("chn", ""),
+            int(claims.get("seq", -1)),
+            claims["iat"],
+            claims["exp"],
+        )
 
     # -- decide, verify, run ----------------------------------------------------
 
-    def execute(self, permit: Permit, args: Mapping[str, Any],
-                fn: Callable[[dict[str, Any]], T]) -> T:
+    def execute(
+        self, permit: Permit, args: Mapping[str, Any], fn: Callable[[dict[str, Any]], T]
+    ) -> T:
         """Run `fn` on a private copy of `args`, after checking the writ against that copy."""
         frozen = copy.deepcopy(dict(args))
         self.authorize(permit, frozen)
         return fn(frozen)
 
-    def run(self, tool: str, args: Mapping[str, Any], fn: Callable[[dict[str, Any]], T], *,
-            operation: str | None = None, framework: str | None = None,
-            metadata: Mapping[str, Any] | None = None) -> T:
+    def run(
+        self,
+        tool: str,
+        args: Mapping[str, Any],
+        fn: Callable[[dict[str, Any]], T],
+        *,
+        operation: str | None = None,
+        framework: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> T:
         """The whole governed call: `fn(args)` runs only under a valid writ for these args."""
-        permit = self.check(tool, args, operation=operation, framework=framework,
-                            metadata=metadata)
+        permit = self.check(tool, args, operation=operation, framework=framework, metadata=metadata)
         return self.execute(permit, args, fn)
 
-    async def arun(self, tool: str, args: Mapping[str, Any],
-                   fn: Callable[[dict[str, Any]], Awaitable[T]], *, operation: str | None = None,
-                   framework: str | None = None,
-                   metadata: Mapping[str, Any] | None = None) -> T:
+    async def arun(
+        self,
+        tool: str,
+        args: Mapping[str, Any],
+        fn: Callable[[dict[str, Any]], Awaitable[T]],
+        *,
+        operation: str | None = None,
+        framework: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> T:
         """`run` for coroutines: `fn(args)` returns an awaitable."""
-        permit = await self.acheck(tool, args, operation=operation, framework=framework,
-                                   metadata=metadata)
+        permit = await self.acheck(
+            tool, args, operation=operation, framework=framework, metadata=metadata
+        )
         return await self.execute(permit, args, fn)
 
-    def guard(self, fn: Callable[..., Any] | None = None, *, name: str | None = None,
-              operation: str | None = None) -> Any:
+    def guard(
+        self,
+        fn: Callable[..., Any] | None = None,
+        *,
+        name: str | None = None,
+        operation: str | None = None,
+    ) -> Any:
         """Decorator for a plain function (sync or async): its arguments become the action's."""
         if fn is None:
             return functools.partial(self.guard, name=name, operation=operation)
@@ -393,20 +471,25 @@ class Governor:
             return dict(bound.arguments)
 
         if inspect.iscoroutinefunction(fn):
+
             @functools.wraps(fn)
             async def governed_async(*args: Any, **kwargs: Any) -> Any:
-                return await self.arun(tool, bind(args, kwargs), lambda a: fn(**a),
-                                       operation=operation)
+                return await self.arun(
+                    tool, bind(args, kwargs), lambda a: fn(**a), operation=operation
+                )
+
             return governed_async
 
         @functools.wraps(fn)
         def governed(*args: Any, **kwargs: Any) -> Any:
             return self.run(tool, bind(args, kwargs), lambda a: fn(**a), operation=operation)
+
         return governed
 
 
-def governor_from(governor: Governor | None, agent_id: str | None, framework: str,
-                  options: Mapping[str, Any]) -> Governor:
+def governor_from(
+    governor: Governor | None, agent_id: str | None, framework: str, options: Mapping[str, Any]
+) -> Governor:
     """What every adapter's `wrap_*` does with its arguments: reuse or build a Governor."""
     if governor is not None:
         if options:

@@ -59,15 +59,17 @@ class Credentials:
         if self._token:
             return self._token
         if self._file is None:
-            raise GovernanceUnavailable("no_credentials", "no token: pass token=, set "
-                                        "KUBEWRIT_TOKEN or KUBEWRIT_TOKEN_FILE")
+            raise GovernanceUnavailable(
+                "no_credentials", "no token: pass token=, set KUBEWRIT_TOKEN or KUBEWRIT_TOKEN_FILE"
+            )
         try:
             mtime = self._file.stat().st_mtime
             if self._cached is None or self._cached[0] != mtime:
                 self._cached = (mtime, self._file.read_text().strip())
         except OSError as exc:
-            raise GovernanceUnavailable("no_credentials",
-                                        f"cannot read token file: {exc}") from None
+            raise GovernanceUnavailable(
+                "no_credentials", f"cannot read token file: {exc}"
+            ) from None
         return self._cached[1]
 
     def headers(self) -> dict[str, str]:
@@ -77,22 +79,30 @@ class Credentials:
 def _answer(response: httpx.Response) -> Any:
     """Parse a response; map every failure to an exception with the server's code."""
     if response.status_code >= 500:
-        raise GovernanceUnavailable("server_error", f"server answered {response.status_code}",
-                                    response.status_code)
+        raise GovernanceUnavailable(
+            "server_error", f"server answered {response.status_code}", response.status_code
+        )
     try:
         body = response.json()
     except ValueError:
-        raise GovernanceUnavailable("malformed_response", "server answer is not JSON",
-                                    response.status_code) from None
+        raise GovernanceUnavailable(
+            "malformed_response", "server answer is not JSON", response.status_code
+        ) from None
     if response.status_code >= 400:
         error = body.get("error") if isinstance(body, dict) else None
         if not isinstance(error, dict):
-            raise GovernanceUnavailable("malformed_response",
-                                        f"unexpected {response.status_code} answer",
-                                        response.status_code)
+            raise GovernanceUnavailable(
+                "malformed_response",
+                f"unexpected {response.status_code} answer",
+                response.status_code,
+            )
         decision = body.get("decision")
-        raise ApiError(str(error.get("code")), str(error.get("message")), response.status_code,
-                       decision if isinstance(decision, dict) else None)
+        raise ApiError(
+            str(error.get("code")),
+            str(error.get("message")),
+            response.status_code,
+            decision if isinstance(decision, dict) else None,
+        )
     return body
 
 
@@ -109,12 +119,13 @@ def _may_retry(policy: Retry, exc: Exception) -> bool:
         return True
     if policy is Retry.IDEMPOTENT:
         return isinstance(exc, httpx.HTTPError) or (
-            isinstance(exc, GovernanceUnavailable) and exc.code == "server_error")
+            isinstance(exc, GovernanceUnavailable) and exc.code == "server_error"
+        )
     return False
 
 
 def _backoff(attempt: int) -> float:
-    return min(1.0, BACKOFF_SECONDS * (2 ** attempt))
+    return min(1.0, BACKOFF_SECONDS * (2**attempt))
 
 
 def _params(**values: Any) -> dict[str, Any]:
@@ -125,11 +136,22 @@ def new_request_id() -> str:
     return "req-" + uuid.uuid4().hex
 
 
-def _decide_body(tool: str, args: dict[str, Any] | None, operation: str | None,
-                 context: dict[str, Any] | None, request_id: str | None,
-                 agent: str | None) -> dict[str, Any]:
-    return _params(tool=tool, args=args or {}, operation=operation, context=context,
-                   request_id=request_id or new_request_id(), agent=agent)
+def _decide_body(
+    tool: str,
+    args: dict[str, Any] | None,
+    operation: str | None,
+    context: dict[str, Any] | None,
+    request_id: str | None,
+    agent: str | None,
+) -> dict[str, Any]:
+    return _params(
+        tool=tool,
+        args=args or {},
+        operation=operation,
+        context=context,
+        request_id=request_id or new_request_id(),
+        agent=agent,
+    )
 
 
 def _timeout(seconds: float) -> httpx.Timeout:
@@ -138,8 +160,14 @@ def _timeout(seconds: float) -> httpx.Timeout:
 
 
 class _Base:
-    def __init__(self, url: str | None, token: str | None, token_file: str | Path | None,
-                 timeout: float, retries: int) -> None:
+    def __init__(
+        self,
+        url: str | None,
+        token: str | None,
+        token_file: str | Path | None,
+        timeout: float,
+        retries: int,
+    ) -> None:
         self.url = (url or os.environ.get("KUBEWRIT_URL") or DEFAULT_URL).rstrip("/")
         self.credentials = Credentials(token, token_file)
         self.timeout = timeout
@@ -149,9 +177,16 @@ class _Base:
 class Client(_Base):
     """Blocking client. Use as a context manager, or call close()."""
 
-    def __init__(self, url: str | None = None, token: str | None = None, *,
-                 token_file: str | Path | None = None, timeout: float = DEFAULT_TIMEOUT,
-                 retries: int = DEFAULT_RETRIES, verify: bool | str = True) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        token_file: str | Path | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+        verify: bool | str = True,
+    ) -> None:
         super().__init__(url, token, token_file, timeout, retries)
         self._http = httpx.Client(base_url=self.url, timeout=_timeout(timeout), verify=verify)
 
@@ -164,13 +199,25 @@ class Client(_Base):
     def close(self) -> None:
         self._http.close()
 
-    def _call(self, method: str, path: str, *, timeout: float | None = None,
-              retry: Retry = Retry.CONNECT, **kwargs: Any) -> Any:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        timeout: float | None = None,
+        retry: Retry = Retry.CONNECT,
+        **kwargs: Any,
+    ) -> Any:
         attempt = 0
         while True:
             try:
-                response = self._http.request(method, path, headers=self.credentials.headers(),
-                                              timeout=_timeout(timeout or self.timeout), **kwargs)
+                response = self._http.request(
+                    method,
+                    path,
+                    headers=self.credentials.headers(),
+                    timeout=_timeout(timeout or self.timeout),
+                    **kwargs,
+                )
                 return _answer(response)
             except (httpx.HTTPError, GovernanceUnavailable) as exc:
                 if attempt >= self.retries or not _may_retry(retry, exc):
@@ -180,39 +227,63 @@ class Client(_Base):
             time.sleep(_backoff(attempt))
             attempt += 1
 
-    def decide(self, tool: str, args: dict[str, Any] | None = None, *,
-               operation: str | None = None, context: dict[str, Any] | None = None,
-               request_id: str | None = None, agent: str | None = None) -> dict[str, Any]:
+    def decide(
+        self,
+        tool: str,
+        args: dict[str, Any] | None = None,
+        *,
+        operation: str | None = None,
+        context: dict[str, Any] | None = None,
+        request_id: str | None = None,
+        agent: str | None = None,
+    ) -> dict[str, Any]:
         body = _decide_body(tool, args, operation, context, request_id, agent)
         return dict(self._call("POST", "/v1/decide", json=body, retry=Retry.IDEMPOTENT))
 
     def approval(self, approval_id: str, wait: float = 0) -> dict[str, Any]:
-        return dict(self._call("GET", f"/v1/approvals/{approval_id}",
-                               params=_params(wait=wait or None), timeout=self.timeout + wait))
+        return dict(
+            self._call(
+                "GET",
+                f"/v1/approvals/{approval_id}",
+                params=_params(wait=wait or None),
+                timeout=self.timeout + wait,
+            )
+        )
 
     def list_approvals(self, phase: str | None = None) -> list[dict[str, Any]]:
-        return list(self._call("GET", "/v1/approvals", params=_params(phase=phase),
-                               retry=Retry.IDEMPOTENT))
+        return list(
+            self._call("GET", "/v1/approvals", params=_params(phase=phase), retry=Retry.IDEMPOTENT)
+        )
 
     def approve(self, approval_id: str, reason: str | None = None) -> dict[str, Any]:
-        return dict(self._call("POST", f"/v1/approvals/{approval_id}/approve",
-                               json=_params(reason=reason)))
+        return dict(
+            self._call("POST", f"/v1/approvals/{approval_id}/approve", json=_params(reason=reason))
+        )
 
     def deny(self, approval_id: str, reason: str | None = None) -> dict[str, Any]:
-        return dict(self._call("POST", f"/v1/approvals/{approval_id}/deny",
-                               json=_params(reason=reason)))
+        return dict(
+            self._call("POST", f"/v1/approvals/{approval_id}/deny", json=_params(reason=reason))
+        )
 
     def records(self, **filters: Any) -> dict[str, Any]:
-        return dict(self._call("GET", "/v1/records", params=_params(**filters),
-                               retry=Retry.IDEMPOTENT))
+        return dict(
+            self._call("GET", "/v1/records", params=_params(**filters), retry=Retry.IDEMPOTENT)
+        )
 
 
 class AsyncClient(_Base):
     """The same API for event loops. Bound to the loop it is first used on (httpx's rule)."""
 
-    def __init__(self, url: str | None = None, token: str | None = None, *,
-                 token_file: str | Path | None = None, timeout: float = DEFAULT_TIMEOUT,
-                 retries: int = DEFAULT_RETRIES, verify: bool | str = True) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        token_file: str | Path | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+        verify: bool | str = True,
+    ) -> None:
         super().__init__(url, token, token_file, timeout, retries)
         self._http = httpx.AsyncClient(base_url=self.url, timeout=_timeout(timeout), verify=verify)
 
@@ -225,14 +296,25 @@ class AsyncClient(_Base):
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _call(self, method: str, path: str, *, timeout: float | None = None,
-                    retry: Retry = Retry.CONNECT, **kwargs: Any) -> Any:
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        timeout: float | None = None,
+        retry: Retry = Retry.CONNECT,
+        **kwargs: Any,
+    ) -> Any:
         attempt = 0
         while True:
             try:
                 response = await self._http.request(
-                    method, path, headers=self.credentials.headers(),
-                    timeout=_timeout(timeout or self.timeout), **kwargs)
+                    method,
+                    path,
+                    headers=self.credentials.headers(),
+                    timeout=_timeout(timeout or self.timeout),
+                    **kwargs,
+                )
                 return _answer(response)
             except (httpx.HTTPError, GovernanceUnavailable) as exc:
                 if attempt >= self.retries or not _may_retry(retry, exc):
@@ -242,29 +324,53 @@ class AsyncClient(_Base):
             await asyncio.sleep(_backoff(attempt))
             attempt += 1
 
-    async def decide(self, tool: str, args: dict[str, Any] | None = None, *,
-                     operation: str | None = None, context: dict[str, Any] | None = None,
-                     request_id: str | None = None, agent: str | None = None) -> dict[str, Any]:
+    async def decide(
+        self,
+        tool: str,
+        args: dict[str, Any] | None = None,
+        *,
+        operation: str | None = None,
+        context: dict[str, Any] | None = None,
+        request_id: str | None = None,
+        agent: str | None = None,
+    ) -> dict[str, Any]:
         body = _decide_body(tool, args, operation, context, request_id, agent)
         return dict(await self._call("POST", "/v1/decide", json=body, retry=Retry.IDEMPOTENT))
 
     async def approval(self, approval_id: str, wait: float = 0) -> dict[str, Any]:
-        return dict(await self._call("GET", f"/v1/approvals/{approval_id}",
-                                     params=_params(wait=wait or None),
-                                     timeout=self.timeout + wait))
+        return dict(
+            await self._call(
+                "GET",
+                f"/v1/approvals/{approval_id}",
+                params=_params(wait=wait or None),
+                timeout=self.timeout + wait,
+            )
+        )
 
     async def list_approvals(self, phase: str | None = None) -> list[dict[str, Any]]:
-        return list(await self._call("GET", "/v1/approvals", params=_params(phase=phase),
-                                     retry=Retry.IDEMPOTENT))
+        return list(
+            await self._call(
+                "GET", "/v1/approvals", params=_params(phase=phase), retry=Retry.IDEMPOTENT
+            )
+        )
 
     async def approve(self, approval_id: str, reason: str | None = None) -> dict[str, Any]:
-        return dict(await self._call("POST", f"/v1/approvals/{approval_id}/approve",
-                                     json=_params(reason=reason)))
+        return dict(
+            await self._call(
+                "POST", f"/v1/approvals/{approval_id}/approve", json=_params(reason=reason)
+            )
+        )
 
     async def deny(self, approval_id: str, reason: str | None = None) -> dict[str, Any]:
-        return dict(await self._call("POST", f"/v1/approvals/{approval_id}/deny",
-                                     json=_params(reason=reason)))
+        return dict(
+            await self._call(
+                "POST", f"/v1/approvals/{approval_id}/deny", json=_params(reason=reason)
+            )
+        )
 
     async def records(self, **filters: Any) -> dict[str, Any]:
-        return dict(await self._call("GET", "/v1/records", params=_params(**filters),
-                                     retry=Retry.IDEMPOTENT))
+        return dict(
+            await self._call(
+                "GET", "/v1/records", params=_params(**filters), retry=Retry.IDEMPOTENT
+            )
+        )

@@ -46,16 +46,18 @@ class LocalServer:
     data_dir: Path
 
     def governor(self, agent: str, **options: Any) -> Governor:
-        return Governor(self.url, self.tokens[agent], agent=agent, public_key=self.public_key,
-                        **options)
+        return Governor(
+            self.url, self.tokens[agent], agent=agent, public_key=self.public_key, **options
+        )
 
     def client(self, name: str = "approver", **options: Any) -> Client:
         return Client(self.url, self.tokens[name], **options)
 
 
 @contextlib.contextmanager
-def local_server(policies: str | Path, data_dir: str | Path | None = None,
-                 **config: Any) -> Iterator[LocalServer]:
+def local_server(
+    policies: str | Path, data_dir: str | Path | None = None, **config: Any
+) -> Iterator[LocalServer]:
     """Serve `policies` on 127.0.0.1 until the block exits."""
     import uvicorn
     from kubewrit.webhook import keys
@@ -76,8 +78,9 @@ def local_server(policies: str | Path, data_dir: str | Path | None = None,
         credentials = yaml.safe_load(settings.credentials_file.read_text())["credentials"]
         public_key = keys.load_or_create(settings.key_file).verifier.pem()
         port = free_port()
-        server = uvicorn.Server(uvicorn.Config(create_app(runtime), host="127.0.0.1", port=port,
-                                               log_level="warning"))
+        server = uvicorn.Server(
+            uvicorn.Config(create_app(runtime), host="127.0.0.1", port=port, log_level="warning")
+        )
         thread = threading.Thread(target=server.run, name="kubewrit-local", daemon=True)
         thread.start()
         url = f"http://127.0.0.1:{port}"
@@ -87,8 +90,9 @@ def local_server(policies: str | Path, data_dir: str | Path | None = None,
             server.should_exit = True
             raise
         try:
-            yield LocalServer(url, {n: c["token"] for n, c in credentials.items()}, public_key,
-                              root)
+            yield LocalServer(
+                url, {n: c["token"] for n, c in credentials.items()}, public_key, root
+            )
         finally:
             server.should_exit = True
             thread.join(timeout=10)
@@ -114,9 +118,21 @@ def served_process(policies: str | Path, *extra: str) -> Iterator[LocalServer]:
         policy_dir, data_dir = Path(scratch) / "policies", Path(scratch) / "data"
         shutil.copytree(Path(policies), policy_dir)
         port = free_port()
-        command = [sys.executable, "-c", "from kubewrit.webhook.cli import main; main()",
-                   "serve", "--policies", str(policy_dir), "--data-dir", str(data_dir),
-                   "--port", str(port), "--log-level", "warning", *extra]
+        command = [
+            sys.executable,
+            "-c",
+            "from kubewrit.webhook.cli import main; main()",
+            "serve",
+            "--policies",
+            str(policy_dir),
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            *extra,
+        ]
         log = (Path(scratch) / "serve.log").open("wb")
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
@@ -124,8 +140,12 @@ def served_process(policies: str | Path, *extra: str) -> Iterator[LocalServer]:
             _wait_healthy(url, lambda: process.poll() is None, "kubewrit serve")
             credentials = yaml.safe_load((data_dir / "credentials.yaml").read_text())
             public_key = keys.load_or_create(data_dir / "signing-key.pem").verifier.pem()
-            yield LocalServer(url, {n: c["token"] for n, c in credentials["credentials"].items()},
-                              public_key, data_dir)
+            yield LocalServer(
+                url,
+                {n: c["token"] for n, c in credentials["credentials"].items()},
+                public_key,
+                data_dir,
+            )
         finally:
             process.terminate()
             try:

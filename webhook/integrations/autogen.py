@@ -38,8 +38,9 @@ class GovernanceRefusal(Exception):
 class GovernedTool(BaseTool[BaseModel, Any]):
     """Asks kubewrit before delegating to the wrapped tool."""
 
-    def __init__(self, inner: BaseTool[Any, Any], governor: Governor,
-                 on_deny: OnDeny = "message") -> None:
+    def __init__(
+        self, inner: BaseTool[Any, Any], governor: Governor, on_deny: OnDeny = "message"
+    ) -> None:
         super().__init__(inner.args_type(), inner.return_type(), inner.name, inner.description)
         self.inner = inner
         self.governor = governor
@@ -55,24 +56,42 @@ class GovernedTool(BaseTool[BaseModel, Any]):
     async def run(self, args: BaseModel, cancellation_token: CancellationToken) -> Any:
         return await self.run_json(args.model_dump(mode="json"), cancellation_token)
 
-    async def run_json(self, args: Mapping[str, Any], cancellation_token: CancellationToken,
-                       call_id: str | None = None) -> Any:
+    async def run_json(
+        self,
+        args: Mapping[str, Any],
+        cancellation_token: CancellationToken,
+        call_id: str | None = None,
+    ) -> Any:
         try:
             return await self.governor.arun(
-                self.name, dict(args),
+                self.name,
+                dict(args),
                 lambda frozen: self.inner.run_json(frozen, cancellation_token, call_id=call_id),
-                framework=FRAMEWORK)
+                framework=FRAMEWORK,
+            )
         except KubewritError as error:
             if self.on_deny == "raise":
                 raise
             raise GovernanceRefusal(error, self.name) from None
 
 
-def wrap_tools(tools: Sequence[BaseTool[Any, Any] | Callable[..., Any]], *,
-               agent_id: str | None = None, governor: Governor | None = None,
-               on_deny: OnDeny = "message", **options: Any) -> list[GovernedTool]:
+def wrap_tools(
+    tools: Sequence[BaseTool[Any, Any] | Callable[..., Any]],
+    *,
+    agent_id: str | None = None,
+    governor: Governor | None = None,
+    on_deny: OnDeny = "message",
+    **options: Any,
+) -> list[GovernedTool]:
     """Govern AutoGen tools (plain functions become FunctionTools, described by their docstring)."""
     shared = resolve(governor, agent_id, FRAMEWORK, on_deny, options)
-    return [GovernedTool(t if isinstance(t, BaseTool)
-                         else FunctionTool(t, description=(t.__doc__ or t.__name__).strip()),
-                         shared, on_deny) for t in tools]
+    return [
+        GovernedTool(
+            t
+            if isinstance(t, BaseTool)
+            else FunctionTool(t, description=(t.__doc__ or t.__name__).strip()),
+            shared,
+            on_deny,
+        )
+        for t in tools
+    ]

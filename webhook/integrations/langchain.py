@@ -52,15 +52,30 @@ class GovernedTool(BaseTool):
     _governor: Governor = PrivateAttr()
 
     @classmethod
-    def wrap(cls, tool: BaseTool, governor: Governor, *, on_deny: OnDeny = "message",
-             operation: str | None = None, framework: str = FRAMEWORK) -> GovernedTool:
+    def wrap(
+        cls,
+        tool: BaseTool,
+        governor: Governor,
+        *,
+        on_deny: OnDeny = "message",
+        operation: str | None = None,
+        framework: str = FRAMEWORK,
+    ) -> GovernedTool:
         governed = cls(
-            name=tool.name, description=tool.description, args_schema=tool.args_schema,
-            return_direct=tool.return_direct, response_format=tool.response_format,
-            tags=tool.tags, metadata=tool.metadata, extras=tool.extras,
+            name=tool.name,
+            description=tool.description,
+            args_schema=tool.args_schema,
+            return_direct=tool.return_direct,
+            response_format=tool.response_format,
+            tags=tool.tags,
+            metadata=tool.metadata,
+            extras=tool.extras,
             handle_validation_error=tool.handle_validation_error,
-            handle_tool_error=_error_handler(tool), inner=tool, on_deny=on_deny,
-            operation=operation, framework=framework,
+            handle_tool_error=_error_handler(tool),
+            inner=tool,
+            on_deny=on_deny,
+            operation=operation,
+            framework=framework,
         )
         governed._governor = governor
         return governed
@@ -73,8 +88,9 @@ class GovernedTool(BaseTool):
     def _injected_args_keys(self) -> frozenset[str]:  # type: ignore[override]
         return self.inner._injected_args_keys
 
-    def _split(self, args: tuple[Any, ...],
-               kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _split(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """(model-chosen arguments, which are governed; injected ones, passed through)."""
         if args:
             kwargs = {POSITIONAL: args[0], **kwargs}
@@ -82,9 +98,14 @@ class GovernedTool(BaseTool):
         injected = {k: v for k, v in kwargs.items() if k not in chosen}
         return chosen, injected
 
-    def _inner_call(self, method: Callable[..., Any], chosen: dict[str, Any],
-                    injected: dict[str, Any], config: RunnableConfig | None,
-                    run_manager: Any) -> Any:
+    def _inner_call(
+        self,
+        method: Callable[..., Any],
+        chosen: dict[str, Any],
+        injected: dict[str, Any],
+        config: RunnableConfig | None,
+        run_manager: Any,
+    ) -> Any:
         extra: dict[str, Any] = dict(injected)
         parameters, config_param = _signature(method)
         if run_manager is not None and "run_manager" in parameters:
@@ -99,35 +120,44 @@ class GovernedTool(BaseTool):
     def _refuse(self, error: KubewritError) -> Exception:
         return error if self.on_deny == "raise" else GovernanceError(error, self.name)
 
-    def _run(self, *args: Any, config: RunnableConfig, run_manager: Any = None,
-             **kwargs: Any) -> Any:
+    def _run(
+        self, *args: Any, config: RunnableConfig, run_manager: Any = None, **kwargs: Any
+    ) -> Any:
         chosen, injected = self._split(args, kwargs)
         try:
             return self._governor.run(
-                self.name, chosen,
-                lambda frozen: self._inner_call(self.inner._run, frozen, injected, config,
-                                                run_manager),
-                operation=self.operation, framework=self.framework)
+                self.name,
+                chosen,
+                lambda frozen: self._inner_call(
+                    self.inner._run, frozen, injected, config, run_manager
+                ),
+                operation=self.operation,
+                framework=self.framework,
+            )
         except KubewritError as error:
             raise self._refuse(error) from None
 
-    async def _arun(self, *args: Any, config: RunnableConfig, run_manager: Any = None,
-                    **kwargs: Any) -> Any:
+    async def _arun(
+        self, *args: Any, config: RunnableConfig, run_manager: Any = None, **kwargs: Any
+    ) -> Any:
         chosen, injected = self._split(args, kwargs)
         try:
             return await self._governor.arun(
-                self.name, chosen,
-                lambda frozen: self._inner_call(self.inner._arun, frozen, injected, config,
-                                                run_manager),
-                operation=self.operation, framework=self.framework)
+                self.name,
+                chosen,
+                lambda frozen: self._inner_call(
+                    self.inner._arun, frozen, injected, config, run_manager
+                ),
+                operation=self.operation,
+                framework=self.framework,
+            )
         except KubewritError as error:
             raise self._refuse(error) from None
 
 
 @functools.lru_cache(maxsize=1024)
 def _signature_of(function: Callable[..., Any]) -> tuple[frozenset[str], str | None]:
-    return (frozenset(inspect.signature(function).parameters),
-            _get_runnable_config_param(function))
+    return (frozenset(inspect.signature(function).parameters), _get_runnable_config_param(function))
 
 
 def _signature(method: Callable[..., Any]) -> tuple[frozenset[str], str | None]:
@@ -153,9 +183,14 @@ def _error_handler(tool: BaseTool) -> Callable[[ToolException], Any]:
     return handle
 
 
-def wrap_tools(tools: Sequence[BaseTool | Callable[..., Any]], *, agent_id: str | None = None,
-               governor: Governor | None = None, on_deny: OnDeny = "message",
-               **options: Any) -> list[GovernedTool]:
+def wrap_tools(
+    tools: Sequence[BaseTool | Callable[..., Any]],
+    *,
+    agent_id: str | None = None,
+    governor: Governor | None = None,
+    on_deny: OnDeny = "message",
+    **options: Any,
+) -> list[GovernedTool]:
     """Govern every tool in `tools` (BaseTools, or plain functions turned into tools).
 
     `options` build the Governor (url, token, token_file, public_key, timeout,
@@ -165,13 +200,20 @@ def wrap_tools(tools: Sequence[BaseTool | Callable[..., Any]], *, agent_id: str 
     from langchain_core.tools import tool as make_tool
 
     shared = resolve(governor, agent_id, FRAMEWORK, on_deny, options)
-    return [GovernedTool.wrap(t if isinstance(t, BaseTool) else make_tool(t), shared,
-                              on_deny=on_deny) for t in tools]
+    return [
+        GovernedTool.wrap(t if isinstance(t, BaseTool) else make_tool(t), shared, on_deny=on_deny)
+        for t in tools
+    ]
 
 
-def governed(*, agent_id: str | None = None, governor: Governor | None = None,
-             on_deny: OnDeny = "message", operation: str | None = None,
-             **options: Any) -> Callable[[BaseTool | Callable[..., Any]], GovernedTool]:
+def governed(
+    *,
+    agent_id: str | None = None,
+    governor: Governor | None = None,
+    on_deny: OnDeny = "message",
+    operation: str | None = None,
+    **options: Any,
+) -> Callable[[BaseTool | Callable[..., Any]], GovernedTool]:
     """Decorator form, stacked on `@tool`: `@governed(agent_id="support-agent")`."""
     shared = resolve(governor, agent_id, FRAMEWORK, on_deny, options)
 

@@ -25,14 +25,18 @@ from langgraph.prebuilt import ToolNode
 FRAMEWORK = "langgraph"
 
 
-def governed_tool_node(tools: Sequence[BaseTool | Callable[..., Any]], *,
-                       agent_id: str | None = None, governor: Governor | None = None,
-                       on_deny: OnDeny = "message", name: str = "tools",
-                       tool_node_options: dict[str, Any] | None = None,
-                       **options: Any) -> ToolNode:
+def governed_tool_node(
+    tools: Sequence[BaseTool | Callable[..., Any]],
+    *,
+    agent_id: str | None = None,
+    governor: Governor | None = None,
+    on_deny: OnDeny = "message",
+    name: str = "tools",
+    tool_node_options: dict[str, Any] | None = None,
+    **options: Any,
+) -> ToolNode:
     """A ToolNode whose every tool call is decided by kubewrit first."""
-    wrapped = wrap_tools(tools, agent_id=agent_id, governor=governor, on_deny=on_deny,
-                         **options)
+    wrapped = wrap_tools(tools, agent_id=agent_id, governor=governor, on_deny=on_deny, **options)
     for tool in wrapped:
         tool.framework = FRAMEWORK
     return ToolNode(wrapped, name=name, **(tool_node_options or {}))

@@ -60,8 +60,9 @@ class GovernedTool(FunctionTool):
     def async_fn(self) -> Callable[..., Any]:
         return self.inner.async_fn  # type: ignore[attr-defined, no-any-return]
 
-    def _split(self, args: tuple[Any, ...],
-               kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _split(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         if args:
             raise TypeError(f"governed tool {self.metadata.get_name()} takes keyword arguments")
         context = self.ctx_param_name
@@ -73,15 +74,23 @@ class GovernedTool(FunctionTool):
         if self.on_deny == "raise":
             raise error
         text = describe(error, self.metadata.get_name())
-        return ToolOutput(content=text, tool_name=self.metadata.get_name(),
-                          raw_input={"kwargs": chosen}, raw_output=text, is_error=True)
+        return ToolOutput(
+            content=text,
+            tool_name=self.metadata.get_name(),
+            raw_input={"kwargs": chosen},
+            raw_output=text,
+            is_error=True,
+        )
 
     def call(self, *args: Any, **kwargs: Any) -> ToolOutput:
         chosen, passed = self._split(args, kwargs)
         try:
-            return self.governor.run(self.metadata.get_name(), chosen,
-                                     lambda frozen: self.inner(**frozen, **passed),
-                                     framework=FRAMEWORK)
+            return self.governor.run(
+                self.metadata.get_name(),
+                chosen,
+                lambda frozen: self.inner(**frozen, **passed),
+                framework=FRAMEWORK,
+            )
         except KubewritError as error:
             return self._refusal(error, chosen)
 
@@ -92,17 +101,28 @@ class GovernedTool(FunctionTool):
         chosen, passed = self._split(args, kwargs)
         try:
             return await self.governor.arun(
-                self.metadata.get_name(), chosen,
+                self.metadata.get_name(),
+                chosen,
                 lambda frozen: self._async_inner.acall(**frozen, **passed),
-                framework=FRAMEWORK)
+                framework=FRAMEWORK,
+            )
         except KubewritError as error:
             return self._refusal(error, chosen)
 
 
-def wrap_tools(tools: Sequence[BaseTool | Callable[..., Any]], *, agent_id: str | None = None,
-               governor: Governor | None = None, on_deny: OnDeny = "message",
-               **options: Any) -> list[GovernedTool]:
+def wrap_tools(
+    tools: Sequence[BaseTool | Callable[..., Any]],
+    *,
+    agent_id: str | None = None,
+    governor: Governor | None = None,
+    on_deny: OnDeny = "message",
+    **options: Any,
+) -> list[GovernedTool]:
     """Govern LlamaIndex tools (plain functions become FunctionTools first)."""
     shared = resolve(governor, agent_id, FRAMEWORK, on_deny, options)
-    return [GovernedTool(t if isinstance(t, BaseTool) else FunctionTool.from_defaults(t), shared,
-                         on_deny) for t in tools]
+    return [
+        GovernedTool(
+            t if isinstance(t, BaseTool) else FunctionTool.from_defaults(t), shared, on_deny
+        )
+        for t in tools
+    ]

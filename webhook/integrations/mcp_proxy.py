@@ -65,18 +65,28 @@ def never_permitted(policies: Path, agent: str) -> Callable[[str], bool]:
 class GoverningProxy:
     """The proxy's MCP server, wired to one upstream MCP client."""
 
-    def __init__(self, upstream: Upstream, governor: Governor, *, on_deny: OnDeny = "message",
-                 hide: Callable[[str], bool] | None = None, name: str = "kubewrit-mcp-proxy",
-                 read_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        governor: Governor,
+        *,
+        on_deny: OnDeny = "message",
+        hide: Callable[[str], bool] | None = None,
+        name: str = "kubewrit-mcp-proxy",
+        read_timeout: float | None = None,
+    ) -> None:
         self.upstream = upstream
         self.governor = governor
         self.on_deny = on_deny
         self.hide = hide
         self.read_timeout = read_timeout
         self._client: Client | None = None
-        self.server: Server[Any] = Server(name, lifespan=self._lifespan,
-                                          on_list_tools=self._list_tools,
-                                          on_call_tool=self._call_tool)
+        self.server: Server[Any] = Server(
+            name,
+            lifespan=self._lifespan,
+            on_list_tools=self._list_tools,
+            on_call_tool=self._call_tool,
+        )
 
     @contextlib.asynccontextmanager
     async def connected(self) -> AsyncIterator[Client]:
@@ -102,8 +112,11 @@ class GoverningProxy:
             raise RuntimeError("the upstream MCP server is not connected")
         return self._client
 
-    async def _list_tools(self, _: Any, params: types.PaginatedRequestParams | None,
-                          ) -> types.ListToolsResult:
+    async def _list_tools(
+        self,
+        _: Any,
+        params: types.PaginatedRequestParams | None,
+    ) -> types.ListToolsResult:
         listing = await self.client.list_tools(cursor=params.cursor if params else None)
         if self.hide is None:
             return listing
@@ -114,8 +127,11 @@ class GoverningProxy:
         name, arguments = params.name, dict(params.arguments or {})
         try:
             return await self.governor.arun(
-                name, arguments, lambda frozen: self.client.call_tool(name, frozen),
-                framework=FRAMEWORK)
+                name,
+                arguments,
+                lambda frozen: self.client.call_tool(name, frozen),
+                framework=FRAMEWORK,
+            )
         except KubewritError as error:
             if self.on_deny == "raise":
                 raise
@@ -123,8 +139,14 @@ class GoverningProxy:
             return types.CallToolResult(
                 content=[types.TextContent(type="text", text=describe(error, name))],
                 is_error=True,
-                structured_content={"kubewrit": {"code": error.code, "record": error.record,
-                                                 "approval": error.approval_id}})
+                structured_content={
+                    "kubewrit": {
+                        "code": error.code,
+                        "record": error.record,
+                        "approval": error.approval_id,
+                    }
+                },
+            )
 
     async def serve_stdio(self) -> None:
         async with self.connected(), stdio_server() as (read, write):
@@ -137,17 +159,28 @@ class GoverningProxy:
         import uvicorn
 
         async with self.connected():
-            config = uvicorn.Config(self.http_app(host, path), host=host, port=port,
-                                    log_level="warning")
+            config = uvicorn.Config(
+                self.http_app(host, path), host=host, port=port, log_level="warning"
+            )
             await uvicorn.Server(config).serve()
 
 
-def governing_proxy(upstream: Upstream, *, agent_id: str | None = None,
-                    governor: Governor | None = None, on_deny: OnDeny = "message",
-                    hide: Callable[[str], bool] | None = None, **options: Any) -> GoverningProxy:
+def governing_proxy(
+    upstream: Upstream,
+    *,
+    agent_id: str | None = None,
+    governor: Governor | None = None,
+    on_deny: OnDeny = "message",
+    hide: Callable[[str], bool] | None = None,
+    **options: Any,
+) -> GoverningProxy:
     """Build a proxy in code (the CLI is a thin layer over this)."""
-    return GoverningProxy(upstream, resolve(governor, agent_id, FRAMEWORK, on_deny, options),
-                          on_deny=on_deny, hide=hide)
+    return GoverningProxy(
+        upstream,
+        resolve(governor, agent_id, FRAMEWORK, on_deny, options),
+        on_deny=on_deny,
+        hide=hide,
+    )
 
 
 def _upstream(url: str | None, command: Sequence[str]) -> Upstream:
@@ -162,30 +195,68 @@ def cli_command() -> click.Command:
     """`kubewrit mcp-proxy`, for the CLI group to register."""
 
     @click.command("mcp-proxy", context_settings={"ignore_unknown_options": True})
-    @click.option("--upstream", "upstream_url", metavar="URL",
-                  help="Streamable HTTP URL of the upstream MCP server.")
-    @click.option("--listen", metavar="HOST:PORT",
-                  help="Serve streamable HTTP here (default: serve stdio).")
+    @click.option(
+        "--upstream",
+        "upstream_url",
+        metavar="URL",
+        help="Streamable HTTP URL of the upstream MCP server.",
+    )
+    @click.option(
+        "--listen", metavar="HOST:PORT", help="Serve streamable HTTP here (default: serve stdio)."
+    )
     @click.option("--path", default="/mcp", show_default=True, help="HTTP path with --listen.")
-    @click.option("--agent", envvar="KUBEWRIT_AGENT",
-                  help="The agent identity (must match the token).")
+    @click.option(
+        "--agent", envvar="KUBEWRIT_AGENT", help="The agent identity (must match the token)."
+    )
     @click.option("--url", envvar="KUBEWRIT_URL", help="kubewrit decision API.")
     @click.option("--token", envvar="KUBEWRIT_TOKEN", help="Agent token (standalone mode).")
-    @click.option("--token-file", envvar="KUBEWRIT_TOKEN_FILE", type=click.Path(dir_okay=False),
-                  help="Token file, re-read when it rotates (default: the ServiceAccount token).")
-    @click.option("--public-key", "public_key_file", type=click.Path(exists=True, dir_okay=False),
-                  help="Trusted writ signing key (PEM or base64url); enables signature checks.")
-    @click.option("--approval-timeout", type=float, default=300.0, show_default=True,
-                  help="Seconds to wait for a human approval before refusing.")
-    @click.option("--timeout", type=float, default=5.0, show_default=True,
-                  help="Seconds to wait for a decision.")
-    @click.option("--hide-denied", "hide_policies", type=click.Path(exists=True),
-                  help="Policy file or directory: hide tools these policies never permit.")
+    @click.option(
+        "--token-file",
+        envvar="KUBEWRIT_TOKEN_FILE",
+        type=click.Path(dir_okay=False),
+        help="Token file, re-read when it rotates (default: the ServiceAccount token).",
+    )
+    @click.option(
+        "--public-key",
+        "public_key_file",
+        type=click.Path(exists=True, dir_okay=False),
+        help="Trusted writ signing key (PEM or base64url); enables signature checks.",
+    )
+    @click.option(
+        "--approval-timeout",
+        type=float,
+        default=300.0,
+        show_default=True,
+        help="Seconds to wait for a human approval before refusing.",
+    )
+    @click.option(
+        "--timeout",
+        type=float,
+        default=5.0,
+        show_default=True,
+        help="Seconds to wait for a decision.",
+    )
+    @click.option(
+        "--hide-denied",
+        "hide_policies",
+        type=click.Path(exists=True),
+        help="Policy file or directory: hide tools these policies never permit.",
+    )
     @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-    def mcp_proxy(upstream_url: str | None, listen: str | None, path: str, agent: str | None,
-                  url: str | None, token: str | None, token_file: str | None,
-                  public_key_file: str | None, approval_timeout: float, timeout: float,
-                  hide_policies: str | None, command: tuple[str, ...]) -> None:
+    def mcp_proxy(
+        upstream_url: str | None,
+        listen: str | None,
+        path: str,
+        agent: str | None,
+        url: str | None,
+        token: str | None,
+        token_file: str | None,
+        public_key_file: str | None,
+        approval_timeout: float,
+        timeout: float,
+        hide_policies: str | None,
+        command: tuple[str, ...],
+    ) -> None:
         """Govern every tools/call of an MCP server: decide first, forward only on PERMIT.
 
         The upstream is a streamable HTTP URL (--upstream) or a command after `--`
@@ -198,14 +269,24 @@ def cli_command() -> click.Command:
         hide = never_permitted(Path(hide_policies), agent) if hide_policies and agent else None
         if hide_policies and not agent:
             raise click.UsageError("--hide-denied needs --agent")
-        proxy = governing_proxy(upstream, agent_id=agent, url=url, token=token,
-                                token_file=token_file, public_key=public_key,
-                                approval_timeout=approval_timeout, timeout=timeout, hide=hide)
+        proxy = governing_proxy(
+            upstream,
+            agent_id=agent,
+            url=url,
+            token=token,
+            token_file=token_file,
+            public_key=public_key,
+            approval_timeout=approval_timeout,
+            timeout=timeout,
+            hide=hide,
+        )
         label = upstream if isinstance(upstream, str) else shlex.join(command)
         if listen:
             host, _, port = listen.rpartition(":")
-            click.echo(f"kubewrit mcp-proxy: http://{host or '127.0.0.1'}:{port}{path} -> {label}",
-                       err=True)
+            click.echo(
+                f"kubewrit mcp-proxy: http://{host or '127.0.0.1'}:{port}{path} -> {label}",
+                err=True,
+            )
             anyio.run(proxy.serve_http, host or "127.0.0.1", int(port), path)
         else:
             print(f"kubewrit mcp-proxy: stdio -> {label}", file=sys.stderr)

@@ -28,8 +28,9 @@ from kubewrit.webhook.integrations.common import OnDeny, resolve
 FRAMEWORK = "openai-agents"
 
 
-def govern_tool(tool: FunctionTool, governor: Governor, *,
-                on_deny: OnDeny = "message") -> FunctionTool:
+def govern_tool(
+    tool: FunctionTool, governor: Governor, *, on_deny: OnDeny = "message"
+) -> FunctionTool:
     """A copy of `tool` whose every invocation is decided by kubewrit first."""
     governed = copy.copy(tool)
     invoke = governed.on_invoke_tool
@@ -38,8 +39,11 @@ def govern_tool(tool: FunctionTool, governor: Governor, *,
         try:
             args = _arguments(tool.name, arguments)
             return await governor.arun(
-                tool.name, args, lambda frozen: invoke(context, json.dumps(frozen)),
-                framework=FRAMEWORK)
+                tool.name,
+                args,
+                lambda frozen: invoke(context, json.dumps(frozen)),
+                framework=FRAMEWORK,
+            )
         except KubewritError as error:
             if on_deny == "raise":
                 raise
@@ -59,10 +63,17 @@ def _arguments(tool: str, raw: str) -> dict[str, Any]:
     return args
 
 
-def wrap_tools(tools: Sequence[FunctionTool | Any], *, agent_id: str | None = None,
-               governor: Governor | None = None, on_deny: OnDeny = "message",
-               **options: Any) -> list[FunctionTool]:
+def wrap_tools(
+    tools: Sequence[FunctionTool | Any],
+    *,
+    agent_id: str | None = None,
+    governor: Governor | None = None,
+    on_deny: OnDeny = "message",
+    **options: Any,
+) -> list[FunctionTool]:
     """Govern FunctionTools (plain functions are made into function tools first)."""
     shared = resolve(governor, agent_id, FRAMEWORK, on_deny, options)
-    return [govern_tool(t if isinstance(t, FunctionTool) else function_tool(t), shared,
-                        on_deny=on_deny) for t in tools]
+    return [
+        govern_tool(t if isinstance(t, FunctionTool) else function_tool(t), shared, on_deny=on_deny)
+        for t in tools
+    ]

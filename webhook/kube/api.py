@@ -38,13 +38,16 @@ _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 def load(kubeconfig: Path | str | None = None, context: str | None = None) -> client.ApiClient:
     """An API client from a kubeconfig file, or from the pod's service account in a cluster."""
+    configuration = client.Configuration()
+    # Enough pooled keep-alive connections for every concurrent writer: a pool smaller than the
+    # writers discards connections, and each new one costs the API server a TLS handshake.
+    configuration.connection_pool_maxsize = 32
     if kubeconfig is None and context is None:
         try:
-            config.load_incluster_config()
-            return client.ApiClient()
+            config.load_incluster_config(client_configuration=configuration)
+            return client.ApiClient(configuration)
         except config.ConfigException:
             pass
-    configuration = client.Configuration()
     config.load_kube_config(
         config_file=str(kubeconfig) if kubeconfig else None,
         context=context,

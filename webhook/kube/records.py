@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -19,7 +20,7 @@ from kubernetes import client
 from kubewrit.webhook.chain import Anchor, Draft, Record
 from kubewrit.webhook.keys import Signer
 from kubewrit.webhook.kube import api as kube_api
-from kubewrit.webhook.recorder import AnchorPolicy, Recorder, RecordUnavailable
+from kubewrit.webhook.recorder import AnchorPolicy, PartialWrite, Recorder, RecordUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ SPEC_FIELDS = {
 }
 RECORD_FIELDS = {spec: field for field, spec in SPEC_FIELDS.items()}
 CAS_ATTEMPTS = 20
+CREATE_RETRIES = 3
 
 
 def to_spec(record: Record) -> dict[str, Any]:
@@ -113,13 +115,45 @@ class ActionRecordLedger:
                 ) from exc
 
     def write(self, records: Sequence[Record], namespace: str | None = None) -> None:
-        """All records of a batch are created concurrently; the batch is durable when all are."""
+        """Create a batch concurrently; durable as a prefix, never with a gap.
+
+        A failed create is retried. If one still fails, the records after it were never
+        acknowledged to anyone, so they are removed again and the batch is durable up to
+        the failure (PartialWrite): the chain stays contiguous.
+        """
         namespace = namespace or self.home
         if len(records) == 1:
-            self._create(records[0], namespace)
+            outcomes = [self._attempt(records[0], namespace)]
+        else:
+            outcomes = list(self._pool.map(lambda r: self._attempt(r, namespace), records))
+        for index, outcome in enumerate(outcomes):
+            if outcome is not None:
+                outcomes[index] = self._attempt(records[index], namespace, tries=CREATE_RETRIES)
+        failed = next((i for i, outcome in enumerate(outcomes) if outcome is not None), None)
+        if failed is None:
             return
-        for future in [self._pool.submit(self._create, record, namespace) for record in records]:
-            future.result()
+        for record, outcome in zip(records[failed + 1 :], outcomes[failed + 1 :], strict=True):
+            if outcome is None:
+                self._remove_unacknowledged(record, namespace)
+        raise PartialWrite(failed, outcomes[failed] or RuntimeError("create failed"))
+
+    def _attempt(self, record: Record, namespace: str, tries: int = 1) -> Exception | None:
+        for attempt in range(tries):
+            try:
+                self._create(record, namespace)
+                return None
+            except Exception as exc:
+                error = exc
+                time.sleep(0.05 * (attempt + 1) if attempt + 1 < tries else 0)
+        return error
+
+    def _remove_unacknowledged(self, record: Record, namespace: str) -> None:
+        try:
+            self.custom.delete_namespaced_custom_object(
+                kube_api.GROUP, kube_api.VERSION, namespace, kube_api.RECORDS, object_name(record)
+            )
+        except Exception as exc:  # the chain now has a gap that `kubewrit verify` will name
+            log.error("could not remove unacknowledged record %s: %s", object_name(record), exc)
 
     def head(self, chain_id: str, namespace: str | None = None) -> Record | None:
         found = list(self.chain_records(chain_id, namespace or self.home))
@@ -251,8 +285,10 @@ class RecorderPool:
             return recorder
 
     async def record(self, draft: Draft) -> Record:
+        recorder = self._recorders.get(draft.namespace or self.ledger.home)
         try:
-            recorder = await asyncio.to_thread(self.recorder_for, draft.namespace)
+            if recorder is None:  # first record in this namespace: opening the chain reads the API
+                recorder = await asyncio.to_thread(self.recorder_for, draft.namespace)
         except Exception as exc:
             raise RecordUnavailable(f"cannot open the chain for {draft.namespace}: {exc}") from exc
         return await recorder.record(draft)
