@@ -16,6 +16,7 @@ if __name__ == "operator":
 
     _path = os.path.join(os.path.dirname(os.__file__), "operator.py")
     _spec = _bootstrap_external.spec_from_file_location("operator", _path)
+    assert _spec is not None and _spec.loader is not None
     _real = _bootstrap.module_from_spec(_spec)
     sys.modules["operator"] = _real
     _spec.loader.exec_module(_real)

@@ -21,7 +21,8 @@ from kubewrit.webhook.keys import Verifier
 class Problem:
     chain: str
     seq: int
-    kind: str  # modified | bad_signature | missing | reordered | inserted | truncated | unknown_key | malformed
+    # modified | bad_signature | missing | reordered | inserted | truncated | unknown_key | malformed
+    kind: str
     detail: str
 
     def __str__(self) -> str:

@@ -26,8 +26,14 @@ from kubewrit.webhook.client.testing import local_server
 def kubewrit_server() -> Iterator[KubewritServer]:
     with local_server(REPO / "examples" / "policies", approval_ttl=60.0) as server:
         approver = server.tokens["approver"]
-        yield KubewritServer(server.url, server.tokens[AGENT], approver, server.public_key,
-                             Approvals(server.url, approver), server.data_dir)
+        yield KubewritServer(
+            server.url,
+            server.tokens[AGENT],
+            approver,
+            server.public_key,
+            Approvals(server.url, approver),
+            server.data_dir,
+        )
 
 
 @pytest.fixture

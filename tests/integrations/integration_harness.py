@@ -35,8 +35,9 @@ class Approvals:
         with Client(self.url, self.token) as client:
             return {a["id"] for a in client.list_approvals("Pending")}
 
-    def decide_next(self, approve: bool = True, delay: float = 0.2,
-                    known: set[str] | None = None) -> None:
+    def decide_next(
+        self, approve: bool = True, delay: float = 0.2, known: set[str] | None = None
+    ) -> None:
         """In the background: wait for a new Pending approval, then decide it."""
         before = self.pending() if known is None else known
 
@@ -74,8 +75,9 @@ class KubewritServer:
 
     def governor(self, **options: Any) -> Governor:
         options.setdefault("approval_timeout", 15.0)
-        return Governor(self.url, self.agent_token, agent=AGENT, public_key=self.public_key,
-                        **options)
+        return Governor(
+            self.url, self.agent_token, agent=AGENT, public_key=self.public_key, **options
+        )
 
     def records(self, **filters: Any) -> list[dict[str, Any]]:
         with Client(self.url, self.approver_token) as client:
@@ -96,5 +98,3 @@ class SideEffects:
 
 
 Unique = Callable[[], str]
-
-

@@ -42,6 +42,7 @@ def file_recorder(path: str) -> Callable[[str, dict[str, Any]], None]:
     def record(tool: str, args: dict[str, Any]) -> None:
         with open(path, "a") as handle:
             handle.write(json.dumps([tool, args]) + "\n")
+
     return record
 
 

@@ -28,14 +28,27 @@ class ScriptedChatModel(BaseChatModel):
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> ScriptedChatModel:
         return self
 
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                  run_manager: Any = None, **kwargs: Any) -> ChatResult:
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: Any = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         done = sum(1 for m in messages if isinstance(m, ToolMessage))
         if done < len(self.calls):
             call = self.calls[done]
-            message = AIMessage(content="", tool_calls=[
-                {"name": call["name"], "args": call["args"], "id": f"call-{done}",
-                 "type": "tool_call"}])
+            message = AIMessage(
+                content="",
+                tool_calls=[
+                    {
+                        "name": call["name"],
+                        "args": call["args"],
+                        "id": f"call-{done}",
+                        "type": "tool_call",
+                    }
+                ],
+            )
         else:
             seen = [str(m.content) for m in messages if isinstance(m, ToolMessage)]
             message = AIMessage(content="FINAL: " + " | ".join(seen))

@@ -19,19 +19,22 @@ def refund(effects: SideEffects) -> Any:
     def run(args: dict[str, Any]) -> str:
         effects.record("process_refund", **args)
         return f"refunded {args['amount']}"
+
     return run
 
 
-def test_permit_runs_once_with_exact_args(kubewrit_server: KubewritServer, effects: SideEffects,
-                                          order_id: Unique) -> None:
+def test_permit_runs_once_with_exact_args(
+    kubewrit_server: KubewritServer, effects: SideEffects, order_id: Unique
+) -> None:
     args = {"amount": 45, "order_id": order_id()}
     with kubewrit_server.governor() as gov:
         assert gov.run("process_refund", args, refund(effects)) == "refunded 45"
     assert effects.of("process_refund") == [args]
 
 
-def test_deny_never_runs_and_carries_the_record(kubewrit_server: KubewritServer,
-                                                effects: SideEffects, order_id: Unique) -> None:
+def test_deny_never_runs_and_carries_the_record(
+    kubewrit_server: KubewritServer, effects: SideEffects, order_id: Unique
+) -> None:
     with kubewrit_server.governor() as gov, pytest.raises(ActionDenied) as denied:
         gov.run("process_refund", {"amount": 5000, "order_id": order_id()}, refund(effects))
     assert effects.calls == []
@@ -46,8 +49,9 @@ def test_default_deny_for_unknown_tool(kubewrit_server: KubewritServer) -> None:
     assert denied.value.code == "default_deny"
 
 
-def test_defer_runs_only_after_approval(kubewrit_server: KubewritServer, approver: Approvals,
-                                        effects: SideEffects, order_id: Unique) -> None:
+def test_defer_runs_only_after_approval(
+    kubewrit_server: KubewritServer, approver: Approvals, effects: SideEffects, order_id: Unique
+) -> None:
     args = {"amount": 300, "order_id": order_id()}
     approver.decide_next(approve=True)
     with kubewrit_server.governor() as gov:
@@ -56,8 +60,9 @@ def test_defer_runs_only_after_approval(kubewrit_server: KubewritServer, approve
     assert approver.decided
 
 
-def test_defer_denied_never_runs(kubewrit_server: KubewritServer, approver: Approvals,
-                                 effects: SideEffects, order_id: Unique) -> None:
+def test_defer_denied_never_runs(
+    kubewrit_server: KubewritServer, approver: Approvals, effects: SideEffects, order_id: Unique
+) -> None:
     approver.decide_next(approve=False)
     with kubewrit_server.governor() as gov, pytest.raises(ActionDenied) as denied:
         gov.run("process_refund", {"amount": 300, "order_id": order_id()}, refund(effects))
@@ -66,17 +71,21 @@ def test_defer_denied_never_runs(kubewrit_server: KubewritServer, approver: Appr
     assert effects.calls == []
 
 
-def test_defer_timeout_never_runs(kubewrit_server: KubewritServer, effects: SideEffects,
-                                  order_id: Unique) -> None:
-    with kubewrit_server.governor(approval_timeout=0.5) as gov, \
-            pytest.raises(ApprovalTimeout) as waited:
+def test_defer_timeout_never_runs(
+    kubewrit_server: KubewritServer, effects: SideEffects, order_id: Unique
+) -> None:
+    with (
+        kubewrit_server.governor(approval_timeout=0.5) as gov,
+        pytest.raises(ApprovalTimeout) as waited,
+    ):
         gov.run("process_refund", {"amount": 300, "order_id": order_id()}, refund(effects))
     assert waited.value.approval_id
     assert effects.calls == []
 
 
-def test_server_down_never_runs(kubewrit_server: KubewritServer, down_url: str,
-                                effects: SideEffects) -> None:
+def test_server_down_never_runs(
+    kubewrit_server: KubewritServer, down_url: str, effects: SideEffects
+) -> None:
     gov = Governor(down_url, kubewrit_server.agent_token, agent="support-agent", retries=1)
     with gov, pytest.raises(GovernanceUnavailable) as down:
         gov.run("process_refund", {"amount": 1, "order_id": "X"}, refund(effects))
@@ -84,8 +93,9 @@ def test_server_down_never_runs(kubewrit_server: KubewritServer, down_url: str,
     assert effects.calls == []
 
 
-def test_changed_arguments_do_not_run(kubewrit_server: KubewritServer, effects: SideEffects,
-                                      order_id: Unique) -> None:
+def test_changed_arguments_do_not_run(
+    kubewrit_server: KubewritServer, effects: SideEffects, order_id: Unique
+) -> None:
     args = {"amount": 45, "order_id": order_id()}
     with kubewrit_server.governor() as gov:
         permit = gov.check("process_refund", args)
@@ -99,8 +109,9 @@ def test_changed_arguments_do_not_run(kubewrit_server: KubewritServer, effects: 
     assert effects.of("process_refund") == [args]
 
 
-def test_forged_writ_is_rejected_with_key(kubewrit_server: KubewritServer, effects: SideEffects,
-                                          order_id: Unique) -> None:
+def test_forged_writ_is_rejected_with_key(
+    kubewrit_server: KubewritServer, effects: SideEffects, order_id: Unique
+) -> None:
     from dataclasses import replace
 
     import jwt
@@ -113,8 +124,12 @@ def test_forged_writ_is_rejected_with_key(kubewrit_server: KubewritServer, effec
         rogue = keys.generate()
         payload = jwt.decode(permit.writ, options={"verify_signature": False})
         payload["jti"] = payload["rec"] = "sha256:forged"
-        token = jwt.encode(payload, rogue.private_key, algorithm="EdDSA",
-                           headers={"typ": writ.WRIT_TYPE, "kid": rogue.key_id})
+        token = jwt.encode(
+            payload,
+            rogue.private_key,
+            algorithm="EdDSA",
+            headers={"typ": writ.WRIT_TYPE, "kid": rogue.key_id},
+        )
         with pytest.raises(ActionDenied) as forged:
             gov.execute(replace(permit, writ=token), args, refund(effects))
         assert forged.value.code == "writ_bad_signature"
@@ -122,8 +137,9 @@ def test_forged_writ_is_rejected_with_key(kubewrit_server: KubewritServer, effec
     assert effects.calls == []
 
 
-def test_async_paths(kubewrit_server: KubewritServer, approver: Approvals, effects: SideEffects,
-                     order_id: Unique) -> None:
+def test_async_paths(
+    kubewrit_server: KubewritServer, approver: Approvals, effects: SideEffects, order_id: Unique
+) -> None:
     small = {"amount": 20, "order_id": order_id()}
     mid = {"amount": 200, "order_id": order_id()}
 
@@ -151,9 +167,11 @@ async def main_small_again(gov: Governor, order_id: Unique, fn: Any) -> None:
     await gov.aclose()
 
 
-def test_guard_decorator(kubewrit_server: KubewritServer, effects: SideEffects,
-                         order_id: Unique) -> None:
+def test_guard_decorator(
+    kubewrit_server: KubewritServer, effects: SideEffects, order_id: Unique
+) -> None:
     with kubewrit_server.governor() as gov:
+
         @gov.guard
         def process_refund(amount: float, order_id: str) -> str:
             effects.record("process_refund", amount=amount, order_id=order_id)

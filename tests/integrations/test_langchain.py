@@ -56,20 +56,30 @@ def test_model_sees_the_same_tools(effects: SideEffects, tools: list[GovernedToo
         assert convert_to_openai_tool(wrapped) == convert_to_openai_tool(original)
 
 
-def test_permit_in_agent_loop(tools: list[GovernedTool], effects: SideEffects,
-                              order_id: Unique) -> None:
+def test_permit_in_agent_loop(
+    tools: list[GovernedTool], effects: SideEffects, order_id: Unique
+) -> None:
     oid = order_id()
-    state = agent_run(tools, [{"name": "process_refund", "args": {"order_id": oid, "amount": 40}},
-                              {"name": "send_email", "args": {"to": "c@x.io", "body": "done"}}])
-    assert effects.calls == [("process_refund", {"order_id": oid, "amount": 40}),
-                             ("send_email", {"to": "c@x.io", "body": "done"})]
+    state = agent_run(
+        tools,
+        [
+            {"name": "process_refund", "args": {"order_id": oid, "amount": 40}},
+            {"name": "send_email", "args": {"to": "c@x.io", "body": "done"}},
+        ],
+    )
+    assert effects.calls == [
+        ("process_refund", {"order_id": oid, "amount": 40}),
+        ("send_email", {"to": "c@x.io", "body": "done"}),
+    ]
     assert [m.status for m in tool_messages(state)] == ["success", "success"]
 
 
-def test_deny_in_agent_loop_returns_the_reason(tools: list[GovernedTool], effects: SideEffects,
-                                               order_id: Unique) -> None:
-    state = agent_run(tools, [{"name": "process_refund",
-                               "args": {"order_id": order_id(), "amount": 5000}}])
+def test_deny_in_agent_loop_returns_the_reason(
+    tools: list[GovernedTool], effects: SideEffects, order_id: Unique
+) -> None:
+    state = agent_run(
+        tools, [{"name": "process_refund", "args": {"order_id": order_id(), "amount": 5000}}]
+    )
     assert effects.calls == []
     [message] = tool_messages(state)
     assert message.status == "error"
@@ -77,8 +87,9 @@ def test_deny_in_agent_loop_returns_the_reason(tools: list[GovernedTool], effect
     assert "finance team" in state["messages"][-1].content  # the agent can explain it
 
 
-def test_defer_runs_after_approval(tools: list[GovernedTool], effects: SideEffects,
-                                   approver: Approvals, order_id: Unique) -> None:
+def test_defer_runs_after_approval(
+    tools: list[GovernedTool], effects: SideEffects, approver: Approvals, order_id: Unique
+) -> None:
     oid = order_id()
     approver.decide_next(approve=True)
     state = agent_run(tools, [{"name": "process_refund", "args": {"order_id": oid, "amount": 400}}])
@@ -86,41 +97,58 @@ def test_defer_runs_after_approval(tools: list[GovernedTool], effects: SideEffec
     assert tool_messages(state)[0].status == "success"
 
 
-def test_defer_denied_never_runs(tools: list[GovernedTool], effects: SideEffects,
-                                 approver: Approvals, order_id: Unique) -> None:
+def test_defer_denied_never_runs(
+    tools: list[GovernedTool], effects: SideEffects, approver: Approvals, order_id: Unique
+) -> None:
     approver.decide_next(approve=False)
-    state = agent_run(tools, [{"name": "process_refund",
-                               "args": {"order_id": order_id(), "amount": 400}}])
+    state = agent_run(
+        tools, [{"name": "process_refund", "args": {"order_id": order_id(), "amount": 400}}]
+    )
     assert effects.calls == []
     assert "approval_denied" in tool_messages(state)[0].content
 
 
-def test_defer_timeout_never_runs(kubewrit_server: KubewritServer, effects: SideEffects,
-                                  order_id: Unique) -> None:
-    tools = wrap_tools(support_tools(effects), governor=kubewrit_server.governor(
-        approval_timeout=0.3))
-    state = agent_run(tools, [{"name": "process_refund",
-                               "args": {"order_id": order_id(), "amount": 400}}])
+def test_defer_timeout_never_runs(
+    kubewrit_server: KubewritServer, effects: SideEffects, order_id: Unique
+) -> None:
+    tools = wrap_tools(
+        support_tools(effects), governor=kubewrit_server.governor(approval_timeout=0.3)
+    )
+    state = agent_run(
+        tools, [{"name": "process_refund", "args": {"order_id": order_id(), "amount": 400}}]
+    )
     assert effects.calls == []
     assert "not given in time" in tool_messages(state)[0].content
 
 
-def test_server_down_never_runs(kubewrit_server: KubewritServer, down_url: str,
-                                effects: SideEffects, order_id: Unique) -> None:
-    tools = wrap_tools(support_tools(effects), agent_id="support-agent", url=down_url,
-                       token=kubewrit_server.agent_token, retries=0)
+def test_server_down_never_runs(
+    kubewrit_server: KubewritServer, down_url: str, effects: SideEffects, order_id: Unique
+) -> None:
+    tools = wrap_tools(
+        support_tools(effects),
+        agent_id="support-agent",
+        url=down_url,
+        token=kubewrit_server.agent_token,
+        retries=0,
+    )
     state = agent_run(tools, [{"name": "send_email", "args": {"to": "a@b.c", "body": "x"}}])
     assert effects.calls == []
     assert "authorization service" in tool_messages(state)[0].content
     with pytest.raises(GovernanceUnavailable):
-        wrap_tools(support_tools(effects), agent_id="support-agent", url=down_url,
-                   token=kubewrit_server.agent_token, retries=0,
-                   on_deny="raise")[1].invoke({"to": "a@b.c", "body": "x"})
+        wrap_tools(
+            support_tools(effects),
+            agent_id="support-agent",
+            url=down_url,
+            token=kubewrit_server.agent_token,
+            retries=0,
+            on_deny="raise",
+        )[1].invoke({"to": "a@b.c", "body": "x"})
     assert effects.calls == []
 
 
-def test_every_invocation_path_is_governed(tools: list[GovernedTool], effects: SideEffects,
-                                           order_id: Unique) -> None:
+def test_every_invocation_path_is_governed(
+    tools: list[GovernedTool], effects: SideEffects, order_id: Unique
+) -> None:
     refund, email = tools
     ok = [{"order_id": order_id(), "amount": n} for n in range(1, 10)]
     bad = {"order_id": order_id(), "amount": 9999}
@@ -138,8 +166,9 @@ def test_every_invocation_path_is_governed(tools: list[GovernedTool], effects: S
         await refund.governor.aclose()
 
     asyncio.run(async_paths())
-    message = refund.invoke({"name": "process_refund", "args": bad, "id": "tc1",
-                             "type": "tool_call"})
+    message = refund.invoke(
+        {"name": "process_refund", "args": bad, "id": "tc1", "type": "tool_call"}
+    )
     assert isinstance(message, ToolMessage) and message.status == "error"
     assert "denied by policy" in refund.invoke(bad)
     assert [b for b in refund.batch([bad]) if "denied" in b]
@@ -147,8 +176,9 @@ def test_every_invocation_path_is_governed(tools: list[GovernedTool], effects: S
     assert effects.of("send_email") == [{"to": "a@b.c", "body": "s"}]
 
 
-def test_raise_mode_and_decorator(kubewrit_server: KubewritServer, effects: SideEffects,
-                                  order_id: Unique) -> None:
+def test_raise_mode_and_decorator(
+    kubewrit_server: KubewritServer, effects: SideEffects, order_id: Unique
+) -> None:
     governor = kubewrit_server.governor()
 
     @governed(governor=governor, on_deny="raise")

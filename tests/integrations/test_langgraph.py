@@ -15,11 +15,16 @@ from langgraph.prebuilt import InjectedState, tools_condition
 from scripted_langchain import ScriptedChatModel
 
 
-def build_graph(kubewrit_server: KubewritServer, effects: SideEffects,
-                calls: list[dict[str, Any]], **options: Any) -> Any:
+def build_graph(
+    kubewrit_server: KubewritServer,
+    effects: SideEffects,
+    calls: list[dict[str, Any]],
+    **options: Any,
+) -> Any:
     @tool
-    def process_refund(order_id: str, amount: float,
-                       state: Annotated[dict[str, Any], InjectedState]) -> str:
+    def process_refund(
+        order_id: str, amount: float, state: Annotated[dict[str, Any], InjectedState]
+    ) -> str:
         """Refund an order."""
         effects.record("process_refund", order_id=order_id, amount=amount)
         return f"refunded ${amount} (conversation of {len(state['messages'])} messages)"
@@ -48,22 +53,31 @@ def tool_messages(state: dict[str, Any]) -> list[ToolMessage]:
 START_STATE = {"messages": [{"role": "user", "content": "refund me"}]}
 
 
-def test_permit_and_injected_state(kubewrit_server: KubewritServer, effects: SideEffects,
-                                   order_id: Unique) -> None:
+def test_permit_and_injected_state(
+    kubewrit_server: KubewritServer, effects: SideEffects, order_id: Unique
+) -> None:
     oid = order_id()
-    graph = build_graph(kubewrit_server, effects,
-                        [{"name": "process_refund", "args": {"order_id": oid, "amount": 99}}])
+    graph = build_graph(
+        kubewrit_server,
+        effects,
+        [{"name": "process_refund", "args": {"order_id": oid, "amount": 99}}],
+    )
     state = graph.invoke(START_STATE)
     assert effects.calls == [("process_refund", {"order_id": oid, "amount": 99})]
     assert "conversation of 2 messages" in tool_messages(state)[0].content
 
 
-def test_deny_reaches_the_agent(kubewrit_server: KubewritServer, effects: SideEffects,
-                                order_id: Unique) -> None:
-    graph = build_graph(kubewrit_server, effects,
-                        [{"name": "process_refund",
-                          "args": {"order_id": order_id(), "amount": 1500}},
-                         {"name": "delete_account", "args": {"user": "x"}}])
+def test_deny_reaches_the_agent(
+    kubewrit_server: KubewritServer, effects: SideEffects, order_id: Unique
+) -> None:
+    graph = build_graph(
+        kubewrit_server,
+        effects,
+        [
+            {"name": "process_refund", "args": {"order_id": order_id(), "amount": 1500}},
+            {"name": "delete_account", "args": {"user": "x"}},
+        ],
+    )
     state = graph.invoke(START_STATE)
     assert effects.calls == []
     denied, unknown = tool_messages(state)
@@ -72,19 +86,26 @@ def test_deny_reaches_the_agent(kubewrit_server: KubewritServer, effects: SideEf
     assert state["messages"][-1].content.startswith("FINAL")
 
 
-def test_defer_approved_and_denied_async(kubewrit_server: KubewritServer, effects: SideEffects,
-                                         approver: Approvals, order_id: Unique) -> None:
+def test_defer_approved_and_denied_async(
+    kubewrit_server: KubewritServer, effects: SideEffects, approver: Approvals, order_id: Unique
+) -> None:
     approved, refused = order_id(), order_id()
 
     async def main() -> None:
         approver.decide_next(approve=True)
-        graph = build_graph(kubewrit_server, effects, [
-            {"name": "process_refund", "args": {"order_id": approved, "amount": 700}}])
+        graph = build_graph(
+            kubewrit_server,
+            effects,
+            [{"name": "process_refund", "args": {"order_id": approved, "amount": 700}}],
+        )
         await graph.ainvoke(START_STATE)
         approver.join()
         approver.decide_next(approve=False)
-        graph = build_graph(kubewrit_server, effects, [
-            {"name": "process_refund", "args": {"order_id": refused, "amount": 700}}])
+        graph = build_graph(
+            kubewrit_server,
+            effects,
+            [{"name": "process_refund", "args": {"order_id": refused, "amount": 700}}],
+        )
         state = await graph.ainvoke(START_STATE)
         assert "approval_denied" in tool_messages(state)[0].content
 
@@ -92,30 +113,42 @@ def test_defer_approved_and_denied_async(kubewrit_server: KubewritServer, effect
     assert effects.of("process_refund") == [{"order_id": approved, "amount": 700}]
 
 
-def test_timeout_and_server_down(kubewrit_server: KubewritServer, effects: SideEffects,
-                                 down_url: str, order_id: Unique) -> None:
-    slow = build_graph(kubewrit_server, effects,
-                       [{"name": "process_refund",
-                         "args": {"order_id": order_id(), "amount": 300}}],
-                       governor=kubewrit_server.governor(approval_timeout=0.3))
+def test_timeout_and_server_down(
+    kubewrit_server: KubewritServer, effects: SideEffects, down_url: str, order_id: Unique
+) -> None:
+    slow = build_graph(
+        kubewrit_server,
+        effects,
+        [{"name": "process_refund", "args": {"order_id": order_id(), "amount": 300}}],
+        governor=kubewrit_server.governor(approval_timeout=0.3),
+    )
     assert "not given in time" in tool_messages(slow.invoke(START_STATE))[0].content
-    down = build_graph(kubewrit_server, effects,
-                       [{"name": "send_email", "args": {"to": "a@b.c", "body": "x"}}],
-                       governor=None, agent_id="support-agent", url=down_url,
-                       token=kubewrit_server.agent_token, retries=0)
+    down = build_graph(
+        kubewrit_server,
+        effects,
+        [{"name": "send_email", "args": {"to": "a@b.c", "body": "x"}}],
+        governor=None,
+        agent_id="support-agent",
+        url=down_url,
+        token=kubewrit_server.agent_token,
+        retries=0,
+    )
     assert "authorization service" in tool_messages(down.invoke(START_STATE))[0].content
     assert effects.calls == []
 
 
-def test_raise_mode_stops_the_graph(kubewrit_server: KubewritServer, effects: SideEffects,
-                                    order_id: Unique) -> None:
+def test_raise_mode_stops_the_graph(
+    kubewrit_server: KubewritServer, effects: SideEffects, order_id: Unique
+) -> None:
     from kubewrit.webhook.client import ActionDenied
 
-    graph = build_graph(kubewrit_server, effects,
-                        [{"name": "process_refund", "args": {"order_id": order_id(),
-                                                             "amount": 5000}}],
-                        on_deny="raise",
-                        tool_node_options={"handle_tool_errors": False})
+    graph = build_graph(
+        kubewrit_server,
+        effects,
+        [{"name": "process_refund", "args": {"order_id": order_id(), "amount": 5000}}],
+        on_deny="raise",
+        tool_node_options={"handle_tool_errors": False},
+    )
     with pytest.raises(ActionDenied):
         graph.invoke(START_STATE)
     assert effects.calls == []

@@ -4,7 +4,6 @@
 runtime annotation.)
 """
 
-
 import asyncio
 from collections.abc import Sequence
 from typing import Any
@@ -28,11 +27,20 @@ def scripted_llm(calls: list[dict[str, Any]]) -> MockFunctionCallingLLM:
         results = [m for m in messages if m.role == MessageRole.TOOL]
         if len(results) < len(calls):
             call = calls[len(results)]
-            return ChatMessage(role=MessageRole.ASSISTANT, blocks=[ToolCallBlock(
-                tool_call_id=f"call-{len(results)}", tool_name=call["name"],
-                tool_kwargs=call["args"])])
-        return ChatMessage(role=MessageRole.ASSISTANT,
-                           content="FINAL: " + " | ".join(str(m.content) for m in results))
+            return ChatMessage(
+                role=MessageRole.ASSISTANT,
+                blocks=[
+                    ToolCallBlock(
+                        tool_call_id=f"call-{len(results)}",
+                        tool_name=call["name"],
+                        tool_kwargs=call["args"],
+                    )
+                ],
+            )
+        return ChatMessage(
+            role=MessageRole.ASSISTANT,
+            content="FINAL: " + " | ".join(str(m.content) for m in results),
+        )
 
     return MockFunctionCallingLLM(response_generator=respond)
 
@@ -49,8 +57,10 @@ def support_tools(effects: SideEffects) -> list[FunctionTool]:
         effects.record("send_email", to=to, body=body)
         return f"sent to {to}"
 
-    return [FunctionTool.from_defaults(process_refund),
-            FunctionTool.from_defaults(async_fn=send_email)]
+    return [
+        FunctionTool.from_defaults(process_refund),
+        FunctionTool.from_defaults(async_fn=send_email),
+    ]
 
 
 def run_agent(tools: list[GovernedTool], calls: list[dict[str, Any]]) -> str:
@@ -74,44 +84,63 @@ def test_same_metadata(effects: SideEffects, governed: list[GovernedTool]) -> No
         assert wrapped.metadata.get_parameters_dict() == original.metadata.get_parameters_dict()
 
 
-def test_permit_deny_and_context(governed: list[GovernedTool], effects: SideEffects,
-                                 order_id: Unique) -> None:
+def test_permit_deny_and_context(
+    governed: list[GovernedTool], effects: SideEffects, order_id: Unique
+) -> None:
     oid = order_id()
-    answer = run_agent(governed, [
-        {"name": "process_refund", "args": {"order_id": oid, "amount": 30}},
-        {"name": "process_refund", "args": {"order_id": oid, "amount": 3000}},
-        {"name": "send_email", "args": {"to": "c@x.io", "body": "hi"}}])
-    assert effects.calls == [("process_refund", {"order_id": oid, "amount": 30}),
-                             ("send_email", {"to": "c@x.io", "body": "hi"})]
+    answer = run_agent(
+        governed,
+        [
+            {"name": "process_refund", "args": {"order_id": oid, "amount": 30}},
+            {"name": "process_refund", "args": {"order_id": oid, "amount": 3000}},
+            {"name": "send_email", "args": {"to": "c@x.io", "body": "hi"}},
+        ],
+    )
+    assert effects.calls == [
+        ("process_refund", {"order_id": oid, "amount": 30}),
+        ("send_email", {"to": "c@x.io", "body": "hi"}),
+    ]
     assert "refunded $30" in answer and "finance team" in answer and "sent to c@x.io" in answer
 
 
-def test_defer(governed: list[GovernedTool], effects: SideEffects, approver: Approvals,
-               order_id: Unique) -> None:
+def test_defer(
+    governed: list[GovernedTool], effects: SideEffects, approver: Approvals, order_id: Unique
+) -> None:
     yes, no = order_id(), order_id()
     approver.decide_next(approve=True)
     run_agent(governed, [{"name": "process_refund", "args": {"order_id": yes, "amount": 260}}])
     approver.join()
     approver.decide_next(approve=False)
-    answer = run_agent(governed,
-                       [{"name": "process_refund", "args": {"order_id": no, "amount": 260}}])
+    answer = run_agent(
+        governed, [{"name": "process_refund", "args": {"order_id": no, "amount": 260}}]
+    )
     assert "approval_denied" in answer
     assert effects.calls == [("process_refund", {"order_id": yes, "amount": 260})]
 
 
-def test_timeout_down_and_direct_calls(kubewrit_server: KubewritServer, effects: SideEffects,
-                                       down_url: str, order_id: Unique) -> None:
-    slow = wrap_tools(support_tools(effects),
-                      governor=kubewrit_server.governor(approval_timeout=0.3))
+def test_timeout_down_and_direct_calls(
+    kubewrit_server: KubewritServer, effects: SideEffects, down_url: str, order_id: Unique
+) -> None:
+    slow = wrap_tools(
+        support_tools(effects), governor=kubewrit_server.governor(approval_timeout=0.3)
+    )
     assert "not given in time" in run_agent(
-        slow, [{"name": "process_refund", "args": {"order_id": order_id(), "amount": 260}}])
-    down = wrap_tools(support_tools(effects), agent_id="support-agent", url=down_url,
-                      token=kubewrit_server.agent_token, retries=0)
+        slow, [{"name": "process_refund", "args": {"order_id": order_id(), "amount": 260}}]
+    )
+    down = wrap_tools(
+        support_tools(effects),
+        agent_id="support-agent",
+        url=down_url,
+        token=kubewrit_server.agent_token,
+        retries=0,
+    )
     assert "authorization service" in run_agent(
-        down, [{"name": "process_refund", "args": {"order_id": order_id(), "amount": 1}}])
+        down, [{"name": "process_refund", "args": {"order_id": order_id(), "amount": 1}}]
+    )
     assert effects.calls == []
-    [refund, _] = wrap_tools(support_tools(effects), governor=kubewrit_server.governor(),
-                             on_deny="raise")
+    [refund, _] = wrap_tools(
+        support_tools(effects), governor=kubewrit_server.governor(), on_deny="raise"
+    )
     oid = order_id()
     assert refund.call(order_id=oid, amount=3).raw_output == f"refunded $3 on {oid}"
     with pytest.raises(ActionDenied):

@@ -34,29 +34,36 @@ def call(proxy_server: Any, tool: str, args: dict[str, Any]) -> Any:
     async def main() -> Any:
         async with Client(proxy_server) as client:
             return await client.call_tool(tool, args)
+
     return anyio.run(main)
 
 
-def test_list_passes_through_and_hides(kubewrit_server: KubewritServer,
-                                       effects: SideEffects) -> None:
+def test_list_passes_through_and_hides(
+    kubewrit_server: KubewritServer, effects: SideEffects
+) -> None:
     plain = governing_proxy(upstream(effects), governor=kubewrit_server.governor())
-    hidden = governing_proxy(upstream(effects), governor=kubewrit_server.governor(),
-                             hide=never_permitted(REPO / "examples" / "policies",
-                                                  "support-agent"))
+    hidden = governing_proxy(
+        upstream(effects),
+        governor=kubewrit_server.governor(),
+        hide=never_permitted(REPO / "examples" / "policies", "support-agent"),
+    )
 
     async def main() -> tuple[Any, Any, Any]:
-        async with Client(upstream(effects)) as direct, Client(plain.server) as via, \
-                Client(hidden.server) as filtered:
-            return (await direct.list_tools(), await via.list_tools(),
-                    await filtered.list_tools())
+        async with (
+            Client(upstream(effects)) as direct,
+            Client(plain.server) as via,
+            Client(hidden.server) as filtered,
+        ):
+            return (await direct.list_tools(), await via.list_tools(), await filtered.list_tools())
 
     direct, via, filtered = anyio.run(main)
     assert [t.model_dump() for t in via.tools] == [t.model_dump() for t in direct.tools]
     assert sorted(t.name for t in filtered.tools) == ["process_refund", "send_email"]
 
 
-def test_permit_deny_and_unknown(kubewrit_server: KubewritServer, effects: SideEffects,
-                                 order_id: Unique) -> None:
+def test_permit_deny_and_unknown(
+    kubewrit_server: KubewritServer, effects: SideEffects, order_id: Unique
+) -> None:
     proxy = governing_proxy(upstream(effects), governor=kubewrit_server.governor())
     oid = order_id()
     ok = call(proxy.server, "process_refund", {"order_id": oid, "amount": 10})
@@ -69,8 +76,9 @@ def test_permit_deny_and_unknown(kubewrit_server: KubewritServer, effects: SideE
     assert effects.calls == [("process_refund", {"order_id": oid, "amount": 10})]
 
 
-def test_defer_approved_denied_timeout(kubewrit_server: KubewritServer, effects: SideEffects,
-                                       approver: Approvals, order_id: Unique) -> None:
+def test_defer_approved_denied_timeout(
+    kubewrit_server: KubewritServer, effects: SideEffects, approver: Approvals, order_id: Unique
+) -> None:
     proxy = governing_proxy(upstream(effects), governor=kubewrit_server.governor())
     yes, no = order_id(), order_id()
     approver.decide_next(approve=True)
@@ -79,25 +87,34 @@ def test_defer_approved_denied_timeout(kubewrit_server: KubewritServer, effects:
     approver.decide_next(approve=False)
     refused = call(proxy.server, "process_refund", {"order_id": no, "amount": 500})
     assert refused.is_error and "approval_denied" in text(refused)
-    impatient = governing_proxy(upstream(effects),
-                                governor=kubewrit_server.governor(approval_timeout=0.3))
+    impatient = governing_proxy(
+        upstream(effects), governor=kubewrit_server.governor(approval_timeout=0.3)
+    )
     late = call(impatient.server, "process_refund", {"order_id": no, "amount": 501})
     assert late.is_error and "not given in time" in text(late)
     assert effects.calls == [("process_refund", {"order_id": yes, "amount": 500})]
 
 
-def test_server_down(kubewrit_server: KubewritServer, effects: SideEffects,
-                     down_url: str) -> None:
-    proxy = governing_proxy(upstream(effects), agent_id="support-agent", url=down_url,
-                            token=kubewrit_server.agent_token, retries=0)
+def test_server_down(kubewrit_server: KubewritServer, effects: SideEffects, down_url: str) -> None:
+    proxy = governing_proxy(
+        upstream(effects),
+        agent_id="support-agent",
+        url=down_url,
+        token=kubewrit_server.agent_token,
+        retries=0,
+    )
     result = call(proxy.server, "send_email", {"to": "a@b.c", "body": "x"})
     assert result.is_error and "authorization service" in text(result)
     assert effects.calls == []
 
 
 def upstream_command(effects_file: Path) -> list[str]:
-    return ["env", f"UPSTREAM_EFFECTS={effects_file}", sys.executable,
-            str(HERE / "mcp_upstream.py")]
+    return [
+        "env",
+        f"UPSTREAM_EFFECTS={effects_file}",
+        sys.executable,
+        str(HERE / "mcp_upstream.py"),
+    ]
 
 
 def ran(effects_file: Path) -> list[list[Any]]:
@@ -106,18 +123,31 @@ def ran(effects_file: Path) -> list[list[Any]]:
     return [json.loads(line) for line in effects_file.read_text().splitlines()]
 
 
-def test_stdio_end_to_end(kubewrit_server: KubewritServer, tmp_path: Path,
-                          order_id: Unique) -> None:
+def test_stdio_end_to_end(
+    kubewrit_server: KubewritServer, tmp_path: Path, order_id: Unique
+) -> None:
     """An MCP client launches `kubewrit mcp-proxy -- <upstream>`; both hops are stdio."""
     effects_file = tmp_path / "effects.jsonl"
     key = tmp_path / "writ.pem"
     key.write_text(kubewrit_server.public_key)
     proxy = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "kubewrit.webhook.integrations.mcp_proxy", "--agent", "support-agent",
-              "--url", kubewrit_server.url, "--public-key", str(key), "--hide-denied",
-              str(REPO / "examples" / "policies"), "--", *upstream_command(effects_file)],
-        env={**os.environ, "KUBEWRIT_TOKEN": kubewrit_server.agent_token})
+        args=[
+            "-m",
+            "kubewrit.webhook.integrations.mcp_proxy",
+            "--agent",
+            "support-agent",
+            "--url",
+            kubewrit_server.url,
+            "--public-key",
+            str(key),
+            "--hide-denied",
+            str(REPO / "examples" / "policies"),
+            "--",
+            *upstream_command(effects_file),
+        ],
+        env={**os.environ, "KUBEWRIT_TOKEN": kubewrit_server.agent_token},
+    )
     oid = order_id()
 
     async def main() -> tuple[Any, Any, Any]:
@@ -133,12 +163,14 @@ def test_stdio_end_to_end(kubewrit_server: KubewritServer, tmp_path: Path,
     assert ran(effects_file) == [["process_refund", {"order_id": oid, "amount": 12.5}]]
 
 
-def test_streamable_http_end_to_end(kubewrit_server: KubewritServer, effects: SideEffects,
-                                    order_id: Unique) -> None:
+def test_streamable_http_end_to_end(
+    kubewrit_server: KubewritServer, effects: SideEffects, order_id: Unique
+) -> None:
     proxy = governing_proxy(upstream(effects), governor=kubewrit_server.governor())
     port = unused_port()
-    server = uvicorn.Server(uvicorn.Config(proxy.http_app(), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(proxy.http_app(), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:

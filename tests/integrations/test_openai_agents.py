@@ -31,22 +31,37 @@ class ScriptedModel(Model):
     def __init__(self, calls: list[dict[str, Any]]) -> None:
         self.calls = calls
 
-    async def get_response(self, system_instructions: Any, input: Any, *args: Any,
-                           **kwargs: Any) -> ModelResponse:
+    async def get_response(
+        self, system_instructions: Any, input: Any, *args: Any, **kwargs: Any
+    ) -> ModelResponse:
         items = input if isinstance(input, list) else []
-        outputs = [str(i.get("output")) for i in items
-                   if isinstance(i, dict) and i.get("type") == "function_call_output"]
+        outputs = [
+            str(i.get("output"))
+            for i in items
+            if isinstance(i, dict) and i.get("type") == "function_call_output"
+        ]
         if len(outputs) < len(self.calls):
             call = self.calls[len(outputs)]
             item: Any = ResponseFunctionToolCall(
-                type="function_call", call_id=f"call-{len(outputs)}", name=call["name"],
-                arguments=json.dumps(call["args"]), id=f"fc-{len(outputs)}",
-                status="completed")
+                type="function_call",
+                call_id=f"call-{len(outputs)}",
+                name=call["name"],
+                arguments=json.dumps(call["args"]),
+                id=f"fc-{len(outputs)}",
+                status="completed",
+            )
         else:
             item = ResponseOutputMessage(
-                id="msg", type="message", role="assistant", status="completed",
-                content=[ResponseOutputText(type="output_text", annotations=[],
-                                            text="FINAL: " + " | ".join(outputs))])
+                id="msg",
+                type="message",
+                role="assistant",
+                status="completed",
+                content=[
+                    ResponseOutputText(
+                        type="output_text", annotations=[], text="FINAL: " + " | ".join(outputs)
+                    )
+                ],
+            )
         return ModelResponse(output=[item], usage=Usage(), response_id=None)
 
     def stream_response(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
@@ -82,49 +97,72 @@ def governed(kubewrit_server: KubewritServer, effects: SideEffects) -> list[Func
 def test_same_schema(effects: SideEffects, governed: list[FunctionTool]) -> None:
     for original, wrapped in zip(support_tools(effects), governed, strict=True):
         assert (wrapped.name, wrapped.description, wrapped.params_json_schema) == (
-            original.name, original.description, original.params_json_schema)
+            original.name,
+            original.description,
+            original.params_json_schema,
+        )
 
 
-def test_permit_and_deny(governed: list[FunctionTool], effects: SideEffects,
-                         order_id: Unique) -> None:
+def test_permit_and_deny(
+    governed: list[FunctionTool], effects: SideEffects, order_id: Unique
+) -> None:
     oid = order_id()
-    answer = run_agent(governed, [
-        {"name": "process_refund", "args": {"order_id": oid, "amount": 20}},
-        {"name": "process_refund", "args": {"order_id": oid, "amount": 20_000}},
-        {"name": "send_email", "args": {"to": "c@x.io", "body": "hi"}}])
-    assert effects.calls == [("process_refund", {"order_id": oid, "amount": 20}),
-                             ("send_email", {"to": "c@x.io", "body": "hi"})]
+    answer = run_agent(
+        governed,
+        [
+            {"name": "process_refund", "args": {"order_id": oid, "amount": 20}},
+            {"name": "process_refund", "args": {"order_id": oid, "amount": 20_000}},
+            {"name": "send_email", "args": {"to": "c@x.io", "body": "hi"}},
+        ],
+    )
+    assert effects.calls == [
+        ("process_refund", {"order_id": oid, "amount": 20}),
+        ("send_email", {"to": "c@x.io", "body": "hi"}),
+    ]
     assert "refunded $20" in answer and "finance team" in answer
 
 
-def test_defer(governed: list[FunctionTool], effects: SideEffects, approver: Approvals,
-               order_id: Unique) -> None:
+def test_defer(
+    governed: list[FunctionTool], effects: SideEffects, approver: Approvals, order_id: Unique
+) -> None:
     yes, no = order_id(), order_id()
     approver.decide_next(approve=True)
     run_agent(governed, [{"name": "process_refund", "args": {"order_id": yes, "amount": 250}}])
     approver.join()
     approver.decide_next(approve=False)
-    answer = run_agent(governed,
-                       [{"name": "process_refund", "args": {"order_id": no, "amount": 250}}])
+    answer = run_agent(
+        governed, [{"name": "process_refund", "args": {"order_id": no, "amount": 250}}]
+    )
     assert "approval_denied" in answer
     assert effects.calls == [("process_refund", {"order_id": yes, "amount": 250})]
 
 
-def test_timeout_down_and_raise(kubewrit_server: KubewritServer, effects: SideEffects,
-                                down_url: str, order_id: Unique) -> None:
-    slow = wrap_tools(support_tools(effects),
-                      governor=kubewrit_server.governor(approval_timeout=0.3))
-    answer = run_agent(slow, [{"name": "process_refund",
-                               "args": {"order_id": order_id(), "amount": 250}}])
+def test_timeout_down_and_raise(
+    kubewrit_server: KubewritServer, effects: SideEffects, down_url: str, order_id: Unique
+) -> None:
+    slow = wrap_tools(
+        support_tools(effects), governor=kubewrit_server.governor(approval_timeout=0.3)
+    )
+    answer = run_agent(
+        slow, [{"name": "process_refund", "args": {"order_id": order_id(), "amount": 250}}]
+    )
     assert "not given in time" in answer
-    down = wrap_tools(support_tools(effects), agent_id="support-agent", url=down_url,
-                      token=kubewrit_server.agent_token, retries=0)
+    down = wrap_tools(
+        support_tools(effects),
+        agent_id="support-agent",
+        url=down_url,
+        token=kubewrit_server.agent_token,
+        retries=0,
+    )
     assert "authorization service" in run_agent(
-        down, [{"name": "send_email", "args": {"to": "a@b.c", "body": "x"}}])
-    strict = wrap_tools(support_tools(effects), governor=kubewrit_server.governor(),
-                        on_deny="raise")
+        down, [{"name": "send_email", "args": {"to": "a@b.c", "body": "x"}}]
+    )
+    strict = wrap_tools(
+        support_tools(effects), governor=kubewrit_server.governor(), on_deny="raise"
+    )
     with pytest.raises(UserError) as failed:  # the SDK wraps what a tool raises
-        run_agent(strict, [{"name": "process_refund",
-                            "args": {"order_id": order_id(), "amount": 9000}}])
+        run_agent(
+            strict, [{"name": "process_refund", "args": {"order_id": order_id(), "amount": 9000}}]
+        )
     assert isinstance(failed.value.__cause__, ActionDenied)
     assert effects.calls == []

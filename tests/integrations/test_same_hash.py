@@ -26,8 +26,9 @@ class SpyGovernor(Governor):
         return claims
 
 
-def test_one_action_one_hash(kubewrit_server: KubewritServer, effects: SideEffects,
-                             order_id: Unique) -> None:
+def test_one_action_one_hash(
+    kubewrit_server: KubewritServer, effects: SideEffects, order_id: Unique
+) -> None:
     from agents import RunContextWrapper, function_tool
     from agents.tool_context import ToolContext
     from autogen_core import CancellationToken
@@ -38,8 +39,12 @@ def test_one_action_one_hash(kubewrit_server: KubewritServer, effects: SideEffec
     from llama_index.core.tools import FunctionTool as LlamaTool
 
     args = {"to": "same@example.com", "body": f"hello {order_id()}"}
-    gov = SpyGovernor(kubewrit_server.url, kubewrit_server.agent_token, agent="support-agent",
-                      public_key=kubewrit_server.public_key)
+    gov = SpyGovernor(
+        kubewrit_server.url,
+        kubewrit_server.agent_token,
+        agent="support-agent",
+        public_key=kubewrit_server.public_key,
+    )
 
     def send_email(to: str, body: str) -> str:
         """Send an email."""
@@ -50,13 +55,17 @@ def test_one_action_one_hash(kubewrit_server: KubewritServer, effects: SideEffec
     llamaindex.wrap_tools([LlamaTool.from_defaults(send_email)], governor=gov)[0].call(**args)
 
     async def async_frameworks() -> None:
-        [ag] = autogen.wrap_tools([AutogenTool(send_email, description="Send an email.")],
-                                  governor=gov)
+        [ag] = autogen.wrap_tools(
+            [AutogenTool(send_email, description="Send an email.")], governor=gov
+        )
         await ag.run_json(args, CancellationToken())
         [oat] = oa.wrap_tools([function_tool(send_email)], governor=gov)
-        context = ToolContext.from_agent_context(RunContextWrapper(None), "call-1",
-                                                 tool_name="send_email",
-                                                 tool_arguments=json.dumps(args))
+        context = ToolContext.from_agent_context(
+            RunContextWrapper(None),
+            "call-1",
+            tool_name="send_email",
+            tool_arguments=json.dumps(args),
+        )
         await oat.on_invoke_tool(context, json.dumps(args))
         await gov.aclose()
 

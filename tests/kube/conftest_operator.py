@@ -26,8 +26,12 @@ CRDS = REPO / "crds"
 EXAMPLES = REPO / "examples" / "kubernetes"
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.3,
-               what: str = "condition") -> Any:
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = 30.0,
+    interval: float = 0.3,
+    what: str = "condition",
+) -> Any:
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -48,7 +52,8 @@ def example_manifests(namespace: str = "shop") -> str:
     docs = [p.read_text() for p in sorted(EXAMPLES.glob("*.yaml"))]
     text = "\n---\n".join(docs)
     return text.replace("namespace: shop", f"namespace: {namespace}").replace(
-        "  name: shop\n", f"  name: {namespace}\n")
+        "  name: shop\n", f"  name: {namespace}\n"
+    )
 
 
 @dataclass
@@ -82,8 +87,9 @@ class OperatorProcess:
         """The handlers are persistent (fail closed): without us they would refuse every write."""
         if self.config_name:
             for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
-                self.control_plane.kubectl("delete", kind, self.config_name,
-                                           "--ignore-not-found", check=False)
+                self.control_plane.kubectl(
+                    "delete", kind, self.config_name, "--ignore-not-found", check=False
+                )
 
 
 def _webhooks_point_at(control_plane: Any, config_name: str, port: int) -> bool:
@@ -97,28 +103,52 @@ def _webhooks_point_at(control_plane: Any, config_name: str, port: int) -> bool:
     return True
 
 
-def start_operator(control_plane: Any, workdir: Path, *extra: str, namespaces: tuple[str, ...],
-                   admission: bool = True, identity: str | None = None,
-                   timeout: float = 60) -> OperatorProcess:
+def start_operator(
+    control_plane: Any,
+    workdir: Path,
+    *extra: str,
+    namespaces: tuple[str, ...],
+    admission: bool = True,
+    identity: str | None = None,
+    timeout: float = 60,
+) -> OperatorProcess:
     """Start `python -m kubewrit.operator` and wait until the API server can call its webhooks."""
     workdir.mkdir(parents=True, exist_ok=True)
     identity = identity or f"op-{uuid.uuid4().hex[:6]}"
     log_path = workdir / f"{identity}.log"
-    args = [sys.executable, "-m", "kubewrit.operator",
-            "--kubeconfig", str(control_plane.kubeconfig_for("admin")), "--identity", identity]
+    args = [
+        sys.executable,
+        "-m",
+        "kubewrit.operator",
+        "--kubeconfig",
+        str(control_plane.kubeconfig_for("admin")),
+        "--identity",
+        identity,
+    ]
     for namespace in namespaces:
         args += ["--namespace", namespace]
     config_name = port = None
     if admission:
         port = free_port()
         config_name = f"kubewrit-test-{uuid.uuid4().hex[:8]}.kubewrit.io"
-        args += ["--webhook-listen", "127.0.0.1", "--webhook-port", str(port),
-                 "--webhook-config-name", config_name]
+        args += [
+            "--webhook-listen",
+            "127.0.0.1",
+            "--webhook-port",
+            str(port),
+            "--webhook-config-name",
+            config_name,
+        ]
     else:
         args += ["--no-admission"]
     args += list(extra)
-    process = subprocess.Popen(args, stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=str(workdir))
+    process = subprocess.Popen(
+        args,
+        stdout=log_path.open("ab"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        cwd=str(workdir),
+    )
     op = OperatorProcess(control_plane, process, log_path, identity, config_name, args)
 
     def ready() -> bool:
@@ -143,11 +173,17 @@ def confine(control_plane: Any, config_name: str, namespaces: tuple[str, ...]) -
     """Scope the (fail-closed) webhooks to the test's namespaces, so a test run killed before
     its teardown cannot leave a configuration that refuses writes in other tests' namespaces.
     kopf patches the configuration only when its client config changes, so this stays."""
-    selector = {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In",
-                                      "values": list(namespaces)}]}
+    selector = {
+        "matchExpressions": [
+            {"key": "kubernetes.io/metadata.name", "operator": "In", "values": list(namespaces)}
+        ]
+    }
     for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
-        hooks = json.loads(control_plane.kubectl("get", kind, config_name, "-o",
-                                                 "json").stdout)["webhooks"]
-        ops = [{"op": "add", "path": f"/webhooks/{i}/namespaceSelector", "value": selector}
-               for i in range(len(hooks))]
+        hooks = json.loads(control_plane.kubectl("get", kind, config_name, "-o", "json").stdout)[
+            "webhooks"
+        ]
+        ops = [
+            {"op": "add", "path": f"/webhooks/{i}/namespaceSelector", "value": selector}
+            for i in range(len(hooks))
+        ]
         control_plane.kubectl("patch", kind, config_name, "--type=json", "-p", json.dumps(ops))

@@ -24,10 +24,14 @@ def test_chart_crds_are_the_repository_crds():
     repo = sorted(p.name for p in (REPO / "crds").glob("*.yaml"))
     chart = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
     assert chart == repo
-    different = [name for name in repo
-                 if not filecmp.cmp(REPO / "crds" / name, CHART / "crds" / name, shallow=False)]
-    assert not different, f"charts/kubewrit/crds is stale: cp crds/*.yaml charts/kubewrit/crds/ " \
-                          f"({different})"
+    different = [
+        name
+        for name in repo
+        if not filecmp.cmp(REPO / "crds" / name, CHART / "crds" / name, shallow=False)
+    ]
+    assert not different, (
+        f"charts/kubewrit/crds is stale: cp crds/*.yaml charts/kubewrit/crds/ ({different})"
+    )
 
 
 def test_helm_lint(control_plane):
@@ -39,8 +43,9 @@ def test_helm_lint(control_plane):
 def release(control_plane: Any) -> Iterator[tuple[str, str]]:
     name, namespace = f"kw{uuid.uuid4().hex[:6]}", f"kubewrit-{uuid.uuid4().hex[:6]}"
     control_plane.kubectl("create", "namespace", namespace)
-    control_plane.helm("install", name, str(CHART), "-n", namespace,
-                       "--set", "operator.retention.maxCount=5")
+    control_plane.helm(
+        "install", name, str(CHART), "-n", namespace, "--set", "operator.retention.maxCount=5"
+    )
     yield name, namespace
     control_plane.helm("uninstall", name, "-n", namespace, check=False)
     control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
@@ -52,44 +57,75 @@ def objects(control_plane: Any, kind: str, namespace: str | None = None) -> set[
 
 
 def token_kubeconfig(control_plane: Any, namespace: str, sa: str, path: Path) -> Path:
-    token = control_plane.kubectl("create", "token", sa, "-n", namespace,
-                                  "--duration=1h").stdout.strip()
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
-        "clusters": [{"name": "c", "cluster": {"server": control_plane.server,
-                                               "certificate-authority": str(
-                                                   control_plane.ca_file)}}],
-        "users": [{"name": "sa", "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa"}}]}))
+    token = control_plane.kubectl(
+        "create", "token", sa, "-n", namespace, "--duration=1h"
+    ).stdout.strip()
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "sa",
+                "clusters": [
+                    {
+                        "name": "c",
+                        "cluster": {
+                            "server": control_plane.server,
+                            "certificate-authority": str(control_plane.ca_file),
+                        },
+                    }
+                ],
+                "users": [{"name": "sa", "user": {"token": token}}],
+                "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa"}}],
+            }
+        )
+    )
     return path
 
 
 def test_helm_install_creates_everything_and_rbac_suffices(control_plane, release, tmp_path):
     name, namespace = release
     full = f"{name}-kubewrit"
-    assert {f"{full}-webhook", f"{full}-operator"} <= objects(control_plane, "deployments",
-                                                              namespace)
+    assert {f"{full}-webhook", f"{full}-operator"} <= objects(
+        control_plane, "deployments", namespace
+    )
     assert {f"{full}-webhook", f"{full}-operator"} <= objects(control_plane, "services", namespace)
-    assert {f"{full}-webhook", f"{full}-operator"} <= objects(control_plane, "serviceaccounts",
-                                                              namespace)
-    assert {f"{full}-webhook-tls", f"{full}-operator-tls"} <= objects(control_plane, "secrets",
-                                                                      namespace)
+    assert {f"{full}-webhook", f"{full}-operator"} <= objects(
+        control_plane, "serviceaccounts", namespace
+    )
+    assert {f"{full}-webhook-tls", f"{full}-operator-tls"} <= objects(
+        control_plane, "secrets", namespace
+    )
     assert {f"{full}-webhook", f"{full}-operator"} <= objects(control_plane, "clusterroles")
     assert {f"{full}-webhook", f"{full}-operator"} <= objects(control_plane, "clusterrolebindings")
     assert f"{full}-operator-leader-election" in objects(control_plane, "roles", namespace)
-    assert {"agentpolicies.kubewrit.io", "actionapprovals.kubewrit.io",
-            "actionrecords.kubewrit.io"} <= objects(control_plane, "crds")
-    deploy = json.loads(control_plane.kubectl("get", "deployment", f"{full}-operator", "-n",
-                                              namespace, "-o", "json").stdout)
-    env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0][
-        "env"]}
+    assert {
+        "agentpolicies.kubewrit.io",
+        "actionapprovals.kubewrit.io",
+        "actionrecords.kubewrit.io",
+    } <= objects(control_plane, "crds")
+    deploy = json.loads(
+        control_plane.kubectl(
+            "get", "deployment", f"{full}-operator", "-n", namespace, "-o", "json"
+        ).stdout
+    )
+    env = {
+        e["name"]: e.get("value")
+        for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
     assert env["KUBEWRIT_OPERATOR_RETENTION_MAX_COUNT"] == "5"
     assert env["KUBEWRIT_OPERATOR_WEBHOOK_SERVICE"] == f"{namespace}/{full}-operator:443"
 
     def can(verb: str, resource: str, sa: str, ns: str | None = None) -> bool:
         resource, _, sub = resource.partition("/")
-        args = ["auth", "can-i", verb, resource, f"--as=system:serviceaccount:{namespace}:{sa}",
-                *([f"--subresource={sub}"] if sub else [])]
+        args = [
+            "auth",
+            "can-i",
+            verb,
+            resource,
+            f"--as=system:serviceaccount:{namespace}:{sa}",
+            *([f"--subresource={sub}"] if sub else []),
+        ]
         r = control_plane.kubectl(*args, *(["-n", ns] if ns else ["-A"]), check=False)
         return r.stdout.strip() == "yes"
 
@@ -106,21 +142,47 @@ def test_helm_install_creates_everything_and_rbac_suffices(control_plane, releas
     kubeconfig = token_kubeconfig(control_plane, namespace, operator_sa, tmp_path / "kc")
     watched = f"chart-{uuid.uuid4().hex[:6]}"
     control_plane.kubectl("create", "namespace", watched)
-    op = start_operator(control_plane, tmp_path, "--kubeconfig", str(kubeconfig),
-                        "--retention-max-count", "5", "--lease-namespace", namespace,
-                        "--retention-sink", str(tmp_path / "sink.jsonl"), namespaces=(watched,))
+    op = start_operator(
+        control_plane,
+        tmp_path,
+        "--kubeconfig",
+        str(kubeconfig),
+        "--retention-max-count",
+        "5",
+        "--lease-namespace",
+        namespace,
+        "--retention-sink",
+        str(tmp_path / "sink.jsonl"),
+        namespaces=(watched,),
+    )
     try:
-        policy = {"apiVersion": "kubewrit.io/v1alpha1", "kind": "AgentPolicy",
-                  "metadata": {"name": "p", "namespace": watched},
-                  "spec": {"rules": [{"id": "x", "match": {"tool": "t", "amount_gt": "?"},
-                                      "allow": True}]}}
+        policy = {
+            "apiVersion": "kubewrit.io/v1alpha1",
+            "kind": "AgentPolicy",
+            "metadata": {"name": "p", "namespace": watched},
+            "spec": {
+                "rules": [{"id": "x", "match": {"tool": "t", "amount_gt": "?"}, "allow": True}]
+            },
+        }
         r = control_plane.kubectl("apply", "-f", "-", input=json.dumps(policy), check=False)
         assert r.returncode != 0 and "rule 1 (x)" in r.stderr, r.stderr
         policy["spec"]["rules"][0]["match"] = {"tool": "t"}
         control_plane.kubectl("apply", "-f", "-", input=json.dumps(policy))
-        wait_until(lambda: control_plane.kubectl(
-            "get", "agentpolicy", "p", "-n", watched, "-o",
-            "jsonpath={.status.conditions[0].status}").stdout == "True", what="Ready")
+        wait_until(
+            lambda: (
+                control_plane.kubectl(
+                    "get",
+                    "agentpolicy",
+                    "p",
+                    "-n",
+                    watched,
+                    "-o",
+                    "jsonpath={.status.conditions[0].status}",
+                ).stdout
+                == "True"
+            ),
+            what="Ready",
+        )
         wait_until(lambda: "now leading" in op.log(), what="the lease")
         assert "Forbidden" not in op.log() and "forbidden" not in op.log(), op.log()
     finally:

@@ -18,8 +18,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def documents() -> list[dict[str, Any]]:
-    return [doc for path in sorted(EXAMPLES.glob("*.yaml"))
-            for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return [
+        doc
+        for path in sorted(EXAMPLES.glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
 
 
 def test_the_walkthrough_policy_manifest_is_the_policy_file():
@@ -45,8 +49,9 @@ def test_every_example_applies(control_plane):
 
         def can(user: str, verb: str, resource: str, *groups: str) -> bool:
             flags = [f"--as={user}", *(f"--as-group={g}" for g in groups)]
-            r = control_plane.kubectl("auth", "can-i", verb, resource, "-n", "shop", *flags,
-                                      check=False)
+            r = control_plane.kubectl(
+                "auth", "can-i", verb, resource, "-n", "shop", *flags, check=False
+            )
             return r.stdout.strip() == "yes"
 
         for verb in ("get", "list", "watch", "patch", "update"):
@@ -56,9 +61,17 @@ def test_every_example_applies(control_plane):
         assert can("manager", "patch", "actionapprovals.kubewrit.io")
         assert not can("bob", "patch", "actionapprovals.kubewrit.io", "kubewrit-users")
         # the agent may not touch its own approvals at all
-        assert not can("system:serviceaccount:shop:support-agent", "patch",
-                       "actionapprovals.kubewrit.io")
+        assert not can(
+            "system:serviceaccount:shop:support-agent", "patch", "actionapprovals.kubewrit.io"
+        )
     finally:
         # wait: a namespace still terminating would refuse the next session's apply
-        control_plane.kubectl("delete", "namespace", "shop", "--ignore-not-found",
-                              "--timeout=90s", check=False, timeout=120)
+        control_plane.kubectl(
+            "delete",
+            "namespace",
+            "shop",
+            "--ignore-not-found",
+            "--timeout=90s",
+            check=False,
+            timeout=120,
+        )

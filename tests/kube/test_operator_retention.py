@@ -26,22 +26,41 @@ OLD = datetime.now(UTC) - timedelta(hours=2)
 GENESIS = "0" * 64
 
 
-def record(chain: str, seq: int, prev: str, when: datetime, hash_: str | None = None
-           ) -> dict[str, Any]:
-    spec = {"chain": chain, "seq": seq, "prev": prev, "hash": hash_ or f"{chain}-h{seq}",
-            "kind": "genesis" if seq == 0 else "decision", "agent": "support-agent",
-            "tool": "send_email", "decision": "PERMIT", "keyId": "k1", "signature": "sig",
-            "time": when.strftime("%Y-%m-%dT%H:%M:%S.000Z")}
-    return {"apiVersion": "kubewrit.io/v1alpha1", "kind": "ActionRecord",
-            "metadata": {"name": f"{chain}-{seq:010d}",
-                         "labels": {"kubewrit.io/chain": chain, "kubewrit.io/agent": "support-agent",
-                                    "kubewrit.io/decision": "PERMIT",
-                                    "kubewrit.io/tool": "send_email"}},
-            "spec": spec}
+def record(
+    chain: str, seq: int, prev: str, when: datetime, hash_: str | None = None
+) -> dict[str, Any]:
+    spec = {
+        "chain": chain,
+        "seq": seq,
+        "prev": prev,
+        "hash": hash_ or f"{chain}-h{seq}",
+        "kind": "genesis" if seq == 0 else "decision",
+        "agent": "support-agent",
+        "tool": "send_email",
+        "decision": "PERMIT",
+        "keyId": "k1",
+        "signature": "sig",
+        "time": when.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+    }
+    return {
+        "apiVersion": "kubewrit.io/v1alpha1",
+        "kind": "ActionRecord",
+        "metadata": {
+            "name": f"{chain}-{seq:010d}",
+            "labels": {
+                "kubewrit.io/chain": chain,
+                "kubewrit.io/agent": "support-agent",
+                "kubewrit.io/decision": "PERMIT",
+                "kubewrit.io/tool": "send_email",
+            },
+        },
+        "spec": spec,
+    }
 
 
-def chain(name: str, count: int, old: int, broken_before: int | None = None,
-          start: int = 0) -> list[dict[str, Any]]:
+def chain(
+    name: str, count: int, old: int, broken_before: int | None = None, start: int = 0
+) -> list[dict[str, Any]]:
     """`count` linked records, the first `old` of them two hours old; optionally one bad link."""
     out, prev = [], GENESIS if start == 0 else f"{name}-h{start - 1}"
     for seq in range(start, start + count):
@@ -54,13 +73,20 @@ def chain(name: str, count: int, old: int, broken_before: int | None = None,
 
 
 def create(control_plane: Any, namespace: str, records: list[dict[str, Any]]) -> None:
-    control_plane.kubectl("create", "-n", namespace, "-f", "-",
-                          input=json.dumps({"apiVersion": "v1", "kind": "List", "items": records}))
+    control_plane.kubectl(
+        "create",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": records}),
+    )
 
 
 def seqs(control_plane: Any, namespace: str) -> dict[str, list[int]]:
-    items = json.loads(control_plane.kubectl("get", "actionrecords", "-n", namespace, "-o",
-                                             "json").stdout)["items"]
+    items = json.loads(
+        control_plane.kubectl("get", "actionrecords", "-n", namespace, "-o", "json").stdout
+    )["items"]
     out: dict[str, list[int]] = {}
     for item in items:
         out.setdefault(item["spec"]["chain"], []).append(item["spec"]["seq"])
@@ -68,8 +94,11 @@ def seqs(control_plane: Any, namespace: str) -> dict[str, list[int]]:
 
 
 def anchors(control_plane: Any, namespace: str) -> dict[str, str]:
-    return json.loads(control_plane.kubectl("get", "configmap", "kubewrit-anchors", "-n",
-                                            namespace, "-o", "json").stdout)["data"]
+    return json.loads(
+        control_plane.kubectl(
+            "get", "configmap", "kubewrit-anchors", "-n", namespace, "-o", "json"
+        ).stdout
+    )["data"]
 
 
 def lines(path: Path) -> list[dict[str, Any]]:
@@ -86,35 +115,64 @@ def namespace(control_plane: Any) -> Iterator[str]:
 
 
 def replica(control_plane: Any, workdir: Path, namespace: str, identity: str) -> OperatorProcess:
-    flags = ("--retention-max-age", "1h", "--retention-interval", "1s",
-             "--retention-sink", str(workdir / f"{identity}.jsonl"),
-             "--lease-name", "kubewrit-operator", "--lease-namespace", namespace,
-             "--lease-duration", "4s", "--lease-renew-deadline", "3s",
-             "--lease-retry-period", "0.5s")
-    return start_operator(control_plane, workdir, *flags, namespaces=(namespace,),
-                          admission=False, identity=identity)
+    flags = (
+        "--retention-max-age",
+        "1h",
+        "--retention-interval",
+        "1s",
+        "--retention-sink",
+        str(workdir / f"{identity}.jsonl"),
+        "--lease-name",
+        "kubewrit-operator",
+        "--lease-namespace",
+        namespace,
+        "--lease-duration",
+        "4s",
+        "--lease-renew-deadline",
+        "3s",
+        "--lease-retry-period",
+        "0.5s",
+    )
+    return start_operator(
+        control_plane, workdir, *flags, namespaces=(namespace,), admission=False, identity=identity
+    )
 
 
 def test_two_replicas_one_leader_exports_and_cuts_a_prefix(control_plane, namespace, tmp_path):
-    create(control_plane, namespace,
-           chain("a", 5, old=5)                     # all old: 0..3 go, the last stays
-           + chain("b", 5, old=3)                   # 0..2 old
-           + chain("c", 4, old=4, broken_before=2)  # link 1->2 broken: only seq 0 may go
-           + chain("d", 1, old=1))                  # a lone record is never deleted
+    create(
+        control_plane,
+        namespace,
+        chain("a", 5, old=5)  # all old: 0..3 go, the last stays
+        + chain("b", 5, old=3)  # 0..2 old
+        + chain("c", 4, old=4, broken_before=2)  # link 1->2 broken: only seq 0 may go
+        + chain("d", 1, old=1),
+    )  # a lone record is never deleted
     # The decision webhook's signed head of chain a: retention must not clobber it.
     head = json.dumps({"chain": "a", "seq": 4, "hash": "a-h4", "signature": "s"})
-    control_plane.kubectl("create", "configmap", "kubewrit-anchors", "-n", namespace,
-                          f"--from-literal=a={head}")
+    control_plane.kubectl(
+        "create", "configmap", "kubewrit-anchors", "-n", namespace, f"--from-literal=a={head}"
+    )
 
     one = replica(control_plane, tmp_path, namespace, "replica-one")
     two = replica(control_plane, tmp_path, namespace, "replica-two")
     try:
-        wait_until(lambda: seqs(control_plane, namespace).get("a") == [4], timeout=60,
-                   what="retention to cut chain a")
-        wait_until(lambda: "c.cut" in anchors(control_plane, namespace) and "b.cut" in anchors(
-            control_plane, namespace), what="the cuts")
-        lease = json.loads(control_plane.kubectl("get", "lease", "kubewrit-operator", "-n",
-                                                 namespace, "-o", "json").stdout)
+        wait_until(
+            lambda: seqs(control_plane, namespace).get("a") == [4],
+            timeout=60,
+            what="retention to cut chain a",
+        )
+        wait_until(
+            lambda: (
+                "c.cut" in anchors(control_plane, namespace)
+                and "b.cut" in anchors(control_plane, namespace)
+            ),
+            what="the cuts",
+        )
+        lease = json.loads(
+            control_plane.kubectl(
+                "get", "lease", "kubewrit-operator", "-n", namespace, "-o", "json"
+            ).stdout
+        )
         holder = lease["spec"]["holderIdentity"]
         leader, follower = (one, two) if holder == one.identity else (two, one)
         assert holder == leader.identity
@@ -126,7 +184,15 @@ def test_two_replicas_one_leader_exports_and_cuts_a_prefix(control_plane, namesp
         exported = lines(tmp_path / f"{leader.identity}.jsonl")
         assert not (tmp_path / f"{follower.identity}.jsonl").exists()
         assert sorted((r["chain"], r["seq"]) for r in exported) == [
-            ("a", 0), ("a", 1), ("a", 2), ("a", 3), ("b", 0), ("b", 1), ("b", 2), ("c", 0)]
+            ("a", 0),
+            ("a", 1),
+            ("a", 2),
+            ("a", 3),
+            ("b", 0),
+            ("b", 1),
+            ("b", 2),
+            ("c", 0),
+        ]
         assert exported[0]["keyId"] == "k1" and "spec" not in exported[0]  # specs, as stored
 
         data = anchors(control_plane, namespace)
@@ -145,13 +211,19 @@ def test_two_replicas_one_leader_exports_and_cuts_a_prefix(control_plane, namesp
         # The leader goes away (releasing its lease): the other replica takes over.
         leader.stop()
         create(control_plane, namespace, chain("e", 3, old=3))
-        wait_until(lambda: seqs(control_plane, namespace).get("e") == [2], timeout=30,
-                   what="the new leader to cut chain e")
+        wait_until(
+            lambda: seqs(control_plane, namespace).get("e") == [2],
+            timeout=30,
+            what="the new leader to cut chain e",
+        )
         assert f"{follower.identity} is now leading" in follower.log()
         taken = lines(tmp_path / f"{follower.identity}.jsonl")
         assert [(r["chain"], r["seq"]) for r in taken] == [("e", 0), ("e", 1)]
-        lease = json.loads(control_plane.kubectl("get", "lease", "kubewrit-operator", "-n",
-                                                 namespace, "-o", "json").stdout)
+        lease = json.loads(
+            control_plane.kubectl(
+                "get", "lease", "kubewrit-operator", "-n", namespace, "-o", "json"
+            ).stdout
+        )
         assert lease["spec"]["holderIdentity"] == follower.identity
         assert lease["spec"]["leaseTransitions"] >= 1
     finally:
@@ -183,8 +255,9 @@ def test_the_cut_is_written_by_compare_and_swap(control_plane, namespace):
     from kubewrit.operator import Cut, read_cut, write_cut
 
     core = client.CoreV1Api(control_plane.api_client)
-    control_plane.kubectl("create", "configmap", "kubewrit-anchors", "-n", namespace,
-                          '--from-literal=a={"seq": 8}')
+    control_plane.kubectl(
+        "create", "configmap", "kubewrit-anchors", "-n", namespace, '--from-literal=a={"seq": 8}'
+    )
     racing = RacingCore(core, namespace)
     stored = write_cut(racing, namespace, "a", Cut(4, "a-h3", "/sink", "t"))  # type: ignore[arg-type]
     assert racing.raced and stored.seq == 4
@@ -207,24 +280,31 @@ def test_lease_election_is_exclusive_and_expires(control_plane, namespace):
     now = [1000.0]
 
     def elector(identity: str) -> LeaderElector:
-        config = LeaderConfig(name="unit-lease", namespace=namespace, identity=identity,
-                              lease_duration=10, renew_deadline=7, retry_period=1)
+        config = LeaderConfig(
+            name="unit-lease",
+            namespace=namespace,
+            identity=identity,
+            lease_duration=10,
+            renew_deadline=7,
+            retry_period=1,
+        )
         return LeaderElector(control_plane.api_client, config, clock=lambda: now[0])
 
     a, b = elector("a"), elector("b")
     assert a.try_acquire_or_renew() and a.leading
     assert not b.try_acquire_or_renew() and not b.leading
     now[0] += 5
-    assert a.try_acquire_or_renew()          # renewing keeps it
+    assert a.try_acquire_or_renew()  # renewing keeps it
     assert not b.try_acquire_or_renew()
-    now[0] += 8                              # a went quiet; b saw the renewal 8s ago
-    assert not a.leading                     # past a's renew deadline: a stops acting
+    now[0] += 8  # a went quiet; b saw the renewal 8s ago
+    assert not a.leading  # past a's renew deadline: a stops acting
     assert not b.try_acquire_or_renew()
-    now[0] += 3                              # 11s since b last saw a change: expired
+    now[0] += 3  # 11s since b last saw a change: expired
     assert b.try_acquire_or_renew() and b.leading
-    assert not a.try_acquire_or_renew()      # a's lease is gone, b's renewal is fresh to a
-    lease = json.loads(control_plane.kubectl("get", "lease", "unit-lease", "-n", namespace,
-                                             "-o", "json").stdout)
+    assert not a.try_acquire_or_renew()  # a's lease is gone, b's renewal is fresh to a
+    lease = json.loads(
+        control_plane.kubectl("get", "lease", "unit-lease", "-n", namespace, "-o", "json").stdout
+    )
     assert lease["spec"]["holderIdentity"] == "b" and lease["spec"]["leaseTransitions"] == 1
     b.release()
-    assert a.try_acquire_or_renew()          # a released lease is free at once
+    assert a.try_acquire_or_renew()  # a released lease is free at once

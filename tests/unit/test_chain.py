@@ -166,7 +166,9 @@ def test_writ_rejections(signer) -> None:
 def test_writs_are_standard_jwts(signer) -> None:
     import jwt
 
-    record = chain.Head("c").seal_next(Draft(kind="decision", agent="a", action_hash="sha256:x"), signer)
+    record = chain.Head("c").seal_next(
+        Draft(kind="decision", agent="a", action_hash="sha256:x"), signer
+    )
     token = writ.issue(signer, record)
     claims = jwt.decode(token, signer.verifier.public_key, algorithms=["EdDSA"], issuer="kubewrit")
     assert (claims["sub"], claims["act"], claims["rec"]) == ("a", "sha256:x", record.hash)

@@ -44,14 +44,24 @@ def client_with(transport: httpx.MockTransport, **options: Any) -> Client:
     return client
 
 
-PERMIT_BODY = {"decision": "DENY", "reason": "default_deny", "message": "no rule",
-               "rule_id": "default-deny", "risk": "low", "policy_hash": "x",
-               "action_hash": "sha256:00", "record": {"chain": "c", "seq": 3, "hash": "h"}}
+PERMIT_BODY = {
+    "decision": "DENY",
+    "reason": "default_deny",
+    "message": "no rule",
+    "rule_id": "default-deny",
+    "risk": "low",
+    "policy_hash": "x",
+    "action_hash": "sha256:00",
+    "record": {"chain": "c", "seq": 3, "hash": "h"},
+}
 
 
 def test_decide_retries_with_the_same_request_id() -> None:
-    transport, seen = scripted(httpx.ReadTimeout("slow"), httpx.Response(503, json={}),
-                               httpx.Response(200, json=PERMIT_BODY))
+    transport, seen = scripted(
+        httpx.ReadTimeout("slow"),
+        httpx.Response(503, json={}),
+        httpx.Response(200, json=PERMIT_BODY),
+    )
     client = client_with(transport)
     assert client.decide("t", {"a": 1})["decision"] == "DENY"
     ids = {json.loads(r.content)["request_id"] for r in seen}
@@ -84,11 +94,14 @@ def test_retries_are_bounded() -> None:
     assert err.value.code == "unreachable" and len(seen) == 3
 
 
-@pytest.mark.parametrize(("response", "code"), [
-    (httpx.Response(500, text="boom"), "server_error"),
-    (httpx.Response(200, text="not json"), "malformed_response"),
-    (httpx.Response(400, json=["no error object"]), "malformed_response"),
-])
+@pytest.mark.parametrize(
+    ("response", "code"),
+    [
+        (httpx.Response(500, text="boom"), "server_error"),
+        (httpx.Response(200, text="not json"), "malformed_response"),
+        (httpx.Response(400, json=["no error object"]), "malformed_response"),
+    ],
+)
 def test_bad_answers_fail_closed(response: httpx.Response, code: str) -> None:
     transport, _ = scripted(response, response, response)
     with pytest.raises(GovernanceUnavailable) as err:
@@ -109,12 +122,15 @@ def governor_with(*answers: Any) -> Governor:
     return Governor(client=client_with(transport, retries=0), agent="a")
 
 
-@pytest.mark.parametrize("body", [
-    {"decision": "MAYBE", "action_hash": "x"},
-    {"decision": "PERMIT", "action_hash": "x"},  # no writ
-    {"decision": "DEFER", "action_hash": "x"},  # no approval
-    {"decision": "PERMIT", "action_hash": "x", "writ": "not-a-jwt"},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"decision": "MAYBE", "action_hash": "x"},
+        {"decision": "PERMIT", "action_hash": "x"},  # no writ
+        {"decision": "DEFER", "action_hash": "x"},  # no approval
+        {"decision": "PERMIT", "action_hash": "x", "writ": "not-a-jwt"},
+    ],
+)
 def test_governor_never_runs_on_a_malformed_answer(body: dict[str, Any]) -> None:
     ran = []
     with pytest.raises((GovernanceUnavailable, ActionDenied)):
@@ -135,8 +151,9 @@ def test_unserializable_arguments_are_refused_locally() -> None:
 
 
 def test_async_client_retries_decide() -> None:
-    transport, seen = scripted(httpx.RemoteProtocolError("dropped"),
-                               httpx.Response(200, json=PERMIT_BODY))
+    transport, seen = scripted(
+        httpx.RemoteProtocolError("dropped"), httpx.Response(200, json=PERMIT_BODY)
+    )
 
     async def main() -> dict[str, Any]:
         client = AsyncClient("http://kubewrit.test", "tok")
@@ -162,8 +179,9 @@ def test_token_file_is_reread_when_rotated(tmp_path: Path) -> None:
 def test_missing_credentials_fail_closed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KUBEWRIT_TOKEN", raising=False)
     monkeypatch.delenv("KUBEWRIT_TOKEN_FILE", raising=False)
-    monkeypatch.setattr("kubewrit.webhook.client.http.SERVICE_ACCOUNT_TOKEN",
-                        Path("/nonexistent/token"))
+    monkeypatch.setattr(
+        "kubewrit.webhook.client.http.SERVICE_ACCOUNT_TOKEN", Path("/nonexistent/token")
+    )
     with pytest.raises(GovernanceUnavailable) as err:
         Credentials().token()
     assert err.value.code == "no_credentials"

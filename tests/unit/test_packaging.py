@@ -12,10 +12,13 @@ REPO = Path(__file__).resolve().parents[2]
 def test_repository_root_on_sys_path_does_not_shadow_stdlib_operator() -> None:
     # -S: no site, so nothing imports `operator` before the repository root is on the path,
     # exactly as `python -m pytest` / `python -m pip` behave in a fresh virtualenv.
-    probe = (f"import sys; sys.path.insert(0, {str(REPO)!r}); import collections, operator; "
-             "assert operator.itemgetter and operator.__file__.endswith('operator.py'), operator")
-    result = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True,
-                            cwd=REPO)
+    probe = (
+        f"import sys; sys.path.insert(0, {str(REPO)!r}); import collections, operator; "
+        "assert operator.itemgetter and operator.__file__.endswith('operator.py'), operator"
+    )
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", probe], capture_output=True, text=True, cwd=REPO
+    )
     assert result.returncode == 0, result.stderr
 
 

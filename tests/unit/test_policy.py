@@ -195,7 +195,8 @@ def test_hash_covers_content_not_file_names_or_times(tmp_path: Path) -> None:
             "rule 1: bad CEL expression",
         ),
         (
-            "rules: [{match: {tool: t}, allow: true}]\nrisk: {rules: [{name: x, when: {tool: t}, risk_level: severe}]}",
+            "rules: [{match: {tool: t}, allow: true}]\n"
+            "risk: {rules: [{name: x, when: {tool: t}, risk_level: severe}]}",
             "risk rule 1 (x): bad risk level 'severe'",
         ),
         ("rules: [{match: {tool: t}, allow: true}]\nextra: 1", "unknown key 'extra'"),

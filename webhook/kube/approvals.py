@@ -238,7 +238,7 @@ class ActionApprovalStore:
         if error is not None:
             log.warning("approval %s not resolved: %s", name, getattr(error, "message", error))
 
-    def _listed(self, items: list[dict[str, Any]]) -> None:
+    def _listed(self, items: watching.Items) -> None:
         with self._lock:
             self._cache = {obj["metadata"]["name"]: obj for obj in items}
         for obj in items:
