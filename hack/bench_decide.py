@@ -18,7 +18,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,15 +28,10 @@ from pathlib import Path
 
 import httpx
 import yaml
+from kubewrit.webhook.client.testing import free_port, served_process
 
 REPO = Path(__file__).resolve().parent.parent
 AMOUNTS = (45, 120, 1200, 20, 99)  # a mix of PERMIT and DENY (no approvals pile up)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -112,47 +106,13 @@ def report(
 
 
 def standalone(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        shutil.copytree(REPO / "examples" / "policies", root / "policies")
-        port = free_port()
-        log = root / "serve.log"
-        process = subprocess.Popen(
-            [
-                shutil.which("kubewrit") or "kubewrit",
-                "serve",
-                "--policies",
-                str(root / "policies"),
-                "--data-dir",
-                str(root / "data"),
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-            cwd=root,
+    with served_process(REPO / "examples" / "policies") as server:
+        latencies, elapsed = asyncio.run(
+            drive(server.url, server.tokens["support-agent"], args.requests, args.concurrency)
         )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_healthy(url, process, log)
-            credentials = yaml.safe_load((root / "data" / "credentials.yaml").read_text())[
-                "credentials"
-            ]
-            latencies, elapsed = asyncio.run(
-                drive(url, credentials["support-agent"]["token"], args.requests, args.concurrency)
-            )
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
-        report(
-            "standalone",
-            latencies,
-            elapsed,
-            args.concurrency,
-            store="sqlite (WAL, synchronous=FULL)",
-        )
+    report(
+        "standalone", latencies, elapsed, args.concurrency, store="sqlite (WAL, synchronous=FULL)"
+    )
 
 
 def kubectl(kubeconfig: str, *args: str, input: str | None = None) -> str:

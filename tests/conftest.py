@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from kubewrit.webhook.client.testing import free_port
 
 # CrewAI cannot share this environment (it pins mcp<2): its tests run in CrewAI's own
 # virtualenv, driven by tests/integrations/test_crewai.py.
@@ -24,12 +24,6 @@ collect_ignore = [] if importlib.util.find_spec("crewai") else ["integrations_cr
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_POLICIES = REPO / "examples" / "policies"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
