@@ -182,3 +182,20 @@ def test_metrics_and_admission_review(server: Server) -> None:
     assert 'kubewrit_decisions_total{decision="DENY",reason="rule_deny"} 1.0' in metrics
     assert "kubewrit_decide_latency_seconds_bucket" in metrics
     assert server.get("/openapi.json").json()["paths"]["/v1/decide"]["post"]["requestBody"]
+
+
+def test_cli_approvals_and_watch_against_a_running_server(server: Server) -> None:
+    deferred = server.decide(tool="process_refund", args={"amount": 340}).json()
+    approval_id = deferred["approval"]["id"]
+    pending = server.kubewrit("approvals", "list", "--url", server.url, "-o", "json").stdout
+    assert approval_id in pending
+    approved = server.kubewrit(
+        "approvals", "approve", approval_id, "--reason", "customer verified", "--url", server.url
+    )
+    assert "Approved by approver" in approved.stdout
+    watched = server.kubewrit("watch", "--url", server.url, "--count", "2", "--interval", "0.1")
+    assert "DEFER" in watched.stdout and "PERMIT" in watched.stdout and "approver" in watched.stdout
+    agent_try = server.kubewrit(
+        "approvals", "deny", approval_id, "--as", "support-agent", "--url", server.url, check=False
+    )
+    assert agent_try.returncode == 1 and "not_an_approver" in agent_try.stderr
