@@ -3,6 +3,7 @@ operator (run here as the chart's own ServiceAccount; pods never start: there ar
 
 from __future__ import annotations
 
+import copy
 import filecmp
 import json
 import uuid
@@ -189,3 +190,28 @@ def test_helm_install_creates_everything_and_rbac_suffices(control_plane, releas
         op.stop()
         op.remove_webhook_configurations()
         control_plane.kubectl("delete", "namespace", watched, "--wait=false", check=False)
+
+
+def test_chart_runs_commands_the_cli_accepts(control_plane):
+    """The Deployments' arguments are parsed by the real CLIs, so the chart cannot drift."""
+    import click
+    from kubewrit.operator.__main__ import parser as operator_parser
+    from kubewrit.webhook.cli import main
+
+    rendered = control_plane.helm("template", "kw", str(REPO / "charts" / "kubewrit")).stdout
+    containers = {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"]["containers"][0]
+        for d in yaml.safe_load_all(rendered)
+        if d and d.get("kind") == "Deployment"
+    }
+    webhook = next(c for name, c in containers.items() if name.endswith("-webhook"))
+    command = copy.deepcopy(main.get_command(click.Context(main), webhook["args"][0]))
+    assert command is not None
+    # Paths inside the pod do not exist here: check names and types, not the filesystem.
+    for param in command.params:
+        if isinstance(param.type, click.Path):
+            param.type.exists = False
+    command.make_context("webhook", list(webhook["args"][1:]))
+    operator = next(c for name, c in containers.items() if name.endswith("-operator"))
+    assert operator["command"][-1] == "kubewrit.operator"
+    operator_parser().parse_args(operator["args"])
