@@ -1,0 +1,76 @@
+"""Retention cuts a chain the webhook wrote; verification still passes across the cut."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import run_cli
+from tests.kube.conftest_operator import apply_crds, start_operator, wait_until
+from tests.kube.decision_webhook import policy_manifest, start_webhook
+
+pytestmark = pytest.mark.kube
+
+
+def stored(control_plane: Any, namespace: str) -> list[dict[str, Any]]:
+    listing = control_plane.kubectl("get", "actionrecords", "-n", namespace, "-o", "json").stdout
+    return sorted((i["spec"] for i in json.loads(listing)["items"]), key=lambda s: s["seq"])
+
+
+def test_verification_passes_across_a_retention_cut(control_plane: Any, tmp_path: Path) -> None:
+    apply_crds(control_plane)
+    namespace = f"retain-{uuid.uuid4().hex[:6]}"
+    control_plane.kubectl("create", "namespace", namespace)
+    control_plane.kubectl("create", "serviceaccount", "support-agent", "-n", namespace)
+    control_plane.kubectl("apply", "-f", "-", input=policy_manifest(namespace))
+    webhook = start_webhook(control_plane, tmp_path, f"retain-{namespace}")
+    agent = control_plane.kubectl("create", "token", "support-agent", "-n", namespace).stdout
+    try:
+        for amount in range(12):
+            answer = webhook.decide(agent.strip(), tool="process_refund", args={"amount": amount})
+            assert answer.json()["decision"] == "PERMIT"
+    finally:
+        webhook.stop()  # publishes the final anchor
+    assert len(stored(control_plane, namespace)) == 13  # genesis + 12 decisions
+
+    sink = tmp_path / "exported.jsonl"
+    operator = start_operator(
+        control_plane,
+        tmp_path / "operator",
+        "--retention-max-count",
+        "5",
+        "--retention-interval",
+        "1s",
+        "--retention-sink",
+        str(sink),
+        namespaces=(namespace,),
+        admission=False,
+    )
+    try:
+        wait_until(
+            lambda: len(stored(control_plane, namespace)) == 5,
+            timeout=60,
+            what="retention to keep the newest 5 records",
+        )
+    finally:
+        operator.stop()
+    remaining = stored(control_plane, namespace)
+    assert [r["seq"] for r in remaining] == list(range(8, 13))
+    assert len(sink.read_text().splitlines()) == 8
+
+    kubeconfig = str(control_plane.kubeconfig_for("admin"))
+    across_cut = run_cli("verify", "--kubeconfig", kubeconfig, "-n", namespace)
+    assert "verified 5 records" in across_cut.stdout
+    whole = run_cli("verify", "--kubeconfig", kubeconfig, "-n", namespace, "--export", str(sink))
+    assert "verified 13 records" in whole.stdout
+
+    control_plane.kubectl(
+        "delete", "actionrecord", f"{remaining[0]['chain']}-{8:010d}", "-n", namespace
+    )
+    broken = run_cli("verify", "--kubeconfig", kubeconfig, "-n", namespace, check=False)
+    assert broken.returncode == 1 and "seq 8: missing" in broken.stdout
+    control_plane.kubectl("delete", "namespace", namespace, "--wait=false")
