@@ -252,3 +252,49 @@ def test_an_invalid_policy_is_refused_at_apply(control_plane, applied) -> None:
     result = control_plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(bad), check=False)
     assert result.returncode != 0
     assert "rule 1 (oops)" in result.stderr and "amount_gt needs a number" in result.stderr
+
+
+def test_denied_and_expired_approvals_never_permit(
+    control_plane, applied, webhook, tmp_path
+) -> None:
+    shop = applied
+    token = agent_token(control_plane, shop)
+    denied_id = webhook.decide(token, tool="process_refund", args={"amount": 500}).json()
+    denied_id = denied_id["approval"]["id"]
+    control_plane.kubectl(
+        "annotate",
+        "actionapproval",
+        denied_id,
+        "-n",
+        shop,
+        "kubewrit.io/decision=deny",
+        "kubewrit.io/reason=duplicate refund",
+        user="alice",
+    )
+    view = webhook.get(f"/v1/approvals/{denied_id}", token, params={"wait": 20}).json()
+    assert view["phase"] == "Denied" and view["outcome"]["decision"] == "DENY"
+    assert view["outcome"]["reason"] == "approval_denied" and view["outcome"]["writ"] is None
+
+    impatient = start_webhook(control_plane, tmp_path, f"expiry-{shop}", "--approval-ttl", "1")
+    try:
+        expiring = impatient.decide(token, tool="process_refund", args={"amount": 501}).json()
+        name = expiring["approval"]["id"]
+        view = impatient.get(f"/v1/approvals/{name}", token, params={"wait": 10}).json()
+    finally:
+        impatient.stop()
+    assert view["phase"] == "Expired"
+    late = control_plane.kubectl(
+        "annotate",
+        "actionapproval",
+        name,
+        "-n",
+        shop,
+        "kubewrit.io/decision=approve",
+        user="alice",
+        check=False,
+    )
+    assert late.returncode != 0 and "expired" in late.stderr.lower()
+    phase = control_plane.kubectl(
+        "get", "actionapproval", name, "-n", shop, "-o", "jsonpath={.status.phase}"
+    ).stdout
+    assert phase == "Expired"
