@@ -1,9 +1,10 @@
 """Writs: "no writ, no action".
 
-A PERMIT carries a short-lived EdDSA JWT binding the action hash, the agent and
-the decision record. An executor verifies it offline, against the exact action
-it is about to run, before running it. A standard JWT means executors in any
-language can verify with the library they already have.
+A PERMIT carries a short-lived EdDSA JWT (RFC 7519, compact JWS) binding the
+action hash, the agent and the decision record. An executor verifies it offline,
+against the exact action it is about to run, before running it. A standard JWT
+means executors in any language can verify with the library they already have;
+kubewrit signs and checks it by hand because this runs on every decision.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import jwt
 from kubewrit.webhook import canonical
 from kubewrit.webhook.canonical import Action
 from kubewrit.webhook.chain import Record
@@ -67,12 +67,18 @@ def issue(
         "exp": issued + ttl,
         "jti": record.hash,
     }
-    return jwt.encode(
-        claims,
-        signer.private_key,
-        algorithm="EdDSA",
-        headers={"typ": WRIT_TYPE, "kid": signer.key_id},
-    )
+    header = {"alg": "EdDSA", "kid": signer.key_id, "typ": WRIT_TYPE}
+    signing_input = f"{_b64encode(_json(header))}.{_b64encode(_json(claims))}"
+    signature = signer.private_key.sign(signing_input.encode())
+    return f"{signing_input}.{_b64encode(signature)}"
+
+
+def _json(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 class ReplayCache:
