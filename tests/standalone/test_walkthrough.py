@@ -199,3 +199,12 @@ def test_cli_approvals_and_watch_against_a_running_server(server: Server) -> Non
         "approvals", "deny", approval_id, "--as", "support-agent", "--url", server.url, check=False
     )
     assert agent_try.returncode == 1 and "not_an_approver" in agent_try.stderr
+
+
+def test_secrets_at_rest(server: Server) -> None:
+    """The signing key is private to its owner; the server keeps only token hashes."""
+    key = server.data_dir / "signing-key.pem"
+    assert key.stat().st_mode & 0o777 == 0o600
+    stored = (server.data_dir / "tokens.yaml").read_text()
+    assert all(token not in stored for token in server.tokens.values())
+    assert "sha256:" in stored
