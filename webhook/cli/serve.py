@@ -70,7 +70,7 @@ def start_logging(level: str) -> None:
 @click.option(
     "-p",
     "--policies",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=Path("examples/policies"),
     show_default=True,
     help="Directory of policy files, hot-reloaded.",
