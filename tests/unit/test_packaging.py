@@ -29,3 +29,43 @@ def test_both_code_roots_import_under_the_kubewrit_namespace() -> None:
     assert Path(kubewrit.webhook.__file__).parent == REPO / "webhook"
     assert Path(kubewrit.operator.__file__).parent == REPO / "operator"
     assert kubewrit.operator.Config is not None
+
+
+def test_the_wheel_holds_both_code_roots_under_kubewrit(tmp_path: Path) -> None:
+    import zipfile
+
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(REPO),
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert build.returncode == 0, build.stderr
+    (wheel,) = tmp_path.glob("kubewrit-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for module in (
+        "webhook/__init__.py",
+        "webhook/kube/records.py",
+        "webhook/policy/compiler.py",
+        "webhook/cli/__init__.py",
+        "webhook/integrations/langchain.py",
+        "operator/__init__.py",
+        "operator/retention.py",
+    ):
+        assert f"kubewrit/{module}" in names, module
+    assert not any(name.startswith(("operator/", "webhook/")) for name in names)
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert (
+        "kubewrit = kubewrit.webhook.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    )
