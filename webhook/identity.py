@@ -98,11 +98,16 @@ class TokenFile:
         if groups:
             entry["groups"] = list(groups)
         data.setdefault(section, {})[name] = entry
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            yaml.safe_dump(data, handle, sort_keys=True)
-        temporary.replace(self.path)
+        write_private_yaml(self.path, data)
         self.reload()
         return token
+
+
+def write_private_yaml(path: Path, data: dict[str, Any]) -> None:
+    """Replace `path` atomically with a file only its owner can read (tokens, credentials)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        yaml.safe_dump(data, handle, sort_keys=True)
+    temporary.replace(path)

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -21,16 +22,21 @@ class KeyFileError(ValueError):
 class Verifier:
     public_key: Ed25519PublicKey
 
-    @property
+    @cached_property
     def raw(self) -> bytes:
         return self.public_key.public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
 
-    @property
+    @cached_property
     def key_id(self) -> str:
         """Short fingerprint, stored in every record so verifiers pick the right key."""
         return hashlib.sha256(self.raw).hexdigest()[:16]
+
+    @property
+    def b64(self) -> str:
+        """The raw key, base64url: what `kubewrit keys public` prints and genesis records name."""
+        return b64url_encode(self.raw)
 
     def pem(self) -> str:
         return self.public_key.public_bytes(
@@ -39,7 +45,7 @@ class Verifier:
 
     def verify(self, signature_b64: str, message: bytes) -> bool:
         try:
-            return self.verify_raw(base64.urlsafe_b64decode(_pad(signature_b64)), message)
+            return self.verify_raw(b64url_decode(signature_b64), message)
         except ValueError:
             return False
 
@@ -55,7 +61,7 @@ class Verifier:
 class Signer:
     private_key: Ed25519PrivateKey
 
-    @property
+    @cached_property
     def verifier(self) -> Verifier:
         return Verifier(self.private_key.public_key())
 
@@ -64,11 +70,16 @@ class Signer:
         return self.verifier.key_id
 
     def sign(self, message: bytes) -> str:
-        return base64.urlsafe_b64encode(self.private_key.sign(message)).rstrip(b"=").decode()
+        return b64url_encode(self.private_key.sign(message))
 
 
-def _pad(text: str) -> str:
-    return text + "=" * (-len(text) % 4)
+def b64url_encode(data: bytes) -> str:
+    """Unpadded base64url, as JWS and the records spell signatures and keys."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def generate() -> Signer:
@@ -110,7 +121,7 @@ def load_public(text: str | bytes) -> Verifier:
             raise KeyFileError("public key is not Ed25519")
         return Verifier(key)
     try:
-        raw = base64.urlsafe_b64decode(_pad(data.decode().strip()))
+        raw = b64url_decode(data.decode().strip())
         return Verifier(Ed25519PublicKey.from_public_bytes(raw))
     except ValueError as exc:
         raise KeyFileError(f"not an Ed25519 public key: {exc}") from None

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import base64
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 from kubewrit.webhook import keys, reload
 from kubewrit.webhook.authority import Authority
-from kubewrit.webhook.identity import Role, TokenFile
+from kubewrit.webhook.identity import Role, TokenFile, write_private_yaml
 from kubewrit.webhook.metrics import Metrics
 from kubewrit.webhook.policy_state import PolicyState
 from kubewrit.webhook.recorder import AnchorPolicy, Recorder
@@ -55,19 +53,12 @@ class Config:
         return self.data_dir / "credentials.yaml"
 
 
-def public_key_b64(signer: keys.Signer) -> str:
-    return base64.urlsafe_b64encode(signer.verifier.raw).rstrip(b"=").decode()
-
-
 def save_credential(path: Path, name: str, role: Role, token: str) -> None:
     """The client side's copy of a token (like a kubeconfig): plaintext, mode 0600."""
     data = yaml.safe_load(path.read_text()) if path.exists() else None
     data = data or {}
     data.setdefault("credentials", {})[name] = {"role": role.value, "token": token}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        yaml.safe_dump(data, handle, sort_keys=True)
+    write_private_yaml(path, data)
 
 
 def bootstrap_tokens(config: Config, tokens: TokenFile, state: PolicyState) -> list[str]:
@@ -101,7 +92,7 @@ def build(config: Config) -> Runtime:
         signer,
         chain_id,
         AnchorPolicy(config.anchor_every, config.anchor_seconds),
-        public_key_b64(signer),
+        signer.verifier.b64,
     )
     authority = Authority(
         state.current,

@@ -9,8 +9,6 @@ kubewrit signs and checks it by hand because this runs on every decision.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import heapq
 import json
 import threading
@@ -22,7 +20,7 @@ from typing import Any
 from kubewrit.webhook import canonical
 from kubewrit.webhook.canonical import Action
 from kubewrit.webhook.chain import Record
-from kubewrit.webhook.keys import Signer, Verifier
+from kubewrit.webhook.keys import Signer, Verifier, b64url_decode, b64url_encode
 
 WRIT_TYPE = "kubewrit-writ+jwt"
 ISSUER = "kubewrit"
@@ -68,17 +66,12 @@ def issue(
         "jti": record.hash,
     }
     header = {"alg": "EdDSA", "kid": signer.key_id, "typ": WRIT_TYPE}
-    signing_input = f"{_b64encode(_json(header))}.{_b64encode(_json(claims))}"
-    signature = signer.private_key.sign(signing_input.encode())
-    return f"{signing_input}.{_b64encode(signature)}"
+    signing_input = f"{b64url_encode(_json(header))}.{b64url_encode(_json(claims))}"
+    return f"{signing_input}.{signer.sign(signing_input.encode())}"
 
 
 def _json(value: dict[str, Any]) -> bytes:
     return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
-
-
-def _b64encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 class ReplayCache:
@@ -107,10 +100,6 @@ class ReplayCache:
 REQUIRED_CLAIMS = ("exp", "iat", "sub", "act", "rec", "jti")
 
 
-def _b64decode(part: str) -> bytes:
-    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
-
-
 def _split(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
     """The JWS compact parts, parsed; the signature is checked by the caller.
 
@@ -119,9 +108,9 @@ def _split(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
     """
     try:
         head, body, signature = token.split(".")
-        header, claims = json.loads(_b64decode(head)), json.loads(_b64decode(body))
-        raw_signature = _b64decode(signature)
-    except (ValueError, AttributeError, binascii.Error) as exc:
+        header, claims = json.loads(b64url_decode(head)), json.loads(b64url_decode(body))
+        raw_signature = b64url_decode(signature)
+    except (ValueError, AttributeError) as exc:
         raise WritRejected("malformed", f"writ is not a JWT: {exc}") from None
     if not isinstance(header, dict) or not isinstance(claims, dict):
         raise WritRejected("malformed", "writ header and claims must be JSON objects")

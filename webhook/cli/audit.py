@@ -270,7 +270,7 @@ def public(data_dir: Path, pem: bool) -> None:
         signer = keys.load_or_create(key_file)
     except keys.KeyFileError as exc:
         fail(str(exc))
-    click.echo(signer.verifier.pem().strip() if pem else standalone.public_key_b64(signer))
+    click.echo(signer.verifier.pem().strip() if pem else signer.verifier.b64)
 
 
 @click.group()

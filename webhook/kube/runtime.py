@@ -19,7 +19,6 @@ from kubewrit.webhook.metrics import Metrics
 from kubewrit.webhook.policy_state import PolicyState
 from kubewrit.webhook.recorder import AnchorPolicy
 from kubewrit.webhook.server.runtime import Runtime
-from kubewrit.webhook.standalone import public_key_b64
 from kubewrit.webhook.store.sqlite import RecordQuery
 
 log = logging.getLogger(__name__)
@@ -60,7 +59,7 @@ def build(config: Config) -> Runtime:
         signer,
         config.replica_name(),
         AnchorPolicy(config.anchor_every, config.anchor_seconds),
-        public_key_b64(signer),
+        signer.verifier.b64,
     )
     approvals = ActionApprovalStore(api)
     policies = PolicyCache(api, state, metrics)
@@ -70,7 +69,7 @@ def build(config: Config) -> Runtime:
     authenticator = TokenReviewAuthenticator(api, ttl=config.token_cache_seconds)
 
     def start() -> None:
-        ledger.publish_key(signer.key_id, public_key_b64(signer))
+        ledger.publish_key(signer.key_id, signer.verifier.b64)
         policies.start()
 
     async def watch_approvals() -> None:
