@@ -92,6 +92,28 @@ def verdict_from_record(record: Record) -> Verdict:
     )
 
 
+def admit(
+    agent: str,
+    tool: str,
+    args: Mapping[str, Any] | None,
+    operation: str | None = None,
+    context: Mapping[str, Any] | None = None,
+    namespace: str | None = None,
+) -> tuple[Action, Verdict | None]:
+    """The canonical action, or the action as sent plus its DENY when the tool name is unsafe.
+
+    A look-alike tool name is decided (and recorded), never matched and never an error;
+    the server and `kubewrit check` share this so they cannot disagree.
+    """
+    try:
+        return canonical.build_action(agent, tool, args, operation, context, namespace), None
+    except InvalidToolName as exc:
+        canonical.check_value(args or {})
+        raw = Action(agent, exc.raw, dict(args or {}), operation, namespace=namespace)
+        refusal = Verdict(Decision.DENY, Reason.INVALID_TOOL_NAME, "tool-name", message=exc.message)
+        return raw, refusal
+
+
 class Authority:
     def __init__(
         self,
@@ -129,9 +151,6 @@ class Authority:
 
     # -- deciding -----------------------------------------------------------
 
-    async def _record(self, draft: Draft) -> Record:
-        return await self.recorder.record(draft)
-
     def _draft(
         self, kind: str, action: Action, verdict: Verdict, action_hash: str, **extra: Any
     ) -> Draft:
@@ -154,7 +173,9 @@ class Authority:
         """Record the verdict; only then attach a writ or open an approval."""
         action_hash = canonical.action_hash(action)
         try:
-            record = await self._record(self._draft(kind, action, verdict, action_hash, **extra))
+            record = await self.recorder.record(
+                self._draft(kind, action, verdict, action_hash, **extra)
+            )
         except RecordUnavailable as exc:
             denied = verdict.but(
                 decision=Decision.DENY,
@@ -238,28 +259,16 @@ class Authority:
             )
             outcome = await self._finish("decision", action, verdict, request_id=request.request_id)
             raise Refused(403, "identity_mismatch", verdict.message, outcome)
-        try:
-            action = canonical.build_action(
-                principal.name,
-                request.tool,
-                request.args,
-                request.operation,
-                request.context,
-                principal.namespace,
-            )
-        except InvalidToolName as exc:
-            canonical.check_value(request.args or {})
-            action = Action(
-                principal.name,
-                exc.raw,
-                dict(request.args or {}),
-                request.operation,
-                namespace=principal.namespace,
-            )
-            verdict = Verdict(
-                Decision.DENY, Reason.INVALID_TOOL_NAME, "tool-name", message=exc.message
-            )
-            return await self._finish("decision", action, verdict, request_id=request.request_id)
+        action, refusal = admit(
+            principal.name,
+            request.tool,
+            request.args,
+            request.operation,
+            request.context,
+            principal.namespace,
+        )
+        if refusal is not None:
+            return await self._finish("decision", action, refusal, request_id=request.request_id)
         if request.request_id and self.find_request is not None:
             previous = self.find_request(action.agent, request.request_id)
             if previous is not None:

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-from kubewrit.webhook import canonical, policy
+from kubewrit.webhook import authority, canonical, policy
 from kubewrit.webhook.cli.output import console, fail, print_json, read_document, styled
-from kubewrit.webhook.decision import Decision, Reason, Verdict
+from kubewrit.webhook.decision import Decision, Verdict
 from kubewrit.webhook.policy.model import Policy
 from rich.table import Table
 
@@ -36,21 +36,14 @@ def evaluate_document(
     agent = document.get("agent") or default_agent
     if not agent:
         raise ValueError("no agent: put `agent:` in the action or pass --agent")
-    try:
-        action = canonical.build_action(
-            agent,
-            document.get("tool", ""),
-            document.get("args"),
-            document.get("operation"),
-            document.get("context"),
-        )
-    except canonical.InvalidToolName as exc:
-        raw = canonical.Action(
-            agent, exc.raw, document.get("args") or {}, document.get("operation")
-        )
-        verdict = Verdict(Decision.DENY, Reason.INVALID_TOOL_NAME, "tool-name", message=exc.message)
-        return verdict, canonical.action_hash(raw)
-    return policy.evaluate(policies, action), canonical.action_hash(action)
+    action, refusal = authority.admit(
+        agent,
+        document.get("tool", ""),
+        document.get("args"),
+        document.get("operation"),
+        document.get("context"),
+    )
+    return refusal or policy.evaluate(policies, action), canonical.action_hash(action)
 
 
 def verdict_json(verdict: Verdict, action_hash: str) -> dict[str, Any]:

@@ -99,21 +99,8 @@ def approval_view(approval: Approval, writ: str | None = None) -> ApprovalView:
     data.pop("policy_hash", None)
     data.pop("request_id", None)
     view = ApprovalView.model_validate(data)
-    if outcome:
-        record = outcome.get("record")
-        view.outcome = DecisionResponse(
-            decision=outcome["decision"],
-            reason=outcome["reason"],
-            message=outcome["message"],
-            rule_id=outcome["rule_id"],
-            risk=outcome["risk"],
-            policy_hash=outcome["policy_hash"],
-            action_hash=outcome["action_hash"],
-            record=RecordRef(chain=record["chain"], seq=record["seq"], hash=record["hash"])
-            if record
-            else None,
-            writ=writ,
-        )
+    if outcome:  # authority.outcome_summary: DecisionResponse's fields (records carry more)
+        view.outcome = DecisionResponse.model_validate({**outcome, "writ": writ})
     return view
 
 
