@@ -20,7 +20,6 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -28,23 +27,10 @@ from pathlib import Path
 
 import httpx
 import yaml
-from kubewrit.webhook.client.testing import free_port, served_process
+from kubewrit.webhook.client.testing import free_port, served_process, wait_healthy
 
 REPO = Path(__file__).resolve().parent.parent
 AMOUNTS = (45, 120, 1200, 20, 99)  # a mix of PERMIT and DENY (no approvals pile up)
-
-
-def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"server exited:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    sys.exit(f"server did not start:\n{log.read_text()}")
 
 
 def percentile(samples: list[float], fraction: float) -> float:
@@ -185,7 +171,7 @@ def kubernetes(args: argparse.Namespace) -> None:
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            wait_healthy(url, process, log)
+            wait_healthy(url, lambda: process.poll() is None, "kubewrit webhook", 60, log)
             latencies, elapsed = asyncio.run(drive(url, token, args.requests, args.concurrency))
         finally:
             process.terminate()

@@ -8,22 +8,36 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 import yaml
-from kubewrit.webhook.client.testing import free_port
+from kubewrit.webhook.client.testing import free_port, wait_healthy
 
 # CrewAI cannot share this environment (it pins mcp<2): its tests run in CrewAI's own
 # virtualenv, driven by tests/integrations/test_crewai.py.
 collect_ignore = [] if importlib.util.find_spec("crewai") else ["integrations_crewai"]
 
+T = TypeVar("T")
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_POLICIES = REPO / "examples" / "policies"
+
+
+def poll(
+    call: Callable[[], T], done: Callable[[T], bool], timeout: float, interval: float = 0.05
+) -> T:
+    """Call until `done(result)` or `timeout` seconds pass; return the last result."""
+    deadline = time.monotonic() + timeout
+    result = call()
+    while not done(result) and time.monotonic() < deadline:
+        time.sleep(interval)
+        result = call()
+    return result
 
 
 @dataclass
@@ -110,19 +124,11 @@ def start_server(tmp: Path, *extra: str, policies: Path = EXAMPLE_POLICIES) -> S
         env={**os.environ, "COLUMNS": "200"},
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        if process.poll() is not None:
-            raise AssertionError(f"kubewrit serve exited:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"kubewrit serve did not become healthy:\n{log.read_text()}")
-        time.sleep(0.1)
+    try:
+        wait_healthy(url, lambda: process.poll() is None, "kubewrit serve", log=log)
+    except RuntimeError:
+        process.kill()
+        raise
     credentials = yaml.safe_load((data_dir / "credentials.yaml").read_text())["credentials"]
     server = Server(
         url,

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
+from kubewrit.webhook.client.testing import wait_healthy
 
 from tests.conftest import REPO, free_port
 
@@ -95,16 +95,9 @@ def start_webhook(
         args, stdout=log.open("ab"), stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"}
     )
     webhook = DecisionWebhook(f"http://127.0.0.1:{port}", process, log, args)
-    deadline = time.monotonic() + 60
-    while True:
-        if process.poll() is not None:
-            raise AssertionError(f"kubewrit webhook exited:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{webhook.url}/healthz", timeout=1).status_code == 200:
-                return webhook
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            webhook.stop()
-            raise AssertionError(f"kubewrit webhook did not start:\n{log.read_text()}")
-        time.sleep(0.2)
+    try:
+        wait_healthy(webhook.url, lambda: process.poll() is None, "kubewrit webhook", 60, log)
+    except RuntimeError:
+        webhook.stop()
+        raise
+    return webhook

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from kubewrit.webhook import canonical, keys, writ
 
-from tests.conftest import run_cli
+from tests.conftest import poll, run_cli
 from tests.kube.decision_webhook import DecisionWebhook, apply_crds, policy_manifest, start_webhook
 
 pytestmark = pytest.mark.kube
@@ -146,18 +146,18 @@ def test_policy_updates_are_live_within_a_second(control_plane, shop, webhook) -
             },
         ),
     )
-    deadline = time.monotonic() + 1.0
-    body = webhook.decide(agent, tool="process_refund", args={"amount": 45}).json()
-    while body["reason"] != "default_deny" and time.monotonic() < deadline:
-        time.sleep(0.05)
-        body = webhook.decide(agent, tool="process_refund", args={"amount": 45}).json()
+    body = poll(
+        lambda: webhook.decide(agent, tool="process_refund", args={"amount": 45}).json(),
+        lambda answer: answer["reason"] == "default_deny",
+        timeout=1.0,
+    )
     assert body["reason"] == "default_deny"
     control_plane.kubectl("delete", "agentpolicy", "support-agent", "-n", shop)
-    deadline = time.monotonic() + 1.0
-    body = webhook.decide(agent, tool="process_refund", args={"amount": 60}).json()
-    while body["reason"] != "default_deny" and time.monotonic() < deadline:
-        time.sleep(0.05)
-        body = webhook.decide(agent, tool="process_refund", args={"amount": 60}).json()
+    body = poll(
+        lambda: webhook.decide(agent, tool="process_refund", args={"amount": 60}).json(),
+        lambda answer: answer["reason"] == "default_deny",
+        timeout=1.0,
+    )
     assert (body["decision"], body["reason"]) == ("DENY", "default_deny")
     control_plane.kubectl("delete", "agentpolicy", "email-only", "-n", shop)
     control_plane.kubectl("apply", "-f", "-", input=policy_manifest(shop))
@@ -262,20 +262,22 @@ spec:
     control_plane.kubectl("apply", "-f", "-", input=policy)
     agent = token(control_plane, shop)
     try:
-        deadline = time.monotonic() + 15
-        body = webhook.decide(agent, tool="process_refund", args={"amount": 45}).json()
-        while body["reason"] != "record_unavailable" and time.monotonic() < deadline:
-            time.sleep(0.3)
-            body = webhook.decide(agent, tool="process_refund", args={"amount": 45}).json()
+        body = poll(
+            lambda: webhook.decide(agent, tool="process_refund", args={"amount": 45}).json(),
+            lambda answer: answer["reason"] == "record_unavailable",
+            timeout=15,
+            interval=0.3,
+        )
         assert (body["decision"], body["reason"]) == ("DENY", "record_unavailable")
         assert body["writ"] is None
     finally:
         control_plane.kubectl("delete", "-f", "-", input=policy)
-    deadline = time.monotonic() + 15
-    body = webhook.decide(agent, tool="process_refund", args={"amount": 45}).json()
-    while body["decision"] != "PERMIT" and time.monotonic() < deadline:
-        time.sleep(0.3)
-        body = webhook.decide(agent, tool="process_refund", args={"amount": 45}).json()
+    body = poll(
+        lambda: webhook.decide(agent, tool="process_refund", args={"amount": 45}).json(),
+        lambda answer: answer["decision"] == "PERMIT",
+        timeout=15,
+        interval=0.3,
+    )
     assert body["decision"] == "PERMIT"
 
 

@@ -6,7 +6,7 @@ import time
 
 from kubewrit.webhook import canonical, keys, writ
 
-from tests.conftest import Server
+from tests.conftest import Server, poll
 
 
 def public_key(server: Server) -> keys.Verifier:
@@ -112,11 +112,11 @@ def test_policy_edit_is_live_within_a_second_without_restart(server: Server) -> 
         "    deny: true\n"
     )
     replacement.replace(policy_file)  # an editor's atomic-rename save
-    deadline = time.monotonic() + 1.0
-    body = server.decide(tool="process_refund", args={"amount": 45}).json()
-    while body["reason"] != "default_deny" and time.monotonic() < deadline:
-        time.sleep(0.05)
-        body = server.decide(tool="process_refund", args={"amount": 45}).json()
+    body = poll(
+        lambda: server.decide(tool="process_refund", args={"amount": 45}).json(),
+        lambda answer: answer["reason"] == "default_deny",
+        timeout=1.0,
+    )
     assert (body["decision"], body["reason"]) == ("DENY", "default_deny")
     assert server.decide(tool="process_refund", args={"amount": 60}).json()["reason"] == "rule_deny"
 
@@ -125,11 +125,7 @@ def test_invalid_policy_edit_keeps_the_previous_policy(server: Server) -> None:
     policy_file = server.policies / "support-agent.yaml"
     good = policy_file.read_text()
     policy_file.write_text(good.replace("allow: true", "alow: true", 1))
-    deadline = time.monotonic() + 2
-    ready = server.get("/readyz").json()
-    while ready["last_error"] is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-        ready = server.get("/readyz").json()
+    ready = poll(lambda: server.get("/readyz").json(), lambda r: r["last_error"] is not None, 2)
     assert (
         "unknown key 'alow'" in ready["last_error"]
         and "rule 1 (small-refunds)" in ready["last_error"]
@@ -141,9 +137,7 @@ def test_invalid_policy_edit_keeps_the_previous_policy(server: Server) -> None:
 
 def test_removing_every_policy_denies_everything(server: Server) -> None:
     (server.policies / "support-agent.yaml").unlink()
-    deadline = time.monotonic() + 2
-    while server.get("/readyz").status_code == 200 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    poll(lambda: server.get("/readyz").status_code, lambda status: status != 200, 2)
     assert server.get("/readyz").status_code == 503
     body = server.decide(tool="process_refund", args={"amount": 45}).json()
     assert (body["decision"], body["reason"]) == ("DENY", "default_deny")

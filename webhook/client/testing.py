@@ -85,7 +85,7 @@ def local_server(
         thread.start()
         url = f"http://127.0.0.1:{port}"
         try:
-            _wait_healthy(url, thread.is_alive, "the local kubewrit server")
+            wait_healthy(url, thread.is_alive, "the local kubewrit server")
         except RuntimeError:
             server.should_exit = True
             raise
@@ -98,14 +98,19 @@ def local_server(
             thread.join(timeout=10)
 
 
-def _wait_healthy(url: str, alive: Any, what: str) -> None:
-    deadline = time.monotonic() + 30
+def wait_healthy(
+    url: str, alive: Any, what: str, timeout: float = 30.0, log: Path | None = None
+) -> None:
+    """Poll `url`/healthz until it answers 200; fail with the server's log if it dies or hangs."""
+    deadline = time.monotonic() + timeout
     while True:
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
                 return
-        if time.monotonic() > deadline or not alive():
-            raise RuntimeError(f"{what} did not start")
+        if not alive() or time.monotonic() > deadline:
+            state = "exited" if not alive() else f"did not become healthy in {timeout:g}s"
+            output = f":\n{log.read_text(errors='replace')}" if log and log.exists() else ""
+            raise RuntimeError(f"{what} {state}{output}")
         time.sleep(0.05)
 
 
@@ -137,7 +142,7 @@ def served_process(policies: str | Path, *extra: str) -> Iterator[LocalServer]:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:
-            _wait_healthy(url, lambda: process.poll() is None, "kubewrit serve")
+            wait_healthy(url, lambda: process.poll() is None, "kubewrit serve")
             credentials = yaml.safe_load((data_dir / "credentials.yaml").read_text())
             public_key = keys.load_or_create(data_dir / "signing-key.pem").verifier.pem()
             yield LocalServer(
