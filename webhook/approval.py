@@ -1,33 +1,95 @@
-"""Approval requests: a DEFER waiting for a human, bound to one action hash.
+"""Approvals: a DEFER waiting for a human, bound to one action hash, and its one lifecycle.
 
-Phases move one way only: Pending -> Approved | Denied | Expired, and
-Approved -> Consumed when the agent collects its writ. Every transition is a
-compare-and-swap on the phase, so two approvers (or an approver and the
-expiry sweep) can never both win.
+    Pending ──claim──▶ Deciding ──recorded──▶ Approved ──collect──▶ Consumed
+       │                  │                      │
+       │                  └──────────────────▶ Denied    (a human denied; the policy now
+       │                                         ▲         denies; the record could not be
+       │                                         │         written)
+       └──────────────────▶ Expired ◀────────────┘         (nobody decided in time; or the
+                                                           writ was not collected in time)
+
+`ApprovalWorkflow` is the only code that moves an approval. Every move is one
+compare-and-swap on the stored phase that writes the new phase together with
+everything that belongs to it (who decided, the final decision and its record),
+so no reader ever sees Approved without the outcome that lets the agent run. A
+swap that fails is never ignored: someone else moved first, and the caller is
+told so. A human's decision is claimed (Deciding) before it is recorded, so two
+approvers, or an approver and the expiry sweep, can never both produce a record.
+
+Who may approve is bound into the approval when the action is held (the approver
+set of the policy that held it), so renaming or deleting that policy later can
+never skip the check.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import secrets
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
+from kubewrit.webhook import policy, writ
+from kubewrit.webhook.canonical import Action
+from kubewrit.webhook.chain import Record
+from kubewrit.webhook.decision import Decision, Reason, Verdict
+from kubewrit.webhook.errors import Conflict, Forbidden, NotFound, Unavailable
+from kubewrit.webhook.identity import Principal, Role
+from kubewrit.webhook.outcome import Outcome, Recording
+from kubewrit.webhook.policy.model import Policy
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TTL_SECONDS = 15 * 60
+# A claim (Deciding) whose decider vanished is abandoned this long after the approval's expiry.
+ABANDONED_CLAIM_SECONDS = 60.0
+MAX_WAIT_SECONDS = 300.0
+
 
 class Phase(StrEnum):
     PENDING = "Pending"
+    DECIDING = "Deciding"
     APPROVED = "Approved"
     DENIED = "Denied"
     EXPIRED = "Expired"
     CONSUMED = "Consumed"
 
     @property
-    def final(self) -> bool:
-        return self is not Phase.PENDING
+    def open(self) -> bool:
+        """Nobody has finished deciding yet: an agent waiting on it keeps waiting."""
+        return self in (Phase.PENDING, Phase.DECIDING)
 
 
-DEFAULT_TTL_SECONDS = 15 * 60
+@dataclass(frozen=True)
+class ApproverSet:
+    """Who may decide one approval; empty means any authenticated approver."""
+
+    users: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+
+    def admits(self, principal: Principal) -> bool:
+        if not (self.users or self.groups):
+            return True
+        return principal.name in self.users or any(g in self.groups for g in principal.groups)
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {"users": list(self.users), "groups": list(self.groups)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> ApproverSet | None:
+        if not isinstance(data, dict):
+            return None
+        return cls(tuple(data.get("users") or ()), tuple(data.get("groups") or ()))
+
+    @classmethod
+    def of(cls, holder: Policy | None) -> ApproverSet:
+        if holder is None:
+            return cls()
+        return cls(tuple(holder.approvers.users), tuple(holder.approvers.groups))
 
 
 @dataclass(frozen=True)
@@ -51,21 +113,50 @@ class Approval:
     decision_reason: str | None = None
     outcome: dict[str, Any] | None = field(default=None)
     namespace: str | None = None
+    # None only for approvals stored before approver sets were bound: those are refused.
+    approvers: ApproverSet | None = None
 
     def expired(self, now: float | None = None) -> bool:
         return (time.time() if now is None else now) >= self.expires_at
 
+    def belongs_to(self, principal: Principal) -> bool:
+        """Identity is (namespace, name): a same-named agent elsewhere is someone else."""
+        return principal.name == self.agent and principal.namespace == self.namespace
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["phase"] = self.phase.value
+        data["approvers"] = self.approvers.to_dict() if self.approvers else None
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Approval:
-        return cls(**{**data, "phase": Phase(data["phase"])})
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(
+            **{
+                **known,
+                "phase": Phase(data["phase"]),
+                "approvers": ApproverSet.from_dict(data.get("approvers")),
+            }
+        )
 
     def moved(self, phase: Phase, **changes: Any) -> Approval:
         return replace(self, phase=phase, **changes)
+
+    def held_action(self) -> Action:
+        """The action this approval holds, exactly as it was decided."""
+        return Action(
+            self.agent,
+            self.tool,
+            self.action.get("args") or {},
+            self.action.get("operation"),
+            namespace=self.namespace,
+        )
+
+    def decided_record(self) -> Record | None:
+        """The record of the final decision, kept in the outcome with the phase that names it."""
+        summary = (self.outcome or {}).get("record") or {}
+        return Record.from_dict(summary["full"]) if "full" in summary else None
 
 
 def new_id() -> str:
@@ -73,12 +164,325 @@ def new_id() -> str:
 
 
 class ApprovalStore(Protocol):
+    """Where approvals live (a SQLite table, ActionApproval objects, or memory in tests)."""
+
     def create(self, approval: Approval) -> None: ...
 
     def get(self, approval_id: str) -> Approval | None: ...
 
     def swap(self, expected: Phase, updated: Approval) -> bool:
-        """Store `updated` only if the stored phase is still `expected`."""
+        """Store `updated` (phase and all) only if the stored phase is still `expected`."""
         ...
 
     def list(self, phase: Phase | None = None, limit: int = 100) -> list[Approval]: ...
+
+
+def outcome_summary(outcome: Outcome) -> dict[str, Any]:
+    """The final decision of an approval, stored with it (DecisionResponse's fields + record)."""
+    verdict, record = outcome.verdict, outcome.record
+    return {
+        "decision": verdict.decision.value,
+        "reason": verdict.reason.value,
+        "rule_id": verdict.rule_id,
+        "risk": verdict.risk,
+        "message": verdict.message,
+        "policy_hash": verdict.policy_hash,
+        "action_hash": outcome.action_hash,
+        "record": (
+            {
+                "chain": record.chain,
+                "seq": record.seq,
+                "hash": record.hash,
+                "full": record.to_dict(),
+            }
+            if record
+            else None
+        ),
+    }
+
+
+PolicySource = Callable[[], Sequence[Policy]]
+
+
+class ApprovalWorkflow:
+    """The one owner of the approval lifecycle: every transition, and the record it produces."""
+
+    def __init__(
+        self,
+        store: ApprovalStore,
+        recording: Recording,
+        policies: PolicySource,
+        writs: writ.Issuer,
+        ttl: float = DEFAULT_TTL_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.recording = recording
+        self.policies = policies
+        self.writs = writs
+        self.ttl = ttl
+        self.clock = clock
+        self._changed: asyncio.Condition | None = None
+
+    # -- reading ------------------------------------------------------------
+
+    def get(self, approval_id: str) -> Approval:
+        approval = self.store.get(approval_id)
+        if approval is None:
+            raise NotFound("approval_not_found", f"no approval {approval_id!r}")
+        return approval
+
+    def visible_to(self, principal: Principal, phase: Phase | None, limit: int) -> list[Approval]:
+        """Approvers see the queue; an agent sees only its own approvals."""
+        approvals = self.store.list(phase, limit)
+        if principal.role is Role.AGENT:
+            approvals = [a for a in approvals if a.belongs_to(principal)]
+        return approvals
+
+    async def changed(self, timeout: float) -> None:
+        """Wait until some approval moved (or `timeout` passed): for long-polls and live pages."""
+        async with self._condition():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._condition().wait(), timeout=max(0.0, timeout))
+
+    def _condition(self) -> asyncio.Condition:
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        return self._changed
+
+    async def _notify(self) -> None:
+        async with self._condition():
+            self._condition().notify_all()
+
+    # -- transitions ----------------------------------------------------------
+
+    def hold(
+        self,
+        approval_id: str,
+        action: Action,
+        verdict: Verdict,
+        action_hash: str,
+        approvers: ApproverSet,
+        request_id: str | None,
+    ) -> Approval:
+        """Open a Pending approval for a DEFER whose record is already durable."""
+        now = self.clock()
+        approval = Approval(
+            id=approval_id,
+            namespace=action.namespace,
+            agent=action.agent,
+            tool=action.tool,
+            action_hash=action_hash,
+            action=action.car(),
+            rule=verdict.rule_id,
+            risk=verdict.risk,
+            reason=verdict.reason.value,
+            message=verdict.message,
+            policy_hash=verdict.policy_hash,
+            created_at=now,
+            expires_at=now + self.ttl,
+            request_id=request_id,
+            approvers=approvers,
+        )
+        self.store.create(approval)
+        return approval
+
+    def _check_approver(self, approval: Approval, approver: Principal) -> None:
+        if approver.role is not Role.APPROVER:
+            raise Forbidden(
+                "not_an_approver",
+                f"{approver.name!r} authenticated as an agent; agents can never approve",
+            )
+        if approver.name == approval.agent and approver.namespace == approval.namespace:
+            raise Forbidden("self_approval", "an agent cannot approve its own action")
+        if approval.approvers is None:
+            raise Forbidden(
+                "no_approver_set",
+                f"approval {approval.id} does not name who may approve it (it was created by an "
+                "older kubewrit); it cannot be approved: let it expire and retry the action",
+            )
+        if not approval.approvers.admits(approver):
+            raise Forbidden(
+                "not_listed_approver",
+                f"{approver.name!r} is not an approver of {approval.rule!r}"
+                f" (users: {list(approval.approvers.users)},"
+                f" groups: {list(approval.approvers.groups)})",
+            )
+
+    async def resolve(
+        self, approval_id: str, approver: Principal, approve: bool, reason: str | None = None
+    ) -> Approval:
+        """A human decides: claim, record the final decision, then publish phase and outcome."""
+        approval = self.get(approval_id)
+        self._check_approver(approval, approver)
+        if approval.phase is Phase.PENDING and approval.expired(self.clock()):
+            await self.expire(approval)
+            raise Conflict("approval_expired", f"approval {approval_id} has expired")
+        if approval.phase is not Phase.PENDING:
+            raise Conflict(
+                "already_decided",
+                f"approval {approval_id} is already {approval.phase.value}"
+                + (f" by {approval.decided_by}" if approval.decided_by else ""),
+            )
+        claimed = approval.moved(
+            Phase.DECIDING,
+            decided_by=approver.name,
+            decided_at=self.clock(),
+            decision_reason=reason,
+        )
+        if not self.store.swap(Phase.PENDING, claimed):
+            raise Conflict("already_decided", f"approval {approval_id} was decided concurrently")
+        action = approval.held_action()
+        by = f"{approver.name}" + (f": {reason}" if reason else "")
+        if approve:
+            current = policy.evaluate(self.policies(), action)
+            if current.decision is Decision.DENY:
+                final, phase, kind = current, Phase.DENIED, "denial"
+            else:
+                final = current.but(
+                    decision=Decision.PERMIT, reason=Reason.APPROVED, message=f"approved by {by}"
+                )
+                phase, kind = Phase.APPROVED, "approval"
+        else:
+            final = self._held_verdict(approval, Reason.APPROVAL_DENIED, f"denied by {by}")
+            phase, kind = Phase.DENIED, "denial"
+        outcome = await self.recording.record(
+            kind, action, final, approver=approver.name, approval=approval.id
+        )
+        if outcome.record is None:
+            failed = claimed.moved(
+                Phase.DENIED, decision_reason="record_unavailable", outcome=outcome_summary(outcome)
+            )
+            self._move(Phase.DECIDING, failed)
+            await self._notify()
+            raise Unavailable(
+                "record_unavailable", "the decision could not be recorded; the approval is denied"
+            )
+        done = self._move(Phase.DECIDING, claimed.moved(phase, outcome=outcome_summary(outcome)))
+        await self._notify()
+        return done
+
+    def _move(self, expected: Phase, updated: Approval) -> Approval:
+        """A transition that must win: losing it means the lifecycle was broken elsewhere."""
+        if not self.store.swap(expected, updated):
+            current = self.store.get(updated.id)
+            found = current.phase.value if current else "gone"
+            log.error("approval %s left %s underneath us (now %s)", updated.id, expected, found)
+            raise Conflict(
+                "approval_moved",
+                f"approval {updated.id} moved out of {expected.value} concurrently (now {found})",
+            )
+        return updated
+
+    def _held_verdict(self, approval: Approval, reason: Reason, message: str) -> Verdict:
+        return Verdict(
+            Decision.DENY,
+            reason,
+            approval.rule,
+            approval.risk,
+            message,
+            None,
+            approval.policy_hash,
+        )
+
+    async def expire(self, approval: Approval) -> Approval:
+        """An open (or uncollected) approval ran out of time: Expired, with the DENY recorded."""
+        expired = approval.moved(
+            Phase.EXPIRED,
+            decided_by=approval.decided_by or "kubewrit",
+            decided_at=self.clock(),
+        )
+        if not self.store.swap(approval.phase, expired):
+            return self.get(approval.id)  # someone else moved it first: theirs stands
+        verdict = self._held_verdict(
+            approval,
+            Reason.APPROVAL_EXPIRED,
+            f"approval {approval.id} expired before "
+            + ("its writ was collected" if approval.phase is Phase.APPROVED else "anyone decided"),
+        )
+        await self.recording.record("expiry", approval.held_action(), verdict, approval=approval.id)
+        await self._notify()
+        return expired
+
+    def _overdue(self, approval: Approval, now: float) -> bool:
+        if approval.phase is Phase.DECIDING:
+            return now >= approval.expires_at + ABANDONED_CLAIM_SECONDS
+        return approval.phase in (Phase.PENDING, Phase.APPROVED) and approval.expired(now)
+
+    async def expire_overdue(self) -> int:
+        now = self.clock()
+        overdue = [
+            a
+            for phase in (Phase.PENDING, Phase.DECIDING, Phase.APPROVED)
+            for a in self.store.list(phase, 1000)
+            if self._overdue(a, now)
+        ]
+        for approval in overdue:
+            await self.expire(approval)
+        return len(overdue)
+
+    async def sweep(self, interval: float = 1.0) -> None:
+        """Run forever: overdue approvals become Expired (and are recorded) within `interval`."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.expire_overdue()
+            except Exception:
+                log.exception("approval expiry sweep failed")
+
+    async def collect(
+        self, approval_id: str, caller: Principal, wait: float = 0
+    ) -> tuple[Approval, str | None]:
+        """The caller's view of an approval; the agent's first look after Approved takes the writ.
+
+        The writ is issued only if, at that moment, the approval is still within its time
+        and the current policy does not deny the action: a late or now-forbidden collection
+        is recorded as such and yields nothing to run.
+        """
+        deadline = time.monotonic() + max(0.0, min(wait, MAX_WAIT_SECONDS))
+        while True:
+            approval = self.get(approval_id)
+            if caller.role is Role.AGENT and not approval.belongs_to(caller):
+                raise NotFound("approval_not_found", f"no approval {approval_id!r}")
+            if approval.phase is Phase.PENDING and approval.expired(self.clock()):
+                approval = await self.expire(approval)
+            if not approval.phase.open or time.monotonic() >= deadline:
+                break
+            await self.changed(min(1.0, deadline - time.monotonic()))
+        if caller.role is not Role.AGENT:
+            return approval, None
+        if approval.phase is Phase.CONSUMED:
+            raise Conflict("approval_consumed", "approval is single-use and was already used")
+        if approval.phase is not Phase.APPROVED:
+            return approval, None
+        return await self._consume(approval)
+
+    async def _consume(self, approval: Approval) -> tuple[Approval, str | None]:
+        record = approval.decided_record()
+        if record is None:  # Approved always carries its record; anything else is corrupt
+            raise Unavailable("approval_corrupt", f"approval {approval.id} has no decision record")
+        if approval.expired(self.clock()):
+            return await self.expire(approval), None
+        current = policy.evaluate(self.policies(), approval.held_action())
+        if current.decision is Decision.DENY:
+            return await self._revoke(approval, current), None
+        now = self.clock()
+        if not self.store.swap(Phase.APPROVED, approval.moved(Phase.CONSUMED)):
+            raise Conflict("approval_consumed", "approval was already used")
+        await self._notify()
+        return approval.moved(Phase.CONSUMED), self.writs.issue(record, now)
+
+    async def _revoke(self, approval: Approval, current: Verdict) -> Approval:
+        """Approved, but the policy now denies: Denied, with the policy's DENY recorded."""
+        verdict = current.but(
+            message=f"approved by {approval.decided_by}, but the policy now denies: "
+            + (current.message or current.reason.value)
+        )
+        outcome = await self.recording.record(
+            "denial", approval.held_action(), verdict, approval=approval.id
+        )
+        denied = approval.moved(Phase.DENIED, outcome=outcome_summary(outcome))
+        if not self.store.swap(Phase.APPROVED, denied):
+            raise Conflict("approval_consumed", "approval was already used")
+        await self._notify()
+        return denied

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import rfc8785
+from kubewrit.webhook import errors
 
 MAX_DEPTH = 32
 MAX_SAFE_INTEGER = 2**53
@@ -26,13 +27,20 @@ DEFAULT_MAX_BYTES = 64 * 1024
 TOOL_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,127}$")
 
 
-class CanonicalError(ValueError):
+class CanonicalError(errors.InvalidRequest, ValueError):
     """The input cannot become a canonical action. `code` is machine-readable."""
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
+
+
+class PayloadTooLarge(CanonicalError, errors.PayloadTooLarge):
+    """More bytes than the limit: refused before they are parsed."""
+
+    def __init__(self, size: int | str, limit: int) -> None:
+        super().__init__(
+            "payload_too_large", f"body of {size} bytes exceeds the {limit}-byte limit"
+        )
 
 
 class InvalidToolName(CanonicalError):
@@ -137,9 +145,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def parse_json(raw: bytes | str, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
     """Strict JSON: no duplicate keys, no NaN/Infinity, bounded size and depth."""
     if len(raw) > max_bytes:
-        raise CanonicalError(
-            "payload_too_large", f"payload of {len(raw)} bytes exceeds {max_bytes}"
-        )
+        raise PayloadTooLarge(len(raw), max_bytes)
     try:
         value = json.loads(raw, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
     except CanonicalError:

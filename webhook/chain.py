@@ -25,6 +25,11 @@ def timestamp(now: float | None = None) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
+def epoch(stamp: str) -> float:
+    """Seconds since the epoch for a record's `time` (the inverse of `timestamp`)."""
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
 @dataclass(frozen=True)
 class Draft:
     """What a writer wants recorded; the chain adds position, hash and signature."""

@@ -9,11 +9,12 @@ from pathlib import Path
 import yaml
 from kubewrit.webhook import keys, reload
 from kubewrit.webhook.authority import Authority
+from kubewrit.webhook.backend import Backend
 from kubewrit.webhook.identity import Role, TokenFile, write_private_yaml
 from kubewrit.webhook.metrics import Metrics
 from kubewrit.webhook.policy_state import PolicyState
 from kubewrit.webhook.recorder import AnchorPolicy, Recorder
-from kubewrit.webhook.server.runtime import Runtime
+from kubewrit.webhook.server.runtime import Runtime, Tuning
 from kubewrit.webhook.store.sqlite import SQLiteStore
 
 log = logging.getLogger(__name__)
@@ -23,14 +24,9 @@ BOOTSTRAP_GROUP = "kubewrit-approvers"
 
 
 @dataclass
-class Config:
+class Config(Tuning):
     policies: Path = Path("examples/policies")
     data_dir: Path = Path(".kubewrit")
-    max_body: int = 64 * 1024
-    writ_ttl: int = 60
-    approval_ttl: float = 15 * 60
-    anchor_every: int = 100
-    anchor_seconds: float = 10.0
     chain: str | None = None
     watch: bool = True
     bootstrap_tokens: bool = True
@@ -94,23 +90,16 @@ def build(config: Config) -> Runtime:
         AnchorPolicy(config.anchor_every, config.anchor_seconds),
         signer.verifier.b64,
     )
-    authority = Authority(
-        state.current,
-        recorder,
-        store,
-        signer,
-        store.find_request,
-        config.writ_ttl,
-        config.approval_ttl,
-    )
+    backend = Backend(records=recorder, approvals=store, requests=store, queries=store)
+    authority = Authority(state.current, backend, signer, config.writ_ttl, config.approval_ttl)
 
     async def watch_policies() -> None:
         await reload.watch(state, config.policies, metrics)
 
-    runtime = Runtime(authority, tokens, state, metrics, store, config.max_body)
+    runtime = Runtime(authority, tokens, state, metrics, config.max_body)
     runtime.start.append(recorder.start)
     runtime.stop.extend([recorder.stop, store.close])
-    runtime.background.append(authority.sweep_expired)
+    runtime.background.append(authority.approvals.sweep)
     if config.watch:
         runtime.background.append(watch_policies)
     return runtime

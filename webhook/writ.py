@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from kubewrit.webhook import canonical
+from kubewrit.webhook import canonical, chain
 from kubewrit.webhook.canonical import Action
 from kubewrit.webhook.chain import Record
 from kubewrit.webhook.keys import Signer, Verifier, b64url_decode, b64url_encode
@@ -68,6 +68,31 @@ def issue(
     header = {"alg": "EdDSA", "kid": signer.key_id, "typ": WRIT_TYPE}
     signing_input = f"{b64url_encode(_json(header))}.{b64url_encode(_json(claims))}"
     return f"{signing_input}.{signer.sign(signing_input.encode())}"
+
+
+class Issuer:
+    """The one place a server issues writs.
+
+    A writ is a pure function of its record and its issue time (Ed25519 signatures are
+    deterministic), so one record never yields two different writs: a direct PERMIT's
+    writ is issued at the record's own time, and a replay reproduces the same bytes, the
+    same `jti` and the same expiry, which an executor's replay cache already knows; once
+    it has expired, nothing can mint another.
+    """
+
+    def __init__(self, signer: Signer, ttl: int = DEFAULT_TTL_SECONDS) -> None:
+        self.signer = signer
+        self.ttl = ttl
+
+    def issue(self, record: Record, issued_at: float) -> str:
+        return issue(self.signer, record, self.ttl, issued_at)
+
+    def for_decision(self, record: Record, now: float | None = None) -> str | None:
+        """The writ of a PERMIT decision record, or None once its lifetime has passed."""
+        issued_at = int(chain.epoch(record.time))
+        if (time.time() if now is None else now) >= issued_at + self.ttl:
+            return None
+        return self.issue(record, issued_at)
 
 
 def _json(value: dict[str, Any]) -> bytes:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import click
+from kubewrit.webhook import __version__
 from kubewrit.webhook.cli import approvals, audit, policies, serve, watch
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option("0.1.0", prog_name="kubewrit")
+@click.version_option(__version__, prog_name="kubewrit")
 def main() -> None:
     """kubewrit: should this specific action run?
 

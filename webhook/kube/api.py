@@ -23,6 +23,7 @@ LABEL_DECISION = "kubewrit.io/decision"
 LABEL_CHAIN = "kubewrit.io/chain"
 LABEL_TOOL = "kubewrit.io/tool"
 LABEL_KIND = "kubewrit.io/kind"
+LABEL_REQUEST = "kubewrit.io/request"
 
 ANNOTATION_DECISION = "kubewrit.io/decision"
 ANNOTATION_REASON = "kubewrit.io/reason"

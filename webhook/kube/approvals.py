@@ -17,7 +17,7 @@ from typing import Any
 
 from kubernetes import client
 from kubewrit.webhook import canonical
-from kubewrit.webhook.approval import Approval, Phase
+from kubewrit.webhook.approval import Approval, ApproverSet, Phase
 from kubewrit.webhook.identity import Principal, Role
 from kubewrit.webhook.kube import api as kube_api
 from kubewrit.webhook.kube import watching
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 def to_object(approval: Approval) -> dict[str, Any]:
     namespace = approval.namespace or ""
-    spec = {
+    spec: dict[str, Any] = {
         "agent": approval.agent,
         "serviceAccount": f"{kube_api.SERVICE_ACCOUNT_PREFIX}{namespace}:{approval.agent}",
         "tool": approval.tool,
@@ -44,6 +44,8 @@ def to_object(approval: Approval) -> dict[str, Any]:
         spec["operation"] = approval.action["operation"]
     if approval.request_id:
         spec["requestId"] = approval.request_id
+    if approval.approvers is not None:
+        spec["approvers"] = approval.approvers.to_dict()
     return {
         "apiVersion": f"{kube_api.GROUP}/{kube_api.VERSION}",
         "kind": "ActionApproval",
@@ -95,6 +97,7 @@ def from_object(obj: dict[str, Any]) -> Approval:
         decision_reason=status.get("reason"),
         outcome=json.loads(status["outcome"]) if status.get("outcome") else None,
         namespace=metadata.get("namespace"),
+        approvers=ApproverSet.from_dict(spec.get("approvers")),
     )
 
 

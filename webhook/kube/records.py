@@ -21,6 +21,7 @@ from kubewrit.webhook.chain import Anchor, Draft, Record
 from kubewrit.webhook.keys import Signer
 from kubewrit.webhook.kube import api as kube_api
 from kubewrit.webhook.recorder import AnchorPolicy, PartialWrite, Recorder, RecordUnavailable
+from kubewrit.webhook.requests import RequestKey
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,10 @@ def labels(record: Record) -> dict[str, str]:
         kube_api.LABEL_TOOL: record.tool,
         kube_api.LABEL_KIND: record.kind,
     }
+    if record.kind == "decision" and record.request_id:
+        values[kube_api.LABEL_REQUEST] = RequestKey(
+            record.namespace, record.agent, record.request_id
+        ).digest()
     return {key: kube_api.label_value(value) for key, value in values.items() if value}
 
 

@@ -10,42 +10,47 @@ from pathlib import Path
 
 from kubewrit.webhook import keys
 from kubewrit.webhook.authority import Authority
+from kubewrit.webhook.backend import Backend, RecordQuery
+from kubewrit.webhook.chain import Record
+from kubewrit.webhook.errors import Unsupported
 from kubewrit.webhook.kube import api as kube_api
 from kubewrit.webhook.kube.approvals import ActionApprovalStore
 from kubewrit.webhook.kube.identity import TokenReviewAuthenticator
 from kubewrit.webhook.kube.policies import PolicyCache
 from kubewrit.webhook.kube.records import ActionRecordLedger, RecorderPool
+from kubewrit.webhook.kube.requests import DEFAULT_TTL_SECONDS as LEASE_TTL_SECONDS
+from kubewrit.webhook.kube.requests import LeaseRequestStore
 from kubewrit.webhook.metrics import Metrics
 from kubewrit.webhook.policy_state import PolicyState
 from kubewrit.webhook.recorder import AnchorPolicy
-from kubewrit.webhook.server.runtime import Runtime
-from kubewrit.webhook.store.sqlite import RecordQuery
+from kubewrit.webhook.server.runtime import Runtime, Tuning
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class Config:
+class Config(Tuning):
     kubeconfig: Path | None = None
     namespace: str = "kubewrit-system"
     replica: str = ""
     signing_key: Path = Path("/var/run/kubewrit/signing-key.pem")
-    max_body: int = 64 * 1024
-    writ_ttl: int = 60
-    approval_ttl: float = 15 * 60
-    anchor_every: int = 100
-    anchor_seconds: float = 10.0
     token_cache_seconds: float = 30.0
+    request_id_ttl: float = LEASE_TTL_SECONDS
 
     def replica_name(self) -> str:
         return kube_api.dns_label(self.replica or socket.gethostname())
 
 
-class NoRecordQueries:
-    """`GET /v1/records` in Kubernetes mode points at kubectl: records are objects there."""
+class KubectlRecordQueries:
+    """`GET /v1/records` in Kubernetes mode: records are objects there; kubectl reads them."""
 
-    def query(self, q: RecordQuery) -> list:  # type: ignore[type-arg]
-        return []
+    def query(self, q: RecordQuery) -> list[Record]:
+        raise Unsupported(
+            "records_in_kubernetes",
+            "in Kubernetes mode records are ActionRecord objects: "
+            "kubectl get actionrecords -n NAMESPACE -l kubewrit.io/agent=NAME "
+            "(and kubewrit verify --kubeconfig to check the chains)",
+        )
 
 
 def build(config: Config) -> Runtime:
@@ -62,10 +67,14 @@ def build(config: Config) -> Runtime:
         signer.verifier.b64,
     )
     approvals = ActionApprovalStore(api)
-    policies = PolicyCache(api, state, metrics)
-    authority = Authority(
-        state.current, recorders, approvals, signer, None, config.writ_ttl, config.approval_ttl
+    requests = LeaseRequestStore(
+        api, config.namespace, config.replica_name(), ttl=config.request_id_ttl
     )
+    policies = PolicyCache(api, state, metrics)
+    backend = Backend(
+        records=recorders, approvals=approvals, requests=requests, queries=KubectlRecordQueries()
+    )
+    authority = Authority(state.current, backend, signer, config.writ_ttl, config.approval_ttl)
     authenticator = TokenReviewAuthenticator(api, ttl=config.token_cache_seconds)
 
     def start() -> None:
@@ -73,10 +82,14 @@ def build(config: Config) -> Runtime:
         policies.start()
 
     async def watch_approvals() -> None:
-        await asyncio.to_thread(approvals.start, asyncio.get_running_loop(), authority.resolve)
+        await asyncio.to_thread(
+            approvals.start, asyncio.get_running_loop(), authority.approvals.resolve
+        )
 
-    runtime = Runtime(authority, authenticator, state, metrics, NoRecordQueries(), config.max_body)
+    runtime = Runtime(authority, authenticator, state, metrics, config.max_body)
     runtime.start.append(start)
     runtime.stop.extend([policies.stop, approvals.stop, recorders.stop])
-    runtime.background.extend([watch_approvals, authority.sweep_expired])
+    runtime.background.extend(
+        [watch_approvals, authority.approvals.sweep, requests.collect_garbage]
+    )
     return runtime

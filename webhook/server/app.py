@@ -1,4 +1,10 @@
-"""The decision API (FastAPI). Thin: parse strictly, authenticate, ask the authority."""
+"""The decision API (FastAPI). Thin: parse strictly, authenticate, ask the authority.
+
+Bodies are read once, with a size limit, by strict JSON (no duplicate keys, no
+NaN, bounded depth; `canonical.parse_json`) and validated into the pydantic
+models the OpenAPI document is generated from. Authentication is a dependency.
+Domain errors are mapped to HTTP here and nowhere else.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +12,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from kubewrit.webhook import canonical
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from kubewrit.webhook import __version__, canonical, errors
 from kubewrit.webhook.approval import Approval, Phase
-from kubewrit.webhook.authority import ActionInput, Outcome, Refused, outcome_summary
-from kubewrit.webhook.canonical import CanonicalError
+from kubewrit.webhook.authority import ActionInput, Outcome
+from kubewrit.webhook.backend import RecordQuery
 from kubewrit.webhook.decision import Decision
-from kubewrit.webhook.identity import Principal
+from kubewrit.webhook.identity import Principal, Role
 from kubewrit.webhook.server.models import (
     AdmissionReview,
     ApprovalDecision,
@@ -30,15 +39,27 @@ from kubewrit.webhook.server.models import (
     RecordRef,
 )
 from kubewrit.webhook.server.runtime import Runtime
-from kubewrit.webhook.store.sqlite import RecordQuery
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 log = logging.getLogger(__name__)
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 409, 413, 503)
-}
+STATUS: list[tuple[type[errors.DomainError], int]] = [
+    (errors.PayloadTooLarge, 413),
+    (errors.InvalidRequest, 400),
+    (errors.Unauthenticated, 401),
+    (errors.Forbidden, 403),
+    (errors.NotFound, 404),
+    (errors.Conflict, 409),
+    (errors.Unsupported, 501),
+    (errors.Unavailable, 503),
+]
+ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for _, status in STATUS}
+MAX_SEQ = 2**62
+
+
+def status_of(exc: errors.DomainError) -> int:
+    return next(status for kind, status in STATUS if isinstance(exc, kind))
 
 
 def error(
@@ -50,18 +71,16 @@ def error(
     return JSONResponse(body.model_dump(mode="json"), status_code=status)
 
 
-def validation_message(exc: ValidationError) -> str:
-    problems = []
-    for item in exc.errors()[:5]:
+def validation_message(problems: Any) -> str:
+    parts = []
+    for item in list(problems)[:5]:
         where = ".".join(str(part) for part in item["loc"]) or "body"
-        problems.append(f"{where}: {item['msg']}")
-    return "; ".join(problems)
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
 
 
 def decision_response(outcome: Outcome) -> DecisionResponse:
-    verdict = outcome.verdict
-    record = outcome.record
-    approval = outcome.approval
+    verdict, record, approval = outcome.verdict, outcome.record, outcome.approval
     return DecisionResponse(
         decision=verdict.decision.value,
         reason=verdict.reason.value,
@@ -96,10 +115,10 @@ def decision_response(outcome: Outcome) -> DecisionResponse:
 def approval_view(approval: Approval, writ: str | None = None) -> ApprovalView:
     data = approval.to_dict()
     outcome = data.pop("outcome")
-    data.pop("policy_hash", None)
-    data.pop("request_id", None)
-    view = ApprovalView.model_validate(data)
-    if outcome:  # authority.outcome_summary: DecisionResponse's fields (records carry more)
+    view = ApprovalView.model_validate(
+        {k: v for k, v in data.items() if k in ApprovalView.model_fields}
+    )
+    if outcome:  # approval.outcome_summary: DecisionResponse's fields (records carry more)
         view.outcome = DecisionResponse.model_validate({**outcome, "writ": writ})
     return view
 
@@ -108,89 +127,77 @@ async def read_body(request: Request, limit: int) -> bytes:
     """Read at most `limit` bytes; refuse larger bodies before buffering them."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise CanonicalError(
-            "payload_too_large", f"body of {declared} bytes exceeds the {limit}-byte limit"
-        )
+        raise canonical.PayloadTooLarge(declared, limit)
     body = bytearray()
     async for chunk in request.stream():
         body.extend(chunk)
         if len(body) > limit:
-            raise CanonicalError("payload_too_large", f"body exceeds the {limit}-byte limit")
+            raise canonical.PayloadTooLarge(f"more than {limit}", limit)
     return bytes(body)
 
 
-def openapi_body(model: type[BaseModel]) -> dict[str, Any]:
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": model.model_json_schema(ref_template="#/components/schemas/{model}")
-                }
-            },
-        }
-    }
+class StrictJSONRoute(APIRoute):
+    """Reads the body once, bounded, as strict JSON, before FastAPI validates it into models."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def strict(request: Request) -> Response:
+            if request.method in ("POST", "PUT", "PATCH"):
+                limit = request.app.state.runtime.max_body
+                raw = await read_body(request, limit)
+                request._body = raw
+                if raw.strip():
+                    request._json = canonical.parse_json(raw, limit)
+            return await handler(request)
+
+        return strict
 
 
-def create_app(runtime: Runtime) -> FastAPI:
-    authority = runtime.authority
-    metrics = runtime.metrics
+bearer = HTTPBearer(auto_error=False, description="An agent's or approver's token")
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        for hook in runtime.start:
-            hook()
-        tasks = [asyncio.create_task(job()) for job in runtime.background]
-        try:
-            yield
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            for hook in runtime.stop:
-                hook()
 
-    app = FastAPI(
-        title="kubewrit",
-        version="0.1.0",
-        summary="Execution authorization for AI agents: should this specific action run?",
-        lifespan=lifespan,
-    )
-    app.state.runtime = runtime
+def authenticate(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+        raise errors.Unauthenticated("unauthenticated", "send `Authorization: Bearer <token>`")
+    runtime: Runtime = request.app.state.runtime
+    principal = runtime.authenticator.authenticate(credentials.credentials.strip())
+    if principal is None:
+        raise errors.Unauthenticated("unauthenticated", "token not recognised")
+    return principal
 
-    @app.exception_handler(Refused)
-    async def refused(_: Request, exc: Refused) -> JSONResponse:
+
+Caller = Annotated[Principal, Depends(authenticate)]
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(errors.DomainError)
+    async def refused(_: Request, exc: errors.DomainError) -> JSONResponse:
         decision = decision_response(exc.outcome) if exc.outcome else None
-        return error(exc.status, exc.code, exc.message, decision)
+        return error(status_of(exc), exc.code, exc.message, decision)
 
-    @app.exception_handler(CanonicalError)
-    async def invalid_action(_: Request, exc: CanonicalError) -> JSONResponse:
-        status = 413 if exc.code == "payload_too_large" else 400
-        return error(status, exc.code, exc.message)
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error(400, "invalid_request", validation_message(exc.errors()))
 
     @app.exception_handler(ValidationError)
     async def invalid_body(_: Request, exc: ValidationError) -> JSONResponse:
-        return error(400, "invalid_request", validation_message(exc))
+        return error(400, "invalid_request", validation_message(exc.errors()))
 
     @app.exception_handler(Exception)
     async def internal(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
         return error(500, "internal", "internal error; the action was not authorized")
 
-    def authenticate(request: Request) -> Principal:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Refused(401, "unauthenticated", "send `Authorization: Bearer <token>`")
-        principal = runtime.authenticator.authenticate(token.strip())
-        if principal is None:
-            raise Refused(401, "unauthenticated", "token not recognised")
-        return principal
 
-    async def decide(principal: Principal, data: Any) -> Outcome:
-        request = DecideRequest.model_validate(data)
+def decisions_router(runtime: Runtime) -> APIRouter:
+    router = APIRouter(route_class=StrictJSONRoute, responses=ERRORS)
+    authority, metrics = runtime.authority, runtime.metrics
+
+    async def decide(principal: Principal, request: DecideRequest) -> Outcome:
         started = time.perf_counter()
         try:
             outcome = await authority.decide(
@@ -204,7 +211,7 @@ def create_app(runtime: Runtime) -> FastAPI:
                     context=request.context.model_dump() if request.context else None,
                 ),
             )
-        except Refused as exc:
+        except errors.DomainError as exc:
             if exc.outcome:
                 metrics.decisions.labels(
                     exc.outcome.decision.value, exc.outcome.verdict.reason.value
@@ -214,31 +221,19 @@ def create_app(runtime: Runtime) -> FastAPI:
         metrics.decisions.labels(outcome.decision.value, outcome.verdict.reason.value).inc()
         return outcome
 
-    @app.post(
-        "/v1/decide",
-        response_model=DecisionResponse,
-        responses=ERRORS,
-        openapi_extra=openapi_body(DecideRequest),
-        summary="Decide one action",
-    )
-    async def decide_endpoint(request: Request) -> DecisionResponse:
-        principal = authenticate(request)
-        data = canonical.parse_json(await read_body(request, runtime.max_body), runtime.max_body)
-        return decision_response(await decide(principal, data))
+    @router.post("/v1/decide", response_model=DecisionResponse, summary="Decide one action")
+    async def decide_endpoint(body: DecideRequest, principal: Caller) -> DecisionResponse:
+        return decision_response(await decide(principal, body))
 
-    @app.post(
+    @router.post(
         "/v1/admission",
-        responses=ERRORS,
-        openapi_extra=openapi_body(AdmissionReview),
         summary="Decide one action wrapped in an admission.k8s.io/v1 AdmissionReview",
     )
-    async def admission_endpoint(request: Request) -> JSONResponse:
-        principal = authenticate(request)
-        data = canonical.parse_json(await read_body(request, runtime.max_body), runtime.max_body)
-        review = AdmissionReview.model_validate(data)
+    async def admission_endpoint(review: AdmissionReview, principal: Caller) -> JSONResponse:
+        action = DecideRequest.model_validate(review.request.object)
         try:
-            answer = decision_response(await decide(principal, review.request.object))
-        except Refused as exc:
+            answer = decision_response(await decide(principal, action))
+        except errors.DomainError as exc:
             if exc.outcome is None:
                 raise
             answer = decision_response(exc.outcome)
@@ -276,93 +271,130 @@ def create_app(runtime: Runtime) -> FastAPI:
             }
         )
 
-    @app.get("/v1/approvals", response_model=list[ApprovalView], responses=ERRORS)
-    async def list_approvals(request: Request, phase: str | None = None) -> list[ApprovalView]:
-        principal = authenticate(request)
-        try:
-            wanted = Phase(phase) if phase else None
-        except ValueError:
-            raise Refused(
-                400, "invalid_phase", f"phase must be one of {[p.value for p in Phase]}"
-            ) from None
-        approvals = authority.approvals.list(wanted, 500)
-        if principal.role.value == "agent":
-            approvals = [a for a in approvals if a.agent == principal.name]
-        return [approval_view(a) for a in approvals]
+    return router
 
-    @app.get(
+
+def approvals_router(runtime: Runtime) -> APIRouter:
+    router = APIRouter(route_class=StrictJSONRoute, responses=ERRORS, tags=["approvals"])
+    workflow = runtime.authority.approvals
+
+    @router.get("/v1/approvals", response_model=list[ApprovalView])
+    async def list_approvals(principal: Caller, phase: Phase | None = None) -> list[ApprovalView]:
+        return [approval_view(a) for a in workflow.visible_to(principal, phase, 500)]
+
+    @router.get(
         "/v1/approvals/{approval_id}",
         response_model=ApprovalView,
-        responses=ERRORS,
         summary="An approval's state; with ?wait=N, long-poll until it is decided",
     )
-    async def get_approval(approval_id: str, request: Request, wait: float = 0) -> ApprovalView:
-        principal = authenticate(request)
-        approval, token = await authority.collect(approval_id, principal, wait)
+    async def get_approval(
+        approval_id: str,
+        principal: Caller,
+        wait: Annotated[float, Query(ge=0, le=300)] = 0,
+    ) -> ApprovalView:
+        approval, token = await workflow.collect(approval_id, principal, wait)
         return approval_view(approval, token)
 
-    async def resolve(approval_id: str, request: Request, approve: bool) -> ApprovalView:
-        principal = authenticate(request)
-        raw = await read_body(request, 8 * 1024)
-        body = ApprovalDecision.model_validate(canonical.parse_json(raw) if raw.strip() else {})
-        return approval_view(await authority.resolve(approval_id, principal, approve, body.reason))
+    @router.post("/v1/approvals/{approval_id}/approve", response_model=ApprovalView)
+    async def approve(
+        approval_id: str, principal: Caller, body: ApprovalDecision | None = None
+    ) -> ApprovalView:
+        reason = body.reason if body else None
+        return approval_view(await workflow.resolve(approval_id, principal, True, reason))
 
-    @app.post(
-        "/v1/approvals/{approval_id}/approve",
-        response_model=ApprovalView,
-        responses=ERRORS,
-        openapi_extra=openapi_body(ApprovalDecision),
-    )
-    async def approve(approval_id: str, request: Request) -> ApprovalView:
-        return await resolve(approval_id, request, True)
+    @router.post("/v1/approvals/{approval_id}/deny", response_model=ApprovalView)
+    async def deny(
+        approval_id: str, principal: Caller, body: ApprovalDecision | None = None
+    ) -> ApprovalView:
+        reason = body.reason if body else None
+        return approval_view(await workflow.resolve(approval_id, principal, False, reason))
 
-    @app.post(
-        "/v1/approvals/{approval_id}/deny",
-        response_model=ApprovalView,
-        responses=ERRORS,
-        openapi_extra=openapi_body(ApprovalDecision),
-    )
-    async def deny(approval_id: str, request: Request) -> ApprovalView:
-        return await resolve(approval_id, request, False)
+    return router
 
-    @app.get(
+
+def records_router(runtime: Runtime) -> APIRouter:
+    router = APIRouter(responses=ERRORS, tags=["records"])
+    queries = runtime.authority.backend.queries
+
+    @router.get(
         "/v1/records",
         response_model=RecordPage,
-        responses=ERRORS,
         summary="Decision records, oldest first; page with after=<seq> and chain",
     )
     async def records(
-        request: Request,
-        chain: str | None = None,
-        agent: str | None = None,
-        tool: str | None = None,
-        decision: str | None = None,
-        after: int | None = None,
-        limit: int = 100,
+        principal: Caller,
+        chain: Annotated[str | None, Query(max_length=253)] = None,
+        agent: Annotated[str | None, Query(max_length=253)] = None,
+        tool: Annotated[str | None, Query(max_length=256)] = None,
+        decision: Decision | None = None,
+        after: Annotated[int | None, Query(ge=-1, le=MAX_SEQ)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> RecordPage:
-        principal = authenticate(request)
-        if principal.role.value == "agent":
-            agent = principal.name
-        items = runtime.records.query(RecordQuery(chain, agent, tool, decision, after, limit))
-        next_after = items[-1].seq if len(items) >= max(1, min(limit, 1000)) else None
+        namespace = None
+        if principal.role is Role.AGENT:
+            agent, namespace = principal.name, principal.namespace
+        query = RecordQuery(
+            chain, agent, tool, decision.value if decision else None, after, limit, namespace
+        )
+        items = queries.query(query)
+        next_after = items[-1].seq if len(items) >= limit else None
         return RecordPage(items=[r.to_dict() for r in items], next_after=next_after)
 
-    @app.get("/healthz")
+    return router
+
+
+def health_router(runtime: Runtime) -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @router.get("/readyz")
     async def readyz() -> JSONResponse:
         state = runtime.state
         body = {"ready": state.ready, **state.detail()}
         return JSONResponse(body, status_code=200 if state.ready else 503)
 
-    @app.get("/metrics")
+    @router.get("/metrics")
     async def metrics_endpoint() -> PlainTextResponse:
-        metrics.approvals_pending.set(len(authority.approvals.list(Phase.PENDING, 10000)))
-        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        pending = runtime.authority.backend.approvals.list(Phase.PENDING, 10000)
+        runtime.metrics.approvals_pending.set(len(pending))
+        return PlainTextResponse(
+            generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST
+        )
 
+    return router
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        for hook in runtime.start:
+            hook()
+        tasks = [asyncio.create_task(job()) for job in runtime.background]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            for hook in runtime.stop:
+                hook()
+
+    app = FastAPI(
+        title="kubewrit",
+        version=__version__,
+        summary="Execution authorization for AI agents: should this specific action run?",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    for router in (decisions_router, approvals_router, records_router, health_router):
+        app.include_router(router(runtime))
     return app
 
 
-__all__ = ["create_app", "decision_response", "outcome_summary"]
+__all__ = ["create_app", "decision_response"]

@@ -97,6 +97,10 @@ class ApprovalView(BaseModel):
     decided_at: float | None = None
     decision_reason: str | None = None
     outcome: DecisionResponse | None = None
+    namespace: str | None = None
+    approvers: dict[str, list[str]] | None = Field(
+        default=None, description="Who may decide it (bound when the action was held)."
+    )
 
 
 class ApprovalDecision(Strict):

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from kubewrit.webhook.authority import Authority
-from kubewrit.webhook.chain import Record
 from kubewrit.webhook.identity import Authenticator
 from kubewrit.webhook.metrics import Metrics
 from kubewrit.webhook.policy_state import PolicyState
-from kubewrit.webhook.store.sqlite import RecordQuery
 
 
-class RecordReader(Protocol):
-    def query(self, q: RecordQuery) -> list[Record]: ...
+@dataclass
+class Tuning:
+    """The knobs both servers share (limits, lifetimes, anchoring): both Configs extend it."""
+
+    max_body: int = 64 * 1024
+    writ_ttl: int = 60
+    approval_ttl: float = 15 * 60
+    anchor_every: int = 100
+    anchor_seconds: float = 10.0
 
 
 @dataclass
@@ -24,7 +29,6 @@ class Runtime:
     authenticator: Authenticator
     state: PolicyState
     metrics: Metrics
-    records: RecordReader
     max_body: int = 64 * 1024
     start: list[Callable[[], None]] = field(default_factory=list)
     stop: list[Callable[[], None]] = field(default_factory=list)

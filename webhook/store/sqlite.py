@@ -2,21 +2,26 @@
 
 WAL journal with synchronous=FULL, so a commit is durable when it returns.
 The recorder thread owns the write connection for records (group commit);
-approvals and reads use their own connections.
+approvals and reads use their own connections. A unique index allows one
+decision record per (agent, request_id): the database itself refuses a second.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kubewrit.webhook.approval import Approval, Phase
+from kubewrit.webhook.backend import RecordQuery
 from kubewrit.webhook.chain import Anchor, Record
+from kubewrit.webhook.requests import RequestKey
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -50,16 +55,10 @@ CREATE TABLE IF NOT EXISTS approvals (
 );
 CREATE INDEX IF NOT EXISTS approvals_by_phase ON approvals (phase, created_at);
 """
-
-
-@dataclass(frozen=True)
-class RecordQuery:
-    chain: str | None = None
-    agent: str | None = None
-    tool: str | None = None
-    decision: str | None = None
-    after_seq: int | None = None
-    limit: int = 100
+ONE_DECISION_PER_REQUEST = """
+CREATE UNIQUE INDEX IF NOT EXISTS records_one_decision_per_request
+ON records (agent, request_id) WHERE kind = 'decision' AND request_id IS NOT NULL
+"""
 
 
 def connect(path: Path | str) -> sqlite3.Connection:
@@ -73,13 +72,21 @@ def connect(path: Path | str) -> sqlite3.Connection:
 
 
 class SQLiteStore:
-    """Implements recorder.Ledger and approval.ApprovalStore over one database file."""
+    """recorder.Ledger, approval.ApprovalStore, requests.RequestStore and RecordReader."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = connect(self.path)
         self._writer.executescript(SCHEMA)
+        try:
+            self._writer.execute(ONE_DECISION_PER_REQUEST)
+        except sqlite3.IntegrityError:  # written by a kubewrit before the index existed
+            log.warning(
+                "%s holds duplicate decisions for a request id; new ones are still "
+                "refused in-process",
+                self.path,
+            )
         self._other = connect(self.path)
         self._lock = threading.Lock()
 
@@ -181,14 +188,25 @@ class SQLiteStore:
             ).fetchall()
         return [Record.from_dict(json.loads(body)) for (body,) in rows]
 
-    def find_request(self, agent: str, request_id: str) -> Record | None:
+    # -- RequestStore -----------------------------------------------------------
+
+    async def claim(self, key: RequestKey, action_hash: str) -> Record | None:
+        """The decision already recorded for this request id, if any.
+
+        One server owns one database (and one chain), and `requests.Requests` serializes
+        a request id in process, so the durable half of a claim is this lookup; the
+        unique index refuses a second decision record whatever happens.
+        """
         with self._lock:
             row = self._other.execute(
                 "SELECT body FROM records WHERE agent = ? AND request_id = ? AND kind = 'decision' "
                 "ORDER BY time LIMIT 1",
-                (agent, request_id),
+                (key.agent, key.request_id),
             ).fetchone()
         return Record.from_dict(json.loads(row[0])) if row else None
+
+    async def release(self, key: RequestKey) -> None:
+        """Nothing was reserved durably: an unrecorded decision leaves no trace to undo."""
 
     # -- ApprovalStore --------------------------------------------------------
 
