@@ -30,13 +30,12 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from enum import StrEnum
 from typing import Any, Protocol
 
 from kubewrit.webhook import policy, writ
 from kubewrit.webhook.canonical import Action
 from kubewrit.webhook.chain import Record
-from kubewrit.webhook.decision import Decision, Reason, Verdict
+from kubewrit.webhook.decision import Decision, Phase, Reason, Verdict
 from kubewrit.webhook.errors import Conflict, Forbidden, NotFound, Unavailable
 from kubewrit.webhook.identity import Principal, Role
 from kubewrit.webhook.outcome import Outcome, Recording
@@ -48,20 +47,6 @@ DEFAULT_TTL_SECONDS = 15 * 60
 # A claim (Deciding) whose decider vanished is abandoned this long after the approval's expiry.
 ABANDONED_CLAIM_SECONDS = 60.0
 MAX_WAIT_SECONDS = 300.0
-
-
-class Phase(StrEnum):
-    PENDING = "Pending"
-    DECIDING = "Deciding"
-    APPROVED = "Approved"
-    DENIED = "Denied"
-    EXPIRED = "Expired"
-    CONSUMED = "Consumed"
-
-    @property
-    def open(self) -> bool:
-        """Nobody has finished deciding yet: an agent waiting on it keeps waiting."""
-        return self in (Phase.PENDING, Phase.DECIDING)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
-"""What kubewrit answers: PERMIT, DEFER or DENY, with the reason and the rule."""
+"""What kubewrit answers: PERMIT, DEFER or DENY, with the reason and the rule,
+and where a DEFER's approval stands. The server, the CLI and the client SDK all
+spell these from here (this module depends on nothing, so agents import it cheaply)."""
 
 from __future__ import annotations
 
@@ -31,6 +33,22 @@ class Reason(StrEnum):
 
 
 DEFAULT_DENY_RULE = "default-deny"
+
+
+class Phase(StrEnum):
+    """An approval's phase; the transitions between them are `approval.ApprovalWorkflow`'s."""
+
+    PENDING = "Pending"
+    DECIDING = "Deciding"
+    APPROVED = "Approved"
+    DENIED = "Denied"
+    EXPIRED = "Expired"
+    CONSUMED = "Consumed"
+
+    @property
+    def open(self) -> bool:
+        """Nobody has finished deciding yet: an agent waiting on it keeps waiting."""
+        return self in (Phase.PENDING, Phase.DECIDING)
 
 
 @dataclass(frozen=True)

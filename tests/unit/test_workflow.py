@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 from kubewrit.webhook import keys, policy, writ
-from kubewrit.webhook.approval import Phase
 from kubewrit.webhook.authority import ActionInput, Authority
 from kubewrit.webhook.chain import Draft, Record
-from kubewrit.webhook.decision import Decision, Reason
+from kubewrit.webhook.decision import Decision, Phase, Reason
 from kubewrit.webhook.errors import Conflict, Forbidden, NotFound, Unavailable
 from kubewrit.webhook.identity import Principal, Role
 from kubewrit.webhook.store.memory import MemoryStore

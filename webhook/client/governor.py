@@ -53,6 +53,7 @@ from kubewrit.webhook.client.http import (
     Client,
     new_request_id,
 )
+from kubewrit.webhook.decision import Decision, Phase, Reason
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ T = TypeVar("T")
 
 DEFAULT_APPROVAL_TIMEOUT = 300.0
 LONG_POLL_SECONDS = 25.0
-DECISIONS = ("PERMIT", "DEFER", "DENY")
+DECISIONS = tuple(Decision)
 
 
 @dataclass(frozen=True)
@@ -260,14 +261,14 @@ class Governor:
         decision = answer.get("decision")
         if decision not in DECISIONS or not isinstance(answer.get("action_hash"), str):
             raise _malformed(f"decision answer without a valid decision: {decision!r}")
-        if decision == "DENY":
+        if decision == Decision.DENY:
             raise ActionDenied(
                 str(answer.get("reason") or "denied"),
                 str(answer.get("message") or "denied by policy"),
                 None,
                 answer,
             )
-        if decision == "PERMIT":
+        if decision == Decision.PERMIT:
             return self._permit(tool, operation, answer, None)
         approval = answer.get("approval")
         if not isinstance(approval, dict) or not isinstance(approval.get("id"), str):
@@ -279,22 +280,28 @@ class Governor:
                 "approval",
                 {"approval_id": approval_id, "wait": round(min(remaining, LONG_POLL_SECONDS), 3)},
             )
-            phase = view.get("phase")
-            if phase == "Pending":
+            try:
+                phase = Phase(view.get("phase"))
+            except ValueError:
+                raise _malformed(f"approval {approval_id} in unknown phase") from None
+            if phase.open:
                 continue
             outcome = view.get("outcome") if isinstance(view.get("outcome"), dict) else {}
-            outcome = {**outcome, "approval": {"id": approval_id, "phase": phase}}
-            if phase in ("Approved", "Consumed") and outcome.get("decision") == "PERMIT":
+            outcome = {**outcome, "approval": {"id": approval_id, "phase": phase.value}}
+            granted = outcome.get("decision") == Decision.PERMIT
+            if phase in (Phase.APPROVED, Phase.CONSUMED) and granted:
                 return self._permit(tool, operation, outcome, approval_id)
-            if phase in ("Denied", "Expired") or outcome.get("decision") == "DENY":
-                default = "approval_denied" if phase == "Denied" else "approval_expired"
+            if phase in (Phase.DENIED, Phase.EXPIRED) or outcome.get("decision") == Decision.DENY:
+                default = (
+                    Reason.APPROVAL_DENIED if phase is Phase.DENIED else Reason.APPROVAL_EXPIRED
+                )
                 raise ActionDenied(
                     str(outcome.get("reason") or default),
-                    str(outcome.get("message") or f"approval {phase}"),
+                    str(outcome.get("message") or f"approval {phase.value}"),
                     None,
                     outcome,
                 )
-            raise _malformed(f"approval {approval_id} in phase {phase!r} without a usable outcome")
+            raise _malformed(f"approval {approval_id} {phase.value} without a usable outcome")
         raise ApprovalTimeout(
             "approval_timeout",
             f"approval {approval_id} for {tool} was not decided within {self.approval_timeout:g}s",

@@ -17,7 +17,8 @@ from typing import Any
 
 from kubernetes import client
 from kubewrit.webhook import canonical
-from kubewrit.webhook.approval import Approval, ApproverSet, Phase
+from kubewrit.webhook.approval import Approval, ApproverSet
+from kubewrit.webhook.decision import Phase
 from kubewrit.webhook.identity import Principal, Role
 from kubewrit.webhook.kube import api as kube_api
 from kubewrit.webhook.kube import watching

@@ -21,10 +21,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from kubewrit.webhook import __version__, canonical, errors
-from kubewrit.webhook.approval import Approval, Phase
+from kubewrit.webhook.approval import Approval
 from kubewrit.webhook.authority import ActionInput, Outcome
 from kubewrit.webhook.backend import RecordQuery
-from kubewrit.webhook.decision import Decision
+from kubewrit.webhook.decision import Decision, Phase
 from kubewrit.webhook.identity import Principal, Role
 from kubewrit.webhook.server.models import (
     AdmissionReview,

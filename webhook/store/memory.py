@@ -10,9 +10,10 @@ from __future__ import annotations
 import builtins
 import threading
 
-from kubewrit.webhook.approval import Approval, Phase
+from kubewrit.webhook.approval import Approval
 from kubewrit.webhook.backend import Backend, RecordQuery
 from kubewrit.webhook.chain import Anchor, Draft, Head, Record
+from kubewrit.webhook.decision import Phase
 from kubewrit.webhook.keys import Signer
 from kubewrit.webhook.recorder import RecordUnavailable
 from kubewrit.webhook.requests import RequestKey

@@ -16,9 +16,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from kubewrit.webhook.approval import Approval, Phase
+from kubewrit.webhook.approval import Approval
 from kubewrit.webhook.backend import RecordQuery
 from kubewrit.webhook.chain import Anchor, Record
+from kubewrit.webhook.decision import Phase
 from kubewrit.webhook.requests import RequestKey
 
 log = logging.getLogger(__name__)
