@@ -55,6 +55,9 @@ def test_the_wheel_holds_both_code_roots_under_kubewrit(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("kubewrit-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for module in (
+        "__init__.py",
+        "integrations.py",
+        "cli.py",
         "webhook/__init__.py",
         "webhook/kube/records.py",
         "webhook/policy/compiler.py",
@@ -66,6 +69,40 @@ def test_the_wheel_holds_both_code_roots_under_kubewrit(tmp_path: Path) -> None:
         assert f"kubewrit/{module}" in names, module
     assert not any(name.startswith(("operator/", "webhook/")) for name in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert (
-        "kubewrit = kubewrit.webhook.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "kubewrit = kubewrit.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA")))
+    core = [
+        line.split(":", 1)[1].strip()
+        for line in metadata.decode().splitlines()
+        if line.startswith("Requires-Dist:") and "extra ==" not in line
+    ]
+    assert not [d for d in core if d.split(">")[0].split("[")[0] in SERVER_SIDE], core
+
+
+SERVER_SIDE = ("fastapi", "uvicorn", "kopf", "kubernetes", "cel-python", "prometheus-client")
+
+
+def test_governing_a_tool_imports_no_server_or_operator_code() -> None:
+    """The agent side (`import kubewrit`, a Governor, writ checks, an adapter) stays light."""
+    probe = (
+        "import sys, kubewrit\n"
+        "from kubewrit.integrations import langchain\n"
+        "g = kubewrit.Governor('http://127.0.0.1:9', token='t')\n"
+        "heavy = [m for m in ('fastapi', 'uvicorn', 'kopf', 'kubernetes', 'celpy', "
+        "'prometheus_client', 'kubewrit.webhook.server', 'kubewrit.operator', "
+        "'kubewrit.webhook.policy') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "assert callable(kubewrit.verify_writ) and kubewrit.Decision.PERMIT == 'PERMIT'\n"
     )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_old_import_paths_still_work() -> None:
+    from kubewrit.webhook.client import Governor as old
+    from kubewrit.webhook.integrations import langchain as old_adapter
+
+    import kubewrit
+    from kubewrit.integrations import langchain
+
+    assert kubewrit.Governor is old and langchain is old_adapter

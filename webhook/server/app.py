@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -295,19 +295,20 @@ def approvals_router(runtime: Runtime) -> APIRouter:
         approval, token = await workflow.collect(approval_id, principal, wait)
         return approval_view(approval, token)
 
-    @router.post("/v1/approvals/{approval_id}/approve", response_model=ApprovalView)
-    async def approve(
-        approval_id: str, principal: Caller, body: ApprovalDecision | None = None
+    @router.post(
+        "/v1/approvals/{approval_id}/{ruling}",
+        response_model=ApprovalView,
+        summary="An approver approves or denies (approver tokens only)",
+    )
+    async def decide_approval(
+        approval_id: str,
+        ruling: Literal["approve", "deny"],
+        principal: Caller,
+        body: ApprovalDecision | None = None,
     ) -> ApprovalView:
         reason = body.reason if body else None
-        return approval_view(await workflow.resolve(approval_id, principal, True, reason))
-
-    @router.post("/v1/approvals/{approval_id}/deny", response_model=ApprovalView)
-    async def deny(
-        approval_id: str, principal: Caller, body: ApprovalDecision | None = None
-    ) -> ApprovalView:
-        reason = body.reason if body else None
-        return approval_view(await workflow.resolve(approval_id, principal, False, reason))
+        approved = ruling == "approve"
+        return approval_view(await workflow.resolve(approval_id, principal, approved, reason))
 
     return router
 

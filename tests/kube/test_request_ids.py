@@ -1,0 +1,119 @@
+"""Request ids in Kubernetes mode: one decision per id across two webhook replicas."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubewrit.webhook.requests import RequestKey
+
+from tests.kube.decision_webhook import DecisionWebhook, apply_crds, policy_manifest, start_webhook
+
+pytestmark = pytest.mark.kube
+
+
+@pytest.fixture(scope="module")
+def shop(control_plane: Any) -> Iterator[str]:
+    apply_crds(control_plane)
+    namespace = f"reqid-{uuid.uuid4().hex[:6]}"
+    control_plane.kubectl("create", "namespace", namespace)
+    control_plane.kubectl("create", "serviceaccount", "support-agent", "-n", namespace)
+    control_plane.kubectl("apply", "-f", "-", input=policy_manifest(namespace))
+    yield namespace
+    control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def replicas(
+    control_plane: Any, shop: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[DecisionWebhook]]:
+    workdir = tmp_path_factory.mktemp("replicas")
+    started = [start_webhook(control_plane, workdir, f"replica-{i}") for i in range(2)]
+    yield started
+    for replica in started:
+        replica.stop()
+
+
+@pytest.fixture(scope="module")
+def agent(control_plane: Any, shop: str) -> str:
+    return control_plane.kubectl("create", "token", "support-agent", "-n", shop).stdout.strip()
+
+
+def decisions_for(control_plane: Any, namespace: str, request_id: str) -> list[dict[str, Any]]:
+    digest = RequestKey(namespace, "support-agent", request_id).digest()
+    listing = control_plane.kubectl(
+        "get", "actionrecords", "-n", namespace, "-l", f"kubewrit.io/request={digest}", "-o", "json"
+    ).stdout
+    return json.loads(listing)["items"]
+
+
+@pytest.mark.parametrize("amount", [45, 340])
+def test_concurrent_retries_across_replicas_are_one_decision(
+    control_plane, shop, replicas, agent, amount
+) -> None:
+    request_id = f"both-replicas-{amount}-{uuid.uuid4().hex[:6]}"
+
+    def send(i: int) -> dict[str, Any]:
+        answer = replicas[i % 2].decide(
+            agent, tool="process_refund", args={"amount": amount}, request_id=request_id
+        )
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(send, range(8)))
+    assert len(decisions_for(control_plane, shop, request_id)) == 1
+    assert len({(a["record"]["chain"], a["record"]["seq"]) for a in answers}) == 1
+    assert len({a["writ"] for a in answers}) == 1
+    assert len({(a["approval"] or {}).get("id") for a in answers}) == 1
+    assert sum(1 for a in answers if not a["replayed"]) == 1
+    if amount == 340:
+        approvals = json.loads(
+            control_plane.kubectl("get", "actionapprovals", "-n", shop, "-o", "json").stdout
+        )["items"]
+        assert [a["spec"].get("requestId") for a in approvals].count(request_id) == 1
+
+
+def test_a_request_id_reused_for_another_action_is_refused_by_any_replica(
+    shop, replicas, agent
+) -> None:
+    request_id = f"reused-{uuid.uuid4().hex[:6]}"
+    first = replicas[0].decide(
+        agent, tool="process_refund", args={"amount": 45}, request_id=request_id
+    )
+    assert first.status_code == 200
+    other = replicas[1].decide(
+        agent, tool="process_refund", args={"amount": 46}, request_id=request_id
+    )
+    assert other.status_code == 409 and other.json()["error"]["code"] == "request_id_reused"
+
+
+def test_a_replay_survives_a_restart_of_the_deciding_replica(
+    control_plane, shop, agent, tmp_path: Path
+) -> None:
+    request_id = f"restart-{uuid.uuid4().hex[:6]}"
+    answers = []
+    for _ in range(2):  # the same replica (same chain and key), stopped and started again
+        replica = start_webhook(control_plane, tmp_path, "restarting")
+        try:
+            answers.append(
+                replica.decide(
+                    agent, tool="process_refund", args={"amount": 45}, request_id=request_id
+                ).json()
+            )
+        finally:
+            replica.stop()
+    before, after = answers
+    assert after["replayed"] and after["record"] == before["record"]
+    assert after["writ"] == before["writ"]
+
+
+def test_record_queries_point_at_kubectl(replicas, agent) -> None:
+    answer = replicas[0].get("/v1/records", agent)
+    assert answer.status_code == 501
+    assert "kubectl get actionrecords" in answer.json()["error"]["message"]
