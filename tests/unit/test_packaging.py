@@ -106,3 +106,33 @@ def test_old_import_paths_still_work() -> None:
     from kubewrit.integrations import langchain
 
     assert kubewrit.Governor is old and langchain is old_adapter
+
+
+def test_the_langchain_extra_runs_the_documented_example() -> None:
+    """`pip install 'kubewrit[server,langchain]'` installs everything the walkthrough agent imports."""
+    import ast
+    from importlib import metadata
+
+    example = REPO / "examples" / "agents" / "support_agent.py"
+    imported = {
+        (node.module or "").split(".")[0]
+        for node in ast.walk(ast.parse(example.read_text()))
+        if isinstance(node, ast.ImportFrom) and node.level == 0
+    } | {
+        alias.name.split(".")[0]
+        for node in ast.walk(ast.parse(example.read_text()))
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    third_party = {
+        dist.lower()
+        for module in imported - set(sys.stdlib_module_names) - {"kubewrit", "__future__"}
+        for dist in metadata.packages_distributions()[module]
+    }
+    installed: set[str] = set()
+    for requirement in metadata.requires("kubewrit") or []:
+        name, _, marker = requirement.partition(";")
+        extra = marker.split("extra ==")[-1].strip(" \"'") if "extra ==" in marker else ""
+        if extra in ("", "server", "langchain"):
+            installed.add(name.split("[")[0].split(">")[0].split("=")[0].strip().lower())
+    assert third_party <= installed, third_party - installed

@@ -144,6 +144,13 @@ def serve(
     "--tls-cert", type=click.Path(exists=True, path_type=Path), help="Serve HTTPS with this cert."
 )
 @click.option("--tls-key", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--request-id-ttl",
+    default=86400.0,
+    show_default=True,
+    type=click.FloatRange(min=60),
+    help="How long a request id is remembered across replicas (one decision per id), seconds.",
+)
 @server_options
 def webhook(
     kubeconfig: Path | None,
@@ -154,6 +161,7 @@ def webhook(
     port: int,
     tls_cert: Path | None,
     tls_key: Path | None,
+    request_id_ttl: float,
     log_level: str,
     **tuning: Any,
 ) -> None:
@@ -166,6 +174,7 @@ def webhook(
         namespace=namespace,
         replica=replica,
         signing_key=signing_key,
+        request_id_ttl=request_id_ttl,
         **tuning,
     )
     try:
