@@ -153,7 +153,9 @@ class ApprovalStore(Protocol):
 
     def create(self, approval: Approval) -> None: ...
 
-    def get(self, approval_id: str) -> Approval | None: ...
+    def get(self, approval_id: str, namespace: str | None = None) -> Approval | None:
+        """The approval named `approval_id` (in `namespace`, where namespaces exist)."""
+        ...
 
     def swap(self, expected: Phase, updated: Approval) -> bool:
         """Store `updated` (phase and all) only if the stored phase is still `expected`."""
@@ -211,8 +213,8 @@ class ApprovalWorkflow:
 
     # -- reading ------------------------------------------------------------
 
-    def get(self, approval_id: str) -> Approval:
-        approval = self.store.get(approval_id)
+    def get(self, approval_id: str, namespace: str | None = None) -> Approval:
+        approval = self.store.get(approval_id, namespace)
         if approval is None:
             raise NotFound("approval_not_found", f"no approval {approval_id!r}")
         return approval
@@ -295,10 +297,15 @@ class ApprovalWorkflow:
             )
 
     async def resolve(
-        self, approval_id: str, approver: Principal, approve: bool, reason: str | None = None
+        self,
+        approval_id: str,
+        approver: Principal,
+        approve: bool,
+        reason: str | None = None,
+        namespace: str | None = None,
     ) -> Approval:
         """A human decides: claim, record the final decision, then publish phase and outcome."""
-        approval = self.get(approval_id)
+        approval = self.get(approval_id, namespace)
         self._check_approver(approval, approver)
         if approval.phase is Phase.PENDING and approval.expired(self.clock()):
             await self.expire(approval)
@@ -350,7 +357,7 @@ class ApprovalWorkflow:
     def _move(self, expected: Phase, updated: Approval) -> Approval:
         """A transition that must win: losing it means the lifecycle was broken elsewhere."""
         if not self.store.swap(expected, updated):
-            current = self.store.get(updated.id)
+            current = self.store.get(updated.id, updated.namespace)
             found = current.phase.value if current else "gone"
             log.error("approval %s left %s underneath us (now %s)", updated.id, expected, found)
             raise Conflict(
@@ -378,7 +385,7 @@ class ApprovalWorkflow:
             decided_at=self.clock(),
         )
         if not self.store.swap(approval.phase, expired):
-            return self.get(approval.id)  # someone else moved it first: theirs stands
+            return self.get(approval.id, approval.namespace)  # someone else moved first
         verdict = self._held_verdict(
             approval,
             Reason.APPROVAL_EXPIRED,
@@ -425,8 +432,9 @@ class ApprovalWorkflow:
         is recorded as such and yields nothing to run.
         """
         deadline = time.monotonic() + max(0.0, min(wait, MAX_WAIT_SECONDS))
+        scope = caller.namespace if caller.role is Role.AGENT else None
         while True:
-            approval = self.get(approval_id)
+            approval = self.get(approval_id, scope)
             if caller.role is Role.AGENT and not approval.belongs_to(caller):
                 raise NotFound("approval_not_found", f"no approval {approval_id!r}")
             if approval.phase is Phase.PENDING and approval.expired(self.clock()):

@@ -203,5 +203,5 @@ class Authority:
                     "a new request_id",
                 )
         elif verdict.decision is Decision.DEFER and previous.approval:
-            approval = self.backend.approvals.get(previous.approval)
+            approval = self.backend.approvals.get(previous.approval, previous.namespace)
         return Outcome(verdict, action_hash, previous, token, approval, {"replayed": True})

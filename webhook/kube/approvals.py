@@ -102,7 +102,12 @@ def from_object(obj: dict[str, Any]) -> Approval:
     )
 
 
-Resolver = Callable[[str, Principal, bool, str | None], Coroutine[Any, Any, Any]]
+Resolver = Callable[[str, Principal, bool, str | None, str | None], Coroutine[Any, Any, Any]]
+Key = tuple[str, str]  # (namespace, name): an approval's name is unique only in its namespace
+
+
+def key_of(obj: dict[str, Any]) -> Key:
+    return obj["metadata"].get("namespace", ""), obj["metadata"]["name"]
 
 
 class ActionApprovalStore:
@@ -111,13 +116,13 @@ class ActionApprovalStore:
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
         self.custom = kube_api.custom(api)
-        self._cache: dict[str, dict[str, Any]] = {}
+        self._cache: dict[Key, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self.synced = threading.Event()
         self._stop = threading.Event()
         self.resolver: Resolver | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._resolving: set[str] = set()
+        self._resolving: set[Key] = set()
 
     # -- ApprovalStore --------------------------------------------------------
 
@@ -140,9 +145,28 @@ class ActionApprovalStore:
         )
         self._remember(obj)
 
-    def get(self, approval_id: str) -> Approval | None:
+    def get(self, approval_id: str, namespace: str | None = None) -> Approval | None:
+        """From the watch-fed cache; by namespace and name, or by a name unique across them.
+
+        Within a namespace a miss is read through (the watch may not have delivered an
+        approval another replica just created).
+        """
         with self._lock:
-            obj = self._cache.get(approval_id)
+            if namespace is not None:
+                obj = self._cache.get((namespace, approval_id))
+            else:
+                named = [o for (_, name), o in self._cache.items() if name == approval_id]
+                obj = named[0] if len(named) == 1 else None
+        if obj is None and namespace is not None:
+            try:
+                obj = self.custom.get_namespaced_custom_object(
+                    kube_api.GROUP, kube_api.VERSION, namespace, kube_api.APPROVALS, approval_id
+                )
+            except client.ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+            self._remember(obj)
         return from_object(obj) if obj else None
 
     def swap(self, expected: Phase, updated: Approval) -> bool:
@@ -189,14 +213,14 @@ class ActionApprovalStore:
     # -- watching -------------------------------------------------------------
 
     def _remember(self, obj: dict[str, Any]) -> None:
-        name = obj["metadata"]["name"]
+        key = key_of(obj)
         with self._lock:
-            known = self._cache.get(name)
+            known = self._cache.get(key)
             if known and int(known["metadata"]["resourceVersion"]) > int(
                 obj["metadata"]["resourceVersion"]
             ):
                 return
-            self._cache[name] = obj
+            self._cache[key] = obj
 
     def start(self, loop: asyncio.AbstractEventLoop, resolver: Resolver) -> None:
         self.loop, self.resolver = loop, resolver
@@ -209,7 +233,7 @@ class ActionApprovalStore:
     def _observe(self, event_type: str, obj: dict[str, Any]) -> None:
         if event_type == "DELETED":
             with self._lock:
-                self._cache.pop(obj["metadata"]["name"], None)
+                self._cache.pop(key_of(obj), None)
             return
         self._remember(obj)
         self._maybe_resolve(obj)
@@ -220,31 +244,35 @@ class ActionApprovalStore:
         decision = notes.get(kube_api.ANNOTATION_DECISION)
         decided_by = notes.get(kube_api.ANNOTATION_DECIDED_BY)
         phase = (obj.get("status") or {}).get("phase", "Pending")
-        name = obj["metadata"]["name"]
+        key = key_of(obj)
         if phase != "Pending" or decision not in ("approve", "deny") or not decided_by:
             return
-        if self.resolver is None or self.loop is None or name in self._resolving:
+        if self.resolver is None or self.loop is None or key in self._resolving:
             return
-        self._resolving.add(name)
+        self._resolving.add(key)
         groups = tuple(g for g in notes.get(kube_api.ANNOTATION_DECIDED_GROUPS, "").split(",") if g)
         approver = Principal(decided_by, Role.APPROVER, groups)
         future = asyncio.run_coroutine_threadsafe(
             self.resolver(
-                name, approver, decision == "approve", notes.get(kube_api.ANNOTATION_REASON)
+                key[1],
+                approver,
+                decision == "approve",
+                notes.get(kube_api.ANNOTATION_REASON),
+                key[0],
             ),
             self.loop,
         )
-        future.add_done_callback(lambda f: self._resolved(name, f))
+        future.add_done_callback(lambda f: self._resolved(key, f))
 
-    def _resolved(self, name: str, future: Any) -> None:
-        self._resolving.discard(name)
+    def _resolved(self, key: Key, future: Any) -> None:
+        self._resolving.discard(key)
         error = future.exception()
         if error is not None:
-            log.warning("approval %s not resolved: %s", name, getattr(error, "message", error))
+            log.warning("approval %s/%s not resolved: %s", *key, getattr(error, "message", error))
 
     def _listed(self, items: watching.Items) -> None:
         with self._lock:
-            self._cache = {obj["metadata"]["name"]: obj for obj in items}
+            self._cache = {key_of(obj): obj for obj in items}
         for obj in items:
             self._maybe_resolve(obj)
         self.synced.set()

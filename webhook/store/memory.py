@@ -77,7 +77,7 @@ class MemoryStore:
                 raise ValueError(f"approval {approval.id} exists")
             self.approvals[approval.id] = approval
 
-    def get(self, approval_id: str) -> Approval | None:
+    def get(self, approval_id: str, namespace: str | None = None) -> Approval | None:
         with self._lock:
             return self.approvals.get(approval_id)
 

@@ -225,7 +225,7 @@ class SQLiteStore:
                 ),
             )
 
-    def get(self, approval_id: str) -> Approval | None:
+    def get(self, approval_id: str, namespace: str | None = None) -> Approval | None:
         with self._lock:
             row = self._other.execute(
                 "SELECT body FROM approvals WHERE id = ?", (approval_id,)
