@@ -1,0 +1,112 @@
+"""The console on `kubewrit serve`: a thin adapter over the standalone runtime.
+
+Approvers sign in with their approver token; deciding is the authority's resolve,
+exactly what `POST /v1/approvals/{id}/approve` does, so every refusal (an agent's
+token, self-approval, an unlisted approver, a second decision, expiry) is the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any, Protocol, cast
+
+from fastapi import FastAPI
+from kubewrit.webhook import verify as verification
+from kubewrit.webhook.approval import Approval
+from kubewrit.webhook.authority import Refused
+from kubewrit.webhook.chain import Anchor, Record
+from kubewrit.webhook.console.backend import (
+    ActionRefused,
+    ChainStatus,
+    PolicyView,
+    RecordFilter,
+    SignInRefused,
+    Viewer,
+)
+from kubewrit.webhook.console.routes import mount
+from kubewrit.webhook.identity import Principal, Role
+from kubewrit.webhook.server.runtime import Runtime
+from kubewrit.webhook.store.sqlite import RecordQuery
+
+
+class ChainStore(Protocol):
+    """What verification reads from the standalone store (SQLiteStore has it)."""
+
+    def iter_records(self, chain: str | None = None) -> Iterator[dict[str, Any]]: ...
+
+    def anchors(self) -> list[Anchor]: ...
+
+
+class StandaloneBackend:
+    mode = "standalone"
+    secret_label = "Approver token"
+    namespace: str | None = None
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.authority = runtime.authority
+
+    def _principal(self, viewer: Viewer) -> Principal | None:
+        principal = self.runtime.authenticator.authenticate(viewer.secret)
+        return principal if principal and principal.role is Role.APPROVER else None
+
+    async def sign_in(self, secret: str) -> Viewer:
+        principal = self.runtime.authenticator.authenticate(secret.strip())
+        if principal is None:
+            raise SignInRefused("token not recognised")
+        if principal.role is not Role.APPROVER:
+            raise SignInRefused(
+                f"{principal.name!r} is an agent: agent tokens cannot sign in to the console"
+            )
+        return Viewer(principal.name, principal.groups, secret.strip())
+
+    async def still_valid(self, viewer: Viewer) -> bool:
+        principal = self._principal(viewer)
+        return principal is not None and principal.name == viewer.name
+
+    async def approvals(self) -> list[Approval]:
+        return self.authority.approvals.list(None, 500)
+
+    async def approval(self, approval_id: str) -> Approval | None:
+        return self.authority.approvals.get(approval_id)
+
+    async def decide(
+        self, viewer: Viewer, approval_id: str, approve: bool, reason: str | None
+    ) -> Approval:
+        principal = self._principal(viewer)
+        if principal is None:
+            raise ActionRefused("your token is no longer valid; sign in again", "unauthenticated")
+        try:
+            return await self.authority.resolve(approval_id, principal, approve, reason)
+        except Refused as exc:
+            raise ActionRefused(exc.message, exc.code) from None
+
+    async def records(self, query: RecordFilter) -> list[Record]:
+        found = self.runtime.records.query(
+            RecordQuery(agent=query.agent, tool=query.tool, decision=query.decision, limit=1000)
+        )
+        return [r for r in found if query.admits(r)][-query.limit :]
+
+    async def record(self, chain: str, seq: int) -> Record | None:
+        found = self.runtime.records.query(RecordQuery(chain=chain, after_seq=seq - 1, limit=1))
+        return found[0] if found and found[0].seq == seq else None
+
+    async def chain_status(self) -> ChainStatus:
+        store = cast(ChainStore, self.runtime.records)
+        trusted = [self.authority.signer.verifier]
+
+        def run() -> verification.Report:
+            return verification.verify(list(store.iter_records()), store.anchors(), trusted)
+
+        return ChainStatus(await asyncio.to_thread(run))
+
+    async def policies(self) -> PolicyView:
+        state = self.runtime.state
+        return PolicyView(state.policies, [state.error] if state.error else [], state.loaded_at)
+
+
+def with_console(app: FastAPI, runtime: Runtime) -> FastAPI:
+    """`kubewrit serve`'s app, plus the console at /ui."""
+    mount(app, StandaloneBackend(runtime))
+    return app
