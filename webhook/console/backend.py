@@ -92,6 +92,7 @@ class ConsoleBackend(Protocol):
     mode: str  # "standalone" | "kubernetes"
     secret_label: str  # what the sign-in form asks for
     namespace: str | None  # where new playground actions are decided (None standalone)
+    poll_seconds: float  # how often the live queue looks for changes
 
     async def sign_in(self, secret: str) -> Viewer:
         """Who `secret` belongs to; SignInRefused if they may not use the console."""

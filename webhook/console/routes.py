@@ -63,7 +63,6 @@ SECURITY_HEADERS = {
 }
 RECENT_DECIDED = 10
 AGENT_HISTORY = 20
-EVENT_POLL_SECONDS = 0.5
 EVENT_STREAM_SECONDS = 15.0  # streams end and the browser reconnects: shutdown never waits long
 PLAYGROUND_EXAMPLE = {
     "agent": "support-agent",
@@ -174,8 +173,12 @@ class Console:
 
     # -- queue --------------------------------------------------------------------
 
-    async def agent_context(self, agent: str, tool: str) -> dict[str, Any]:
-        history = await self.backend.records(RecordFilter(agent=agent, limit=1000))
+    async def agent_context(self, agent: str, tool: str) -> dict[str, Any] | None:
+        """The agent's recent decisions; None when this approver may not read records."""
+        try:
+            history = await self.backend.records(RecordFilter(agent=agent, limit=1000))
+        except ActionRefused:
+            return None
         today = datetime.now(UTC).strftime("%Y-%m-%d")
         todays = [r for r in history if r.time.startswith(today) and r.tool == tool]
         decisions = [r for r in history if r.kind == "decision"]
@@ -188,10 +191,10 @@ class Console:
 
     async def current_verdict(self, approval: Approval) -> Verdict | None:
         """What the policies in force say now (the risk rule; what approval would re-check)."""
-        view = await self.backend.policies()
         try:
+            view = await self.backend.policies()
             return policy.evaluate(view.policies, approval_action(approval))
-        except Exception:  # an approval from an older engine: show what it holds instead
+        except (ActionRefused, CanonicalError):  # no right to read policies; an odd action
             return None
 
     async def queue_data(self) -> dict[str, Any]:
@@ -206,7 +209,7 @@ class Console:
             key=lambda a: a.decided_at or a.expires_at,
             reverse=True,
         )[:RECENT_DECIDED]
-        contexts: dict[tuple[str, str], dict[str, Any]] = {}
+        contexts: dict[tuple[str, str], dict[str, Any] | None] = {}
         verdicts: dict[str, Verdict | None] = {}
         for approval in pending:
             key = (approval.agent, approval.tool)
@@ -235,7 +238,12 @@ class Console:
                 return
             if not await self.backend.still_valid(session.viewer):
                 return
-            approvals = await self.backend.approvals()
+            try:
+                approvals = await self.backend.approvals()
+            except ActionRefused as exc:  # the API server is away or refuses: say so, retry
+                yield f"event: problem\ndata: {exc.message.splitlines()[0] if exc.message else ''}\n\n"
+                await asyncio.sleep(self.backend.poll_seconds)
+                continue
             now = time.time()
             current = self.fingerprint(approvals) + str(
                 [a.id for a in approvals if a.phase is Phase.PENDING and a.expired(now)]
@@ -247,7 +255,7 @@ class Console:
                 yield f"event: queue\n{data}\n"
             else:
                 yield ": idle\n\n"
-            await asyncio.sleep(EVENT_POLL_SECONDS)
+            await asyncio.sleep(self.backend.poll_seconds)
 
     # -- playground ---------------------------------------------------------------
 
@@ -300,7 +308,7 @@ def router(console: Console) -> APIRouter:
         expected = request.cookies.get(LOGIN_COOKIE) or ""
         token = expected or _new_login_token()
         if not same_origin(request) or not token_matches(expected, form.get("login_token")):
-            response = console.page(
+            stale = console.page(
                 "login.html",
                 request,
                 None,
@@ -308,8 +316,8 @@ def router(console: Console) -> APIRouter:
                 login_token=token,
                 error="the sign-in form expired: try again",
             )
-            _set_cookie(response, request, LOGIN_COOKIE, token, LOGIN_SECONDS)
-            return response
+            _set_cookie(stale, request, LOGIN_COOKIE, token, LOGIN_SECONDS)
+            return stale
         try:
             viewer = await backend.sign_in(form.get("secret", ""))
         except SignInRefused as exc:
@@ -532,6 +540,11 @@ def mount(app: FastAPI, backend: ConsoleBackend) -> Console:
         if request.headers.get("hx-request") == "true":
             return Response(status_code=401, headers={"HX-Redirect": f"{PREFIX}/login"})
         return RedirectResponse(f"{PREFIX}/login", status_code=303)
+
+    @app.exception_handler(ActionRefused)
+    async def backend_refused(request: Request, exc: ActionRefused) -> Response:
+        message = f"the backend refused: {exc.message}"
+        return console.page("error.html", request, None, status=502, message=message)
 
     @app.exception_handler(Refusal)
     async def refused(request: Request, exc: Refusal) -> Response:

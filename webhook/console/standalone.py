@@ -42,6 +42,7 @@ class StandaloneBackend:
     mode = "standalone"
     secret_label = "Approver token"
     namespace: str | None = None
+    poll_seconds = 0.5
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
