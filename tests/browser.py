@@ -50,11 +50,15 @@ class Pages:
         context.add_init_script(WATCH)
         page = context.new_page()
         page.set_default_timeout(15_000)
-        page.on("dialog", lambda d: (self.problems.append(f"dialog: {d.message}"), d.dismiss()))
+        page.on("dialog", self._dialog)
         page.on("console", self._console)
         page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
         self.opened.append(context)
         return page
+
+    def _dialog(self, dialog: Any) -> None:
+        self.problems.append(f"dialog: {dialog.message}")  # an alert() would be a script running
+        dialog.dismiss()
 
     def _console(self, message: Any) -> None:
         # A refusal the test provokes (401 sign-in, 403 forged form) is the page working.
