@@ -303,3 +303,42 @@ def test_state_changes_need_the_session_csrf_token(served: Server, pages: Pages)
     assert "script-src 'self'" in headers["content-security-policy"]
     assert "unsafe-inline" not in headers["content-security-policy"]
     assert served.get(f"/v1/approvals/{approval_id}", as_="approver").json()["phase"] == "Pending"
+
+
+def test_an_expired_approval_cannot_be_decided_and_the_page_says_why(
+    tmp_path: Path, pages: Pages
+) -> None:
+    server = start_server(tmp_path, "--approval-ttl", "3")
+    try:
+        page = pages.new()
+        sign_in(page, server, "approver")
+        page.wait_for_url(f"{server.url}/ui/")
+        approval_id = server.decide(tool="process_refund", args={"amount": 200}).json()["approval"][
+            "id"
+        ]
+        stale = pages.new()
+        sign_in(stale, server, "approver")
+        stale.goto(f"{server.url}/ui/approvals/{approval_id}")
+        card = card_of(page, approval_id)
+        card.wait_for()
+        # The countdown reaches zero, the buttons go inert, and the queue shows it Expired.
+        page.wait_for_function(
+            "id => document.querySelector('#approval-' + id + ' .phase')?.textContent === 'Expired'",
+            arg=approval_id,
+            timeout=15_000,
+        )
+        assert page.locator("#queue-empty").count() == 1
+        # A tab opened before expiry has gone inert too; one whose clock lags tries anyway:
+        # the server refuses and says why.
+        assert stale.locator("button[value=approve]").is_disabled()
+        stale.evaluate("document.querySelectorAll('button').forEach(b => b.disabled = false)")
+        stale.click("button[value=approve]")
+        refusal = card_of(stale, approval_id).locator("[role=alert]")
+        refusal.wait_for()
+        assert "expired" in refusal.inner_text().lower()  # "has expired" or "already Expired"
+        assert "nobody decided in time" in stale.inner_text(".final-reason")
+        assert (
+            server.get(f"/v1/approvals/{approval_id}", as_="approver").json()["phase"] == "Expired"
+        )
+    finally:
+        server.stop()
