@@ -6,6 +6,7 @@ browser download is never used. A missing browser is a test ERROR naming the fix
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -68,7 +69,8 @@ class Pages:
 
     def close(self) -> None:
         for context in self.opened:
-            context.close()
+            with contextlib.suppress(Exception):  # a test may have closed it already
+                context.close()
 
 
 @pytest.fixture(scope="session")

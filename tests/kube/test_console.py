@@ -19,7 +19,7 @@ import pytest
 import yaml
 from kubewrit.webhook.client.testing import free_port
 
-from tests.browser import Pages, chromium, no_script_ran, pages  # noqa: F401  (fixtures)
+from tests.browser import Pages, chromium, no_script_ran, pages, screenshot  # noqa: F401  (fixtures)
 from tests.kube.conftest_operator import (
     OperatorProcess,
     apply_crds,
@@ -75,7 +75,7 @@ def start_console(control_plane: Any, user: str, namespace: str, workdir: Path) 
         lines = log.read_text().splitlines()
         try:
             if len(lines) >= 3 and httpx.get(f"{url}/ui/login").status_code == 200:
-                assert f"acting as {user}" in lines[0], lines
+                assert user in lines[0], lines  # who the API server says the kubeconfig is
                 return ConsoleProcess(url, lines[2].strip(), process, log)
         except httpx.TransportError:
             pass
@@ -194,6 +194,8 @@ def test_alice_approves_through_kubewrit_console_and_bob_is_refused(
         assert kubectl_says.returncode != 0
         assert kubectl_says.stderr.split("denied the request: ", 1)[1].strip() in text
         assert bob_page.locator(f"#approval-{name} form.decide").count() == 1  # still open
+        screenshot(bob_page, "console-kube-refused")
+        print("bob was refused:", text)
 
         # The agent waits; alice approves with a reason.
         outcome: dict[str, Any] = {}
@@ -230,6 +232,8 @@ def test_alice_approves_through_kubewrit_console_and_bob_is_refused(
         assert "not verified" in alice_page.inner_text("#chain-badge")
         no_script_ran(alice_page)
         no_script_ran(bob_page)
+        alice_page.context.close()  # before their consoles stop: no reconnect noise
+        bob_page.context.close()
     finally:
         alice.stop()
         bob.stop()
