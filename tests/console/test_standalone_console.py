@@ -175,7 +175,10 @@ def test_attacker_written_arguments_are_shown_as_text(served: Server, pages: Pag
     page = pages.new()
     sign_in(page, served, "approver")
     page.wait_for_url(f"{served.url}/ui/")
-    held = served.decide(tool="process_refund", args={"amount": 400, **ATTACKS}).json()
+    blob = "A" * 3000  # one unbroken 3 KB word
+    held = served.decide(
+        tool="process_refund", args={"amount": 400, "blob": blob, **ATTACKS}
+    ).json()
     assert held["decision"] == "DEFER"
     card = card_of(page, held["approval"]["id"])
     card.wait_for(timeout=10_000)
@@ -183,6 +186,7 @@ def test_attacker_written_arguments_are_shown_as_text(served: Server, pages: Pag
     cells = {
         row.locator("th").inner_text(): row.locator("td").inner_text()
         for row in card.locator("table.args tr").all()
+        if row.locator("th").inner_text() != "blob"
     }
     assert cells["note"] == ATTACKS["note"]
     assert cells["image"] == ATTACKS["image"]
@@ -195,6 +199,11 @@ def test_attacker_written_arguments_are_shown_as_text(served: Server, pages: Pag
     assert "\u200b" not in html and "\u202e" not in html and "\u2060" not in html
     assert card.locator("script, img, b, a[href^='javascript']").count() == 0
     assert page.locator("a[href^='javascript']").count() == 0
+    blob_cell = card.locator("table.args tr", has_text="blob").locator("details")
+    assert "3000 characters" in blob_cell.locator("summary").inner_text()  # folded
+    blob_cell.locator("summary").click()
+    assert blob in blob_cell.inner_text()
+    no_horizontal_scroll(page)
     marker = card.locator(".hidden-char").first
     assert marker.get_attribute("title") == "ZERO WIDTH SPACE"
     card.hover()

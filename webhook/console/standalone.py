@@ -37,6 +37,13 @@ class ChainStore(Protocol):
 
     def anchors(self) -> list[Anchor]: ...
 
+    def chains(self) -> list[str]: ...
+
+    def head(self, chain_id: str) -> Record | None: ...
+
+
+RECENT_WINDOW = 1000  # records per chain the console lists (the newest ones)
+
 
 class StandaloneBackend:
     mode = "standalone"
@@ -84,9 +91,18 @@ class StandaloneBackend:
             raise ActionRefused(exc.message, exc.code) from None
 
     async def records(self, query: RecordFilter) -> list[Record]:
-        found = self.runtime.records.query(
-            RecordQuery(agent=query.agent, tool=query.tool, decision=query.decision, limit=1000)
-        )
+        """The newest records: the last RECENT_WINDOW of each chain, filtered, oldest first."""
+        store = cast(ChainStore, self.runtime.records)
+        found: list[Record] = []
+        for chain in store.chains():
+            head = store.head(chain)
+            start = max(-1, (head.seq if head else 0) - RECENT_WINDOW)
+            found.extend(
+                self.runtime.records.query(
+                    RecordQuery(chain, query.agent, query.tool, query.decision, start, 1000)
+                )
+            )
+        found.sort(key=lambda r: (r.time, r.chain, r.seq))
         return [r for r in found if query.admits(r)][-query.limit :]
 
     async def record(self, chain: str, seq: int) -> Record | None:
