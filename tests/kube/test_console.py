@@ -74,11 +74,14 @@ def start_console(control_plane: Any, user: str, namespace: str, workdir: Path) 
             raise AssertionError(f"kubewrit console exited:\n{log.read_text()}")
         lines = log.read_text().splitlines()
         try:
-            if len(lines) >= 3 and httpx.get(f"{url}/ui/login").status_code == 200:
-                assert user in lines[0], lines  # who the API server says the kubeconfig is
-                return ConsoleProcess(url, lines[2].strip(), process, log)
+            ready = len(lines) >= 3 and httpx.get(f"{url}/ui/login").status_code == 200
         except httpx.TransportError:
-            pass
+            ready = False
+        if ready:
+            if user not in lines[0]:  # who the API server says the kubeconfig is
+                process.kill()
+                raise AssertionError(f"kubewrit console is not acting as {user}: {lines}")
+            return ConsoleProcess(url, lines[2].strip(), process, log)
         time.sleep(0.2)
     process.kill()
     raise AssertionError(f"kubewrit console did not start:\n{log.read_text()}")
