@@ -73,8 +73,10 @@ class Pages:
                 context.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
+    """Per module: Playwright's sync API runs an event loop of its own while it is open, which
+    must be gone before other modules' asyncio tests run."""
     if not CHROMIUM.exists():
         pytest.fail(
             f"{CHROMIUM} is missing: run hack/ci-setup-browser.sh (hack/test does)", pytrace=False
