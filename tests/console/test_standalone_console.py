@@ -208,6 +208,7 @@ def test_attacker_written_arguments_are_shown_as_text(served: Server, pages: Pag
     assert marker.get_attribute("title") == "ZERO WIDTH SPACE"
     card.hover()
     no_script_ran(page)
+    screenshot(page, "console-hostile-arguments")
 
     # The same text on the approval's own page and in the playground.
     page.goto(f"{served.url}/ui/approvals/{held['approval']['id']}")
