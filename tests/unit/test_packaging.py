@@ -63,6 +63,9 @@ def test_the_wheel_holds_both_code_roots_under_kubewrit(tmp_path: Path) -> None:
         "webhook/policy/compiler.py",
         "webhook/cli/__init__.py",
         "webhook/integrations/langchain.py",
+        "webhook/console/routes.py",
+        "webhook/console/templates/base.html",  # the console's templates and vendored htmx
+        "webhook/console/static/htmx-2.0.11.min.js",
         "operator/__init__.py",
         "operator/retention.py",
     ):

@@ -11,6 +11,7 @@ import click
 import uvicorn
 from kubewrit.webhook import keys, standalone
 from kubewrit.webhook.cli.output import console, fail
+from kubewrit.webhook.console.standalone import with_console
 from kubewrit.webhook.server.app import create_app
 
 
@@ -112,7 +113,9 @@ def serve(
         )
         for line in config.printed:
             console.print(f"  {line}")
-    uvicorn.run(create_app(runtime), host=host, port=port, log_level=log_level)
+    uvicorn.run(
+        with_console(create_app(runtime), runtime), host=host, port=port, log_level=log_level
+    )
 
 
 @click.command()

@@ -1,0 +1,1 @@
+from tests.browser import chromium, pages  # noqa: F401  (fixtures)
