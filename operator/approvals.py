@@ -22,6 +22,8 @@ from typing import Any
 import kopf
 from kubernetes import client
 from kubewrit.operator import policies
+from kubewrit.webhook.approval import approvers_from
+from kubewrit.webhook.identity import Principal, Role
 from kubewrit.webhook.kube import api as kube
 
 log = logging.getLogger(__name__)
@@ -205,6 +207,14 @@ def refusal(
             f"(approvers: users {list(policy.approvers.users)}, "
             f"groups {list(policy.approvers.groups)})"
         )
+    approver = Principal(username, Role.APPROVER, tuple(groups))
+    for bound in approvers_from(spec.get("approvers")) or ():
+        if not bound.admits(approver):
+            return (
+                f"{what}: {username} is not an approver of AgentPolicy {namespace}/"
+                f"{bound.policy}, which also held this action (approvers: users "
+                f"{list(bound.users)}, groups {list(bound.groups)})"
+            )
     return None
 
 

@@ -32,12 +32,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
-from kubewrit.webhook import policy, writ
+from kubewrit.webhook import chain, policy, writ
 from kubewrit.webhook.canonical import Action
 from kubewrit.webhook.chain import Record
 from kubewrit.webhook.decision import Decision, Phase, Reason, Verdict
 from kubewrit.webhook.errors import Conflict, Forbidden, NotFound, Unavailable
 from kubewrit.webhook.identity import Principal, Role
+from kubewrit.webhook.keys import Verifier
 from kubewrit.webhook.outcome import Outcome, Recording
 from kubewrit.webhook.policy.model import Policy
 
@@ -51,8 +52,9 @@ MAX_WAIT_SECONDS = 300.0
 
 @dataclass(frozen=True)
 class ApproverSet:
-    """Who may decide one approval; empty means any authenticated approver."""
+    """The approvers one policy names for the actions it holds; empty admits any approver."""
 
+    policy: str = ""
     users: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
 
@@ -61,20 +63,31 @@ class ApproverSet:
             return True
         return principal.name in self.users or any(g in self.groups for g in principal.groups)
 
-    def to_dict(self) -> dict[str, list[str]]:
-        return {"users": list(self.users), "groups": list(self.groups)}
+    def to_dict(self) -> dict[str, Any]:
+        return {"policy": self.policy, "users": list(self.users), "groups": list(self.groups)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> ApproverSet | None:
-        if not isinstance(data, dict):
-            return None
-        return cls(tuple(data.get("users") or ()), tuple(data.get("groups") or ()))
+    def from_dict(cls, data: dict[str, Any]) -> ApproverSet:
+        return cls(
+            str(data.get("policy") or ""),
+            tuple(data.get("users") or ()),
+            tuple(data.get("groups") or ()),
+        )
 
     @classmethod
-    def of(cls, holder: Policy | None) -> ApproverSet:
-        if holder is None:
-            return cls()
-        return cls(tuple(holder.approvers.users), tuple(holder.approvers.groups))
+    def of(cls, holder: Policy) -> ApproverSet:
+        return cls(holder.name, tuple(holder.approvers.users), tuple(holder.approvers.groups))
+
+
+# Who may decide an approval: someone whom every policy that held the action admits. Adding
+# a policy can only add a requirement, so it can never loosen who approves.
+Approvers = tuple[ApproverSet, ...]
+
+
+def approvers_from(data: Any) -> Approvers | None:
+    if not isinstance(data, list):
+        return None
+    return tuple(ApproverSet.from_dict(item) for item in data if isinstance(item, dict))
 
 
 @dataclass(frozen=True)
@@ -99,7 +112,7 @@ class Approval:
     outcome: dict[str, Any] | None = field(default=None)
     namespace: str | None = None
     # None only for approvals stored before approver sets were bound: those are refused.
-    approvers: ApproverSet | None = None
+    approvers: Approvers | None = None
 
     def expired(self, now: float | None = None) -> bool:
         return (time.time() if now is None else now) >= self.expires_at
@@ -111,7 +124,9 @@ class Approval:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["phase"] = self.phase.value
-        data["approvers"] = self.approvers.to_dict() if self.approvers else None
+        data["approvers"] = (
+            [a.to_dict() for a in self.approvers] if self.approvers is not None else None
+        )
         return data
 
     @classmethod
@@ -121,7 +136,7 @@ class Approval:
             **{
                 **known,
                 "phase": Phase(data["phase"]),
-                "approvers": ApproverSet.from_dict(data.get("approvers")),
+                "approvers": approvers_from(data.get("approvers")),
             }
         )
 
@@ -202,8 +217,11 @@ class ApprovalWorkflow:
         writs: writ.Issuer,
         ttl: float = DEFAULT_TTL_SECONDS,
         clock: Callable[[], float] = time.time,
+        trusted_keys: Callable[[], Sequence[Verifier]] | None = None,
     ) -> None:
         self.store = store
+        # Whose records an Approved phase may carry: every writer of this deployment.
+        self.trusted_keys = trusted_keys or (lambda: [writs.signer.verifier])
         self.recording = recording
         self.policies = policies
         self.writs = writs
@@ -249,7 +267,7 @@ class ApprovalWorkflow:
         action: Action,
         verdict: Verdict,
         action_hash: str,
-        approvers: ApproverSet,
+        approvers: Approvers,
         request_id: str | None,
     ) -> Approval:
         """Open a Pending approval for a DEFER whose record is already durable."""
@@ -288,12 +306,13 @@ class ApprovalWorkflow:
                 f"approval {approval.id} does not name who may approve it (it was created by an "
                 "older kubewrit); it cannot be approved: let it expire and retry the action",
             )
-        if not approval.approvers.admits(approver):
+        refusing = next((a for a in approval.approvers if not a.admits(approver)), None)
+        if refusing is not None:
             raise Forbidden(
                 "not_listed_approver",
-                f"{approver.name!r} is not an approver of {approval.rule!r}"
-                f" (users: {list(approval.approvers.users)},"
-                f" groups: {list(approval.approvers.groups)})",
+                f"{approver.name!r} is not an approver of policy {refusing.policy!r}, which "
+                f"held this action (users: {list(refusing.users)},"
+                f" groups: {list(refusing.groups)})",
             )
 
     async def resolve(
@@ -450,10 +469,47 @@ class ApprovalWorkflow:
             return approval, None
         return await self._consume(approval)
 
-    async def _consume(self, approval: Approval) -> tuple[Approval, str | None]:
+    def _genuine_approval_record(self, approval: Approval) -> Record:
+        """The PERMIT record behind an Approved phase, only if a trusted writer signed it.
+
+        An approval's phase and outcome are read back from a store that others may be
+        able to write (an ActionApproval's status in Kubernetes), so the record is checked:
+        its hash, a trusted signature, and that it approves exactly this approval's action.
+        """
         record = approval.decided_record()
-        if record is None:  # Approved always carries its record; anything else is corrupt
-            raise Unavailable("approval_corrupt", f"approval {approval.id} has no decision record")
+        problem = None
+        if record is None:
+            problem = "has no decision record"
+        elif chain.record_hash(record.body()) != record.hash:
+            problem = "carries a record whose hash does not match its content"
+        elif not any(
+            v.key_id == record.key_id and chain.signature_valid(record, v)
+            for v in self.trusted_keys()
+        ):
+            problem = "carries a record no trusted kubewrit key signed"
+        elif (
+            record.kind,
+            record.decision,
+            record.approval,
+            record.action_hash,
+            record.agent,
+            record.namespace,
+        ) != (
+            "approval",
+            Decision.PERMIT.value,
+            approval.id,
+            approval.action_hash,
+            approval.agent,
+            approval.namespace,
+        ):
+            problem = "carries a record that does not approve this action"
+        if problem or record is None:
+            log.error("approval %s %s: no writ", approval.id, problem)
+            raise Forbidden("approval_not_genuine", f"approval {approval.id} {problem}")
+        return record
+
+    async def _consume(self, approval: Approval) -> tuple[Approval, str | None]:
+        record = self._genuine_approval_record(approval)
         if approval.expired(self.clock()):
             return await self.expire(approval), None
         current = policy.evaluate(self.policies(), approval.held_action())

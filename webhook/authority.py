@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ from kubewrit.webhook.chain import Record
 from kubewrit.webhook.decision import Decision, Reason, Verdict
 from kubewrit.webhook.errors import Conflict, Forbidden, Unavailable
 from kubewrit.webhook.identity import Principal, Role
-from kubewrit.webhook.keys import Signer
+from kubewrit.webhook.keys import Signer, Verifier
 from kubewrit.webhook.outcome import Outcome, Recording, verdict_from_record
 from kubewrit.webhook.requests import RequestKey, Requests
 
@@ -79,6 +79,7 @@ class Authority:
         writ_ttl: int = writ.DEFAULT_TTL_SECONDS,
         approval_ttl: float = approvals.DEFAULT_TTL_SECONDS,
         clock: Callable[[], float] = time.time,
+        trusted_keys: Callable[[], Sequence[Verifier]] | None = None,
     ) -> None:
         self.policies = policies
         self.backend = backend
@@ -86,7 +87,13 @@ class Authority:
         self.writs = writ.Issuer(signer, writ_ttl)
         self.requests = Requests(backend.requests)
         self.approvals = ApprovalWorkflow(
-            backend.approvals, self.recording, policies, self.writs, approval_ttl, clock
+            backend.approvals,
+            self.recording,
+            policies,
+            self.writs,
+            approval_ttl,
+            clock,
+            trusted_keys,
         )
 
     async def decide(self, principal: Principal, request: ActionInput) -> Outcome:
@@ -162,18 +169,14 @@ class Authority:
         )
         if outcome.record is None:
             return outcome
-        holder = next(
-            (p for p in policies if p.name == verdict.policy and p.namespace == action.namespace),
-            None,
+        approvers = tuple(
+            ApproverSet.of(p)
+            for p in policies
+            if p.name in verdict.holders and p.namespace == action.namespace
         )
         try:
             approval = self.approvals.hold(
-                approval_id,
-                action,
-                verdict,
-                outcome.action_hash,
-                ApproverSet.of(holder),
-                request_id,
+                approval_id, action, verdict, outcome.action_hash, approvers, request_id
             )
         except Exception as exc:
             log.exception("cannot store approval %s", approval_id)

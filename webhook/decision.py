@@ -64,6 +64,8 @@ class Verdict:
     policy_hash: str = ""
     risk_rule: str | None = None
     monitored: Verdict | None = field(default=None)
+    # Every enforcing policy whose rules matched: for a DEFER, each must admit the approver.
+    holders: tuple[str, ...] = ()
 
     def but(self, **changes: object) -> Verdict:
         return replace(self, **changes)  # type: ignore[arg-type]

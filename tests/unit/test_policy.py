@@ -151,11 +151,21 @@ rules:
     assert decide(policies, amount="200", currency="USD").reason is Reason.TYPE_MISMATCH
 
 
-def test_monitor_mode_records_but_allows() -> None:
-    policies = compile_text("mode: monitor\nrules: [{match: {tool: t}, deny: true}]")
-    verdict = decide(policies, "t")
-    assert (verdict.decision, verdict.reason) == (Decision.PERMIT, Reason.MONITOR)
+def test_monitor_mode_is_recorded_beside_enforcement_and_never_decides() -> None:
+    shadow = compile_text("mode: monitor\nrules: [{match: {tool: t}, deny: true}]")
+    allow = compile_text("rules: [{match: {tool: t}, allow: true}]", "allow.yaml")
+    verdict = decide(shadow + allow, "t")
+    assert (verdict.decision, verdict.reason) == (Decision.PERMIT, Reason.RULE_ALLOW)
     assert verdict.monitored is not None and verdict.monitored.decision is Decision.DENY
+
+
+def test_a_monitor_policy_never_permits_what_enforcement_would_not() -> None:
+    lenient = compile_text("mode: monitor\nrules: [{match: {tool: t}, allow: true}]")
+    alone = decide(lenient, "t")
+    assert (alone.decision, alone.reason) == (Decision.DENY, Reason.DEFAULT_DENY)
+    assert alone.monitored is not None and alone.monitored.decision is Decision.PERMIT
+    strict = compile_text("rules: [{match: {tool: t}, deny: true}]", "strict.yaml")
+    assert decide(lenient + strict, "t").decision is Decision.DENY
 
 
 def test_no_policies_means_default_deny() -> None:

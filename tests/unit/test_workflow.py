@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from kubewrit.webhook import keys, policy, writ
+from kubewrit.webhook import chain, keys, policy, writ
 from kubewrit.webhook.authority import ActionInput, Authority
 from kubewrit.webhook.chain import Draft, Record
 from kubewrit.webhook.decision import Decision, Phase, Reason
@@ -145,7 +145,9 @@ async def test_two_approvers_racing_produce_one_decision(world: World) -> None:
 
 async def test_approvers_are_bound_at_hold_time_and_survive_a_policy_rename(world: World) -> None:
     held = await world.decide(340)
-    assert held.approval.approvers is not None and "manager" in held.approval.approvers.users
+    assert held.approval.approvers is not None
+    assert [a.policy for a in held.approval.approvers] == ["support-agent"]
+    assert "manager" in held.approval.approvers[0].users
     world.policies = [dataclasses.replace(world.policies[0], name="renamed")]
     with pytest.raises(Forbidden) as refused:
         await world.workflow.resolve(held.approval.id, OUTSIDER, True)
@@ -278,3 +280,57 @@ async def test_an_impersonating_body_is_recorded_and_refused(world: World) -> No
         await world.decide(45, agent="finance-agent")
     assert refused.value.outcome is not None
     assert world.store.records[-1].reason == Reason.IDENTITY_MISMATCH.value
+
+
+async def test_a_second_policy_holding_the_action_adds_a_requirement_never_an_approver(
+    world: World,
+) -> None:
+    """A tie between two policies: the approver must satisfy both, so a namespace user who
+    adds a policy naming themselves cannot approve the team's held actions."""
+    rogue = policy.parse_text(
+        "agents: [support-agent]\n"
+        "rules: [{id: mine, match: {tool: process_refund}, require_approval: true}]\n"
+        "approvers: {users: [mallory]}\n",
+        "rogue.yaml",
+    )
+    world.policies = [*world.policies, *rogue]
+    held = await world.decide(340)
+    assert sorted(a.policy for a in held.approval.approvers) == ["rogue", "support-agent"]
+    mallory = Principal("mallory", Role.APPROVER)
+    with pytest.raises(Forbidden) as refused:
+        await world.workflow.resolve(held.approval.id, mallory, True)
+    assert "support-agent" in refused.value.message
+    with pytest.raises(Forbidden):
+        await world.workflow.resolve(held.approval.id, MANAGER, True)
+    both = Principal("manager", Role.APPROVER)
+    world.policies = world.policies[:1]  # removing the rogue policy later changes nothing bound
+    with pytest.raises(Forbidden):
+        await world.workflow.resolve(held.approval.id, both, True)
+
+
+async def test_a_writ_is_issued_only_for_a_record_a_trusted_writer_signed(world: World) -> None:
+    """Whoever can edit a stored approval (an ActionApproval's status) cannot mint a writ."""
+    held = await world.decide(340)
+    other = await world.decide(341)
+    approved = await world.workflow.resolve(held.approval.id, MANAGER, True)
+    await world.workflow.resolve(other.approval.id, MANAGER, True)
+    genuine = approved.decided_record()
+    forger = keys.generate()
+    draft = Draft(**{f: getattr(genuine, f) for f in Draft.__dataclass_fields__})
+    forged = chain.seal(
+        dataclasses.replace(draft, action_hash="sha256:" + "0" * 64),
+        genuine.chain,
+        genuine.seq,
+        genuine.prev,
+        forger,
+    )
+    borrowed = world.store.get(other.approval.id).decided_record()
+    for record in (forged, borrowed):
+        summary = {**approved.outcome, "record": {"full": record.to_dict()}}
+        world.store.approvals[held.approval.id] = approved.moved(Phase.APPROVED, outcome=summary)
+        with pytest.raises(Forbidden) as refused:
+            await world.workflow.collect(held.approval.id, AGENT)
+        assert refused.value.code == "approval_not_genuine"
+    world.store.approvals[held.approval.id] = approved
+    consumed, token = await world.workflow.collect(held.approval.id, AGENT)
+    assert consumed.phase is Phase.CONSUMED and token

@@ -17,7 +17,7 @@ from typing import Any
 
 from kubernetes import client
 from kubewrit.webhook import canonical
-from kubewrit.webhook.approval import Approval, ApproverSet
+from kubewrit.webhook.approval import Approval, approvers_from
 from kubewrit.webhook.decision import Phase
 from kubewrit.webhook.identity import Principal, Role
 from kubewrit.webhook.kube import api as kube_api
@@ -46,7 +46,7 @@ def to_object(approval: Approval) -> dict[str, Any]:
     if approval.request_id:
         spec["requestId"] = approval.request_id
     if approval.approvers is not None:
-        spec["approvers"] = approval.approvers.to_dict()
+        spec["approvers"] = [a.to_dict() for a in approval.approvers]
     return {
         "apiVersion": f"{kube_api.GROUP}/{kube_api.VERSION}",
         "kind": "ActionApproval",
@@ -98,7 +98,7 @@ def from_object(obj: dict[str, Any]) -> Approval:
         decision_reason=status.get("reason"),
         outcome=json.loads(status["outcome"]) if status.get("outcome") else None,
         namespace=metadata.get("namespace"),
-        approvers=ApproverSet.from_dict(spec.get("approvers")),
+        approvers=approvers_from(spec.get("approvers")),
     )
 
 

@@ -133,29 +133,24 @@ def _combine(policies: Sequence[Policy], action: Action) -> Verdict:
         strictest.policy.name,
         strictest.policy.hash,
         risk_rule=risk_source,
+        holders=tuple(sorted({m.policy.name for m in matches})),
     )
 
 
 def evaluate(policies: Sequence[Policy], action: Action) -> Verdict:
-    """Decide one action against every policy that selects its agent."""
+    """Decide one action against every policy that selects its agent.
+
+    Only enforcing policies decide. Monitor-mode policies are evaluated beside them and
+    their verdict is attached (`monitored`) and recorded, but never changes the
+    decision: a monitor policy cannot turn enforcement's DENY (a default deny included)
+    into a PERMIT, so anyone able to create one cannot weaken enforcement.
+    """
     selecting = sorted(
         (p for p in policies if p.selects(action.agent, action.namespace)), key=lambda p: p.name
     )
     enforcing = [p for p in selecting if p.mode is Mode.ENFORCE]
     monitoring = [p for p in selecting if p.mode is Mode.MONITOR]
-    if enforcing or not monitoring:
-        verdict = _combine(enforcing, action)
-        if monitoring:
-            verdict = verdict.but(monitored=_combine(monitoring, action))
-        return verdict
-    would_be = _combine(monitoring, action)
-    return Verdict(
-        Decision.PERMIT,
-        Reason.MONITOR,
-        would_be.rule_id,
-        would_be.risk,
-        f"monitor mode: would have been {would_be.decision.value} ({would_be.reason.value})",
-        would_be.policy,
-        would_be.policy_hash,
-        monitored=would_be,
-    )
+    verdict = _combine(enforcing, action)
+    if monitoring:
+        verdict = verdict.but(monitored=_combine(monitoring, action))
+    return verdict
