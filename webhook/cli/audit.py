@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import json
 import sys
 from collections.abc import Iterable
@@ -12,11 +13,18 @@ import click
 from kubewrit.webhook import export, keys, standalone
 from kubewrit.webhook import verify as verification
 from kubewrit.webhook.chain import Cut
-from kubewrit.webhook.cli.output import console, fail, print_json, styled
+from kubewrit.webhook.cli.output import (
+    LIST_OUTPUT,
+    Column,
+    age,
+    console,
+    fail,
+    print_json,
+    print_list,
+)
 from kubewrit.webhook.identity import Role, TokenFile
-from kubewrit.webhook.store.sqlite import RecordQuery, SQLiteStore
+from kubewrit.webhook.store.sqlite import SQLiteStore
 from rich.markup import escape
-from rich.table import Table
 
 DATA_DIR = click.option(
     "--data-dir",
@@ -201,56 +209,60 @@ def records() -> None:
     """Read the decision records of a standalone store."""
 
 
+RECORD_COLUMNS = (
+    Column("SEQ", lambda r: r["seq"]),
+    Column("AGE", lambda r: age(r["time"])),
+    Column("KIND", lambda r: r["kind"]),
+    Column("AGENT", lambda r: r["agent"]),
+    Column("TOOL", lambda r: r["tool"]),
+    Column("DECISION", lambda r: r["decision"], coloured=True),
+    Column("REASON", lambda r: r["reason"]),
+    Column("RULE", lambda r: r["rule"]),
+    Column("APPROVER", lambda r: r["approver"]),
+    Column("TIME", lambda r: r["time"], wide=True),
+    Column("RISK", lambda r: r["risk"], wide=True),
+    Column("APPROVAL", lambda r: r["approval"], wide=True),
+    Column("REQUEST ID", lambda r: r["request_id"], wide=True),
+    Column("CHAIN", lambda r: r["chain"], wide=True),
+    Column("ACTION HASH", lambda r: r["action_hash"], wide=True),
+)
+
+
+def newest_records(store: SQLiteStore, limit: int, **wanted: str | None) -> list[dict[str, Any]]:
+    """The `limit` newest records (by time) matching `wanted`, oldest first; reads the store once."""
+    matching = (
+        r
+        for r in store.iter_records()
+        if all(value is None or r.get(name) == value for name, value in wanted.items())
+    )
+    newest = heapq.nlargest(
+        max(limit, 0), matching, key=lambda r: (str(r["time"]), str(r["chain"]), r["seq"])
+    )
+    return newest[::-1]
+
+
 @records.command("list")
 @DATA_DIR
 @click.option("--agent")
 @click.option("--tool")
 @click.option("--decision", type=click.Choice(["PERMIT", "DEFER", "DENY"]))
-@click.option("--limit", default=50, show_default=True)
-@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@click.option("--limit", default=50, show_default=True, help="How many of the newest.")
+@LIST_OUTPUT
 def list_records(
     data_dir: Path,
     agent: str | None,
     tool: str | None,
     decision: str | None,
     limit: int,
-    output: str,
+    output: str | None,
 ) -> None:
-    """The most recent decisions, oldest first."""
+    """The most recent records, oldest first, like `kubectl get` (`-o wide` for more)."""
     store = open_store(data_dir)
-    items = store.query(RecordQuery(agent=agent, tool=tool, decision=decision, limit=100000))[
-        -limit:
-    ]
-    store.close()
-    if output == "json":
-        print_json([r.to_dict() for r in items])
-        return
-    table = Table()
-    for column in (
-        "SEQ",
-        "TIME",
-        "KIND",
-        "AGENT",
-        "TOOL",
-        "DECISION",
-        "REASON",
-        "RULE",
-        "APPROVER",
-    ):
-        table.add_column(column)
-    for r in items:
-        table.add_row(
-            str(r.seq),
-            r.time,
-            r.kind,
-            r.agent,
-            r.tool,
-            styled(r.decision) if r.decision else "",
-            r.reason,
-            r.rule,
-            r.approver or "",
-        )
-    console.print(table)
+    try:
+        items = newest_records(store, limit, agent=agent, tool=tool, decision=decision)
+    finally:
+        store.close()
+    print_list(items, RECORD_COLUMNS, output, lambda record: record)
 
 
 @records.command("export")
