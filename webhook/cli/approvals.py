@@ -89,19 +89,14 @@ def _decide(client: Client, approval_id: str, approve: bool, reason: str | None)
         )
 
 
-@approvals.command()
-@click.argument("approval_id")
-@click.option("--reason", help="Why; kept in the record.")
-@remote_options(role="approver")
-def approve(client: Client, approval_id: str, reason: str | None) -> None:
-    """Approve APPROVAL_ID (policy is evaluated again first)."""
-    _decide(client, approval_id, True, reason)
+def _decision_command(approve: bool, summary: str) -> None:
+    @approvals.command("approve" if approve else "deny", help=summary)
+    @click.argument("approval_id")
+    @click.option("--reason", help="Why; kept in the record.")
+    @remote_options(role="approver")
+    def command(client: Client, approval_id: str, reason: str | None) -> None:
+        _decide(client, approval_id, approve, reason)
 
 
-@approvals.command()
-@click.argument("approval_id")
-@click.option("--reason", help="Why; kept in the record.")
-@remote_options(role="approver")
-def deny(client: Client, approval_id: str, reason: str | None) -> None:
-    """Deny APPROVAL_ID."""
-    _decide(client, approval_id, False, reason)
+_decision_command(True, "Approve APPROVAL_ID (policy is evaluated again first).")
+_decision_command(False, "Deny APPROVAL_ID.")
