@@ -170,6 +170,7 @@ def run_watch(
     async def scenario() -> None:
         stop = asyncio.Event()
         watcher = asyncio.create_task(reload.watch(state, directory, stop=stop, interval=0.02))
+        await asyncio.sleep(0)  # the watcher's start (it creates a missing directory) runs first
         try:
             for change, done in steps:
                 await asyncio.to_thread(change)
