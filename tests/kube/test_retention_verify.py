@@ -30,7 +30,7 @@ def test_verification_passes_across_a_retention_cut(control_plane: Any, tmp_path
     webhook = start_webhook(control_plane, tmp_path, f"retain-{namespace}")
     agent = control_plane.kubectl("create", "token", "support-agent", "-n", namespace).stdout
     try:
-        for amount in range(12):
+        for amount in range(1, 13):  # the example policy permits no refund of 0
             answer = webhook.decide(agent.strip(), tool="process_refund", args={"amount": amount})
             assert answer.json()["decision"] == "PERMIT"
     finally:
