@@ -9,15 +9,63 @@ reordering any record breaks a link a verifier can point at.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from kubewrit.webhook import canonical
 from kubewrit.webhook.keys import Signer, Verifier
 
 GENESIS_PREV = "0" * 64
 UNSIGNED_FIELDS = ("hash", "signature")
+
+T = TypeVar("T")
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
+def _accepts(hint: Any, value: Any) -> bool:
+    if isinstance(hint, types.UnionType):
+        return any(_accepts(arm, value) for arm in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is int:  # a JSON integer that survives RFC 8785 (IEEE 754 doubles)
+        return type(value) is int and abs(value) <= MAX_SAFE_INTEGER
+    return isinstance(value, hint)
+
+
+def parse_fields(cls: type[T], data: Any, what: str) -> T:
+    """`cls` (a dataclass) from a mapping holding every field, each of its declared type.
+
+    Raises ValueError naming the first field that is missing, unknown or of another
+    type: what was read from a file or the API never reaches the code as a wrong type.
+    """
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{what} must be a JSON object, not {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(str(key) for key in data if key not in hints)
+    if unknown:
+        raise ValueError(f"unknown {what} fields: {unknown}")
+    missing = [name for name in names if name not in data]
+    if missing:
+        raise ValueError(f"{what} lacks {', '.join(missing)}")
+    for name in names:
+        if not _accepts(hints[name], data[name]):
+            raise ValueError(
+                f"{what} field {name!r} must be {_type_name(hints[name])}, "
+                f"not {type(data[name]).__name__} {data[name]!r:.40}"
+            )
+    return cls(**{name: data[name] for name in names})
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, types.UnionType):
+        return " or ".join(_type_name(arm) for arm in typing.get_args(hint))
+    names = {str: "a string", int: "a safe integer", type(None): "null"}
+    return names.get(hint, str(hint))
 
 
 def timestamp(now: float | None = None) -> str:
@@ -67,12 +115,9 @@ class Record(Draft):
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Record:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown record fields: {sorted(unknown)}")
-        return cls(**data)
+    def from_dict(cls, data: Mapping[str, Any]) -> Record:
+        """Raises ValueError unless `data` has every field, each of its type."""
+        return parse_fields(cls, data, "record")
 
 
 def record_hash(body: dict[str, Any]) -> str:
@@ -116,17 +161,55 @@ class Anchor:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Anchor:
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+    def from_dict(cls, data: Mapping[str, Any]) -> Anchor:
+        """Raises ValueError unless `data` has every field, each of its type."""
+        return parse_fields(cls, data, "anchor")
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Where retention cut a chain: its first retained record's seq and that record's prev.
+
+    A verifier accepts a chain that begins there; what was before went to `exported_to`.
+    """
+
+    seq: int
+    prev: str
+    exported_to: str = ""
+    time: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Cut:
+        """Raises ValueError unless `data` is a cut (older cuts lack `exported_to`, `time`)."""
+        defaults = {"exported_to": "", "time": ""}
+        if isinstance(data, Mapping):
+            data = {**defaults, **data}
+        return parse_fields(cls, data, "cut")
+
+
+def sign_body(body: dict[str, Any], signer: Signer) -> str:
+    """Ed25519 over the RFC 8785 bytes of a signed statement's body (anchors, trailers)."""
+    return signer.sign(canonical.canonical_bytes(body))
+
+
+def body_signed(body: dict[str, Any], signature: str, verifier: Verifier) -> bool:
+    try:
+        message = canonical.canonical_bytes(body)
+    except canonical.CanonicalError:
+        return False  # what cannot be canonicalized was never signed
+    return verifier.verify(signature, message)
 
 
 def sign_anchor(head: Record | Head, signer: Signer) -> Anchor:
     unsigned = Anchor(head.chain, head.seq, head.hash, timestamp(), signer.key_id)
-    return replace(unsigned, signature=signer.sign(canonical.canonical_bytes(unsigned.body())))
+    return replace(unsigned, signature=sign_body(unsigned.body(), signer))
 
 
 def anchor_valid(anchor: Anchor, verifier: Verifier) -> bool:
-    return verifier.verify(anchor.signature, canonical.canonical_bytes(anchor.body()))
+    return body_signed(anchor.body(), anchor.signature, verifier)
 
 
 @dataclass

@@ -1,12 +1,25 @@
-"""The policies in force, swapped atomically, plus why the last change was refused."""
+"""The policies in force, swapped atomically, plus what is wrong with their sources.
+
+A source (a policy file, an AgentPolicy) that stopped being a valid policy does not
+silently drop out: its last valid content stays in force, and `detail()` (served by
+/readyz) names it, so an operator sees that what runs is not what is on disk.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from kubewrit.webhook.policy.model import Policy
+
+
+@dataclass(frozen=True)
+class SourceProblem:
+    """Why a source's current content is not in force, and what is in force instead."""
+
+    problem: str
+    kept_last_valid: bool
 
 
 @dataclass
@@ -16,16 +29,27 @@ class PolicyState:
     error: str | None = None
     loaded_at: float = 0.0
     generation: int = 0
+    problems: Mapping[str, SourceProblem] = field(default_factory=dict)
+    # The loader's fingerprint of the sources the policies came from (opaque here), so a
+    # watcher reloads only when they change.
+    source_version: object = None
 
     def current(self) -> Sequence[Policy]:
         return self.policies
 
-    def replace(self, policies: Sequence[Policy]) -> None:
+    def replace(
+        self,
+        policies: Sequence[Policy],
+        problems: Mapping[str, SourceProblem] | None = None,
+        source_version: object = None,
+    ) -> None:
         self.policies = tuple(policies)
         self.loaded = True
-        self.error = None
+        self.problems = dict(problems or {})
+        self.error = "; ".join(p.problem for p in self.problems.values()) or None
         self.loaded_at = time.time()
         self.generation += 1
+        self.source_version = source_version
 
     def refuse(self, error: str) -> None:
         """Keep serving what we had; remember why the change was refused."""
@@ -44,4 +68,12 @@ class PolicyState:
             "loaded": self.loaded,
             "generation": self.generation,
             "last_error": self.error,
+            "sources_not_loaded": [
+                {
+                    "source": source,
+                    "problem": problem.problem,
+                    "in_force": "its last valid content" if problem.kept_last_valid else "nothing",
+                }
+                for source, problem in sorted(self.problems.items())
+            ],
         }

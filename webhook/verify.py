@@ -1,40 +1,46 @@
-"""Offline verification of provenance chains: hashes, links, signatures, anchors.
+"""Offline verification of provenance chains: hashes, links, signatures, anchors, trailers.
 
 The verifier trusts only the public keys it is given. It walks every chain in
 the order the records were presented and names the first record that was
-modified, removed, inserted or reordered, or the point after an anchored head
-where the chain was truncated.
+modified, removed, inserted or reordered, or the point after a signed head (an
+anchor, or an export's trailer) where the chain was truncated. Where no signed
+head covers a chain's last records, it says so: a cut there cannot be ruled out.
+Malformed input is a finding naming its line or record, never an exception.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubewrit.webhook import chain
-from kubewrit.webhook.chain import Anchor, Record
+from kubewrit.webhook.chain import Anchor, Cut, Record
 from kubewrit.webhook.keys import Verifier
+
+if TYPE_CHECKING:
+    from kubewrit.webhook.export import Trailer
+
+__all__ = ["ChainReport", "Cut", "Problem", "Report", "chain_order", "verify"]
 
 
 @dataclass(frozen=True)
 class Problem:
-    chain: str
-    seq: int
+    chain: str  # "" when the input names no chain
+    seq: int | None
     # modified | bad_signature | missing | reordered | inserted | truncated | unknown_key | malformed
     kind: str
     detail: str
+    line: int | None = None  # the export line it was read from
 
     def __str__(self) -> str:
-        return f"chain {self.chain} seq {self.seq}: {self.kind}: {self.detail}"
-
-
-@dataclass(frozen=True)
-class Cut:
-    """Where retention cut a chain: records before `seq` were exported, `prev` links across."""
-
-    seq: int
-    prev: str
+        where = [
+            f"line {self.line}" if self.line is not None else "",
+            f"chain {self.chain}" if self.chain else "",
+            f"seq {self.seq}" if self.seq is not None else "",
+        ]
+        located = " ".join(w for w in where if w)
+        return f"{located + ': ' if located else ''}{self.kind}: {self.detail}"
 
 
 @dataclass
@@ -45,39 +51,77 @@ class ChainReport:
     last_seq: int | None = None
     anchored_seq: int | None = None
     problem: Problem | None = None
+    covered_by: str | None = None  # "trailer" or "anchor": a signed head at the last record
+
+    @property
+    def tail_note(self) -> str | None:
+        """Plain words when a cut of this chain's tail cannot be ruled out."""
+        if self.problem is not None or self.covered_by is not None:
+            return None
+        if self.anchored_seq is None:
+            return "no anchor or trailer covers this chain: a cut tail cannot be ruled out"
+        return (
+            f"no anchor or trailer covers the records after seq {self.anchored_seq}: "
+            f"a cut after seq {self.anchored_seq} cannot be ruled out"
+        )
 
 
 @dataclass
 class Report:
     chains: dict[str, ChainReport] = field(default_factory=dict)
+    input_problems: list[Problem] = field(default_factory=list)  # tied to no one chain
+    trailer: bool = False  # a valid trailer vouched for the export's end
 
     @property
     def ok(self) -> bool:
-        return bool(self.chains) and all(c.problem is None for c in self.chains.values())
+        return bool(self.chains) and not self.problems
+
+    @property
+    def complete(self) -> bool:
+        """Every chain's tail is covered by a signed head: no cut can hide."""
+        return self.ok and all(c.covered_by is not None for c in self.chains.values())
 
     @property
     def problems(self) -> list[Problem]:
-        return [c.problem for c in self.chains.values() if c.problem is not None]
+        chained = [c.problem for c in self.chains.values() if c.problem is not None]
+        return self.input_problems + chained
 
     @property
     def total(self) -> int:
         return sum(c.records for c in self.chains.values())
 
 
-def _group(records: Iterable[Mapping[str, Any]], report: Report) -> dict[str, list[Record]]:
+def _identify(data: Any) -> tuple[str, int | None]:
+    """The chain and seq a malformed record claims, as far as they can be read."""
+    if not isinstance(data, Mapping):
+        return "", None
+    name, seq = data.get("chain"), data.get("seq")
+    return (name if isinstance(name, str) else ""), (seq if type(seq) is int else None)
+
+
+def chain_order(data: Any) -> tuple[str, int]:
+    """Sort key putting records in chain, seq order; malformed ones first, never raising."""
+    name, seq = _identify(data)
+    return name, -1 if seq is None else seq
+
+
+def _group(
+    records: Iterable[Any], lines: Sequence[int] | None, report: Report
+) -> dict[str, list[Record]]:
     chains: dict[str, list[Record]] = {}
     for position, data in enumerate(records):
-        name = str(data.get("chain", ""))
+        line = lines[position] if lines is not None else None
         try:
-            record = Record.from_dict(dict(data))
-        except (TypeError, ValueError) as exc:
+            record = Record.from_dict(data)
+        except ValueError as exc:
+            name, seq = _identify(data)
+            what = "the record" if line is not None else f"record #{position}"
+            problem = Problem(name, seq, "malformed", f"{what} cannot be read: {exc}", line)
+            if not name:
+                report.input_problems.append(problem)
+                continue
             entry = report.chains.setdefault(name, ChainReport(name))
-            entry.problem = entry.problem or Problem(
-                name,
-                int(data.get("seq", -1)),
-                "malformed",
-                f"record #{position} cannot be read: {exc}",
-            )
+            entry.problem = entry.problem or problem
             continue
         chains.setdefault(record.chain, []).append(record)
     return chains
@@ -93,7 +137,11 @@ def _walk(
     expected_seq, expected_prev = (cut.seq, cut.prev) if cut else (0, chain.GENESIS_PREV)
     for position, record in enumerate(records):
         entry.records += 1
-        if chain.record_hash(record.body()) != record.hash:
+        try:
+            digest = chain.record_hash(record.body())
+        except ValueError as exc:
+            return Problem(name, record.seq, "malformed", f"cannot be hashed: {exc}")
+        if digest != record.hash:
             return Problem(name, record.seq, "modified", "content does not match its hash")
         verifier = verifiers.get(record.key_id)
         if verifier is None:
@@ -143,6 +191,28 @@ def _walk(
     return None
 
 
+def _check_head(
+    name: str, records: list[Record], seq: int, digest: str, cut: Cut | None, what: str
+) -> Problem | None:
+    """Do the records reach the signed head (seq, hash) `what` names, and agree with it?"""
+    at = next((r for r in records if r.seq == seq), None)
+    if at is None:
+        last = records[-1].seq if records else (cut.seq if cut else 0) - 1
+        if seq > last:
+            return Problem(
+                name,
+                last + 1,
+                "truncated",
+                f"{what} says the chain reached seq {seq}, records end at {last}",
+            )
+        if cut is not None and seq < cut.seq:
+            return None  # signed before the retention cut: exported, verified from the export
+        return Problem(name, seq, "missing", f"the record {what} names is missing")
+    if at.hash != digest:
+        return Problem(name, seq, "modified", f"record differs from the head {what} names")
+    return None
+
+
 def _check_anchor(
     name: str,
     records: list[Record],
@@ -153,43 +223,97 @@ def _check_anchor(
     verifier = verifiers.get(anchor.key_id)
     if verifier is None or not chain.anchor_valid(anchor, verifier):
         return Problem(name, anchor.seq, "bad_signature", "anchor signature does not verify")
-    at = next((r for r in records if r.seq == anchor.seq), None)
-    if at is None:
-        last = records[-1].seq if records else (cut.seq if cut else 0) - 1
-        if anchor.seq > last:
-            return Problem(
-                name,
-                last + 1,
-                "truncated",
-                f"anchor says the chain reached seq {anchor.seq}, records end at {last}",
+    return _check_head(name, records, anchor.seq, anchor.hash, cut, "the anchor")
+
+
+def _check_trailer_head(
+    name: str, records: list[Record], head: tuple[int, str] | None, cut: Cut | None
+) -> Problem | None:
+    if head is None:
+        seq = records[0].seq if records else None
+        return Problem(name, seq, "inserted", "a chain the export's trailer does not name")
+    seq, digest = head
+    problem = _check_head(name, records, seq, digest, cut, "the export's trailer")
+    if problem is None and records and records[-1].seq > seq:
+        return Problem(
+            name, seq + 1, "inserted", f"records after seq {seq}, the head the trailer names"
+        )
+    return problem
+
+
+def _trusted_trailer(
+    trailer: Trailer | None, verifiers: Mapping[str, Verifier], report: Report, total: int
+) -> Trailer | None:
+    if trailer is None:
+        return None
+    verifier = verifiers.get(trailer.key_id)
+    if verifier is None or not trailer.valid(verifier):
+        report.input_problems.append(
+            Problem(
+                "",
+                None,
+                "bad_signature",
+                "the export's trailer signature does not verify",
+                trailer.line,
             )
-        if cut is not None and anchor.seq < cut.seq:
-            return None  # anchored before the retention cut: exported, verified from the export
-        return Problem(name, anchor.seq, "missing", "the anchored record is missing")
-    if at.hash != anchor.hash:
-        return Problem(name, anchor.seq, "modified", "record differs from the anchored head")
-    return None
+        )
+        return None
+    if trailer.records != total:
+        kind = "truncated" if total < trailer.records else "inserted"
+        report.input_problems.append(
+            Problem(
+                "",
+                None,
+                kind,
+                f"the trailer counts {trailer.records} records, the export holds {total}",
+            )
+        )
+    report.trailer = True
+    return trailer
 
 
 def verify(
-    records: Iterable[Mapping[str, Any]],
+    records: Iterable[Any],
     anchors: Iterable[Anchor],
     trusted: Iterable[Verifier],
     cuts: Mapping[str, Cut] | None = None,
+    trailer: Trailer | None = None,
+    problems: Iterable[Problem] = (),
+    lines: Sequence[int] | None = None,
 ) -> Report:
-    report = Report()
+    """Check `records` (dicts, as stored or exported; `lines` says where each was read).
+
+    `problems` are findings the caller met while reading the input; they fail the report.
+    """
+    report = Report(input_problems=list(problems))
     cuts = cuts or {}
     verifiers = {v.key_id: v for v in trusted}
-    by_chain = _group(records, report)
-    anchor_of = {a.chain: a for a in anchors}
-    for name in sorted(set(by_chain) | set(anchor_of)):
+    records = list(records)
+    by_chain = _group(records, lines, report)
+    signed = _trusted_trailer(trailer, verifiers, report, len(records))
+    anchors_of: dict[str, list[Anchor]] = {}
+    for anchor in anchors:
+        anchors_of.setdefault(anchor.chain, []).append(anchor)
+    names = set(by_chain) | set(anchors_of) | set(signed.heads if signed else ())
+    for name in sorted(names | set(report.chains)):
         entry = report.chains.setdefault(name, ChainReport(name))
         recs = by_chain.get(name, [])
-        anchor = anchor_of.get(name)
-        entry.anchored_seq = anchor.seq if anchor else None
+        chain_anchors = sorted(anchors_of.get(name, []), key=lambda a: a.seq)
+        entry.anchored_seq = chain_anchors[-1].seq if chain_anchors else None
         cut = cuts.get(name)
-        problem = entry.problem or _walk(name, recs, cut, verifiers, entry)
-        if problem is None and anchor is not None:
-            problem = _check_anchor(name, recs, anchor, cut, verifiers)
+        if entry.problem is None:
+            problem = _walk(name, recs, cut, verifiers, entry)
+        else:  # already unreadable: say what there is, without walking it
+            problem, entry.records = entry.problem, len(recs)
+            entry.first_seq = recs[0].seq if recs else None
+            entry.last_seq = recs[-1].seq if recs else None
+        for anchor in chain_anchors:
+            problem = problem or _check_anchor(name, recs, anchor, cut, verifiers)
+        if signed is not None:
+            problem = problem or _check_trailer_head(name, recs, signed.heads.get(name), cut)
         entry.problem = problem
+        if problem is None and signed is not None:
+            entry.covered_by = "trailer"
+        elif problem is None and entry.anchored_seq == entry.last_seq is not None:
+            entry.covered_by = "anchor"
     return report

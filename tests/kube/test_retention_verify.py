@@ -30,7 +30,7 @@ def test_verification_passes_across_a_retention_cut(control_plane: Any, tmp_path
     webhook = start_webhook(control_plane, tmp_path, f"retain-{namespace}")
     agent = control_plane.kubectl("create", "token", "support-agent", "-n", namespace).stdout
     try:
-        for amount in range(12):
+        for amount in range(1, 13):  # the example policy permits no refund of 0
             answer = webhook.decide(agent.strip(), tool="process_refund", args={"amount": amount})
             assert answer.json()["decision"] == "PERMIT"
     finally:
@@ -67,6 +67,38 @@ def test_verification_passes_across_a_retention_cut(control_plane: Any, tmp_path
     assert "verified 5 records" in across_cut.stdout
     whole = run_cli("verify", "--kubeconfig", kubeconfig, "-n", namespace, "--export", str(sink))
     assert "verified 13 records" in whole.stdout
+    cut_sink = tmp_path / "cut-sink.jsonl"
+    cut_sink.write_text("".join(sink.read_text().splitlines(keepends=True)[:-2]))
+    cut = run_cli(
+        "verify",
+        "--kubeconfig",
+        kubeconfig,
+        "-n",
+        namespace,
+        "--export",
+        str(cut_sink),
+        check=False,
+    )
+    assert cut.returncode == 1 and "seq 6: missing: record(s) 6-7 missing" in cut.stdout
+
+    chain_id = remaining[0]["chain"]
+    control_plane.kubectl(
+        "patch",
+        "configmap",
+        "kubewrit-anchors",
+        "-n",
+        namespace,
+        "--type",
+        "merge",
+        "-p",
+        json.dumps({"data": {chain_id: "{not json"}}),
+    )
+    malformed = run_cli("verify", "--kubeconfig", kubeconfig, "-n", namespace, check=False)
+    assert malformed.returncode == 1 and "Traceback" not in malformed.stderr
+    assert (
+        f"bad input: malformed: ConfigMap {namespace}/kubewrit-anchors key '{chain_id}': not JSON"
+        in malformed.stdout
+    ), malformed.stdout + malformed.stderr
 
     control_plane.kubectl(
         "delete", "actionrecord", f"{remaining[0]['chain']}-{8:010d}", "-n", namespace

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -240,3 +241,80 @@ def test_kubernetes_manifest_compiles_to_the_same_policy(walkthrough) -> None:
 def test_rules_are_indexed_by_tool(walkthrough) -> None:
     assert [r.id for r in walkthrough[0].candidate_rules("send_email")] == ["email"]
     assert walkthrough[0].candidate_rules("unknown") == ()
+
+
+# -- case-insensitive string comparisons ----------------------------------------------
+
+DOMAINS = """
+rules:
+  - {id: evil, match: {tool: send_email, to_iglob: "*@EVIL.com"}, deny: true}
+  - {id: staff, match: {tool: send_email, to_iprefix: "Staff-", cc_inot_in: [BOSS@shop.example]}, allow: true}
+  - {id: known, match: {tool: send_email, to_iin: [A@Shop.Example, "Straße@shop.example"]}, allow: true}
+  - {id: ops, match: {tool: send_email, args: {team: {ieq: OPS}, to: {ine: root@shop.example}}}, allow: true}
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "decision", "rule"),
+    [
+        ({"to": "x@evil.com"}, Decision.DENY, "evil"),
+        ({"to": "x@EVIL.COM"}, Decision.DENY, "evil"),
+        ({"to": "X@Evil.Com"}, Decision.DENY, "evil"),
+        ({"to": "STAFF-bob@shop.example", "cc": "x@shop.example"}, Decision.PERMIT, "staff"),
+        ({"to": "staff-bob@shop.example", "cc": "boss@SHOP.example"}, Decision.DENY, None),
+        ({"to": "a@shop.example"}, Decision.PERMIT, "known"),
+        ({"to": "STRASSE@SHOP.EXAMPLE"}, Decision.PERMIT, "known"),  # Unicode case folding
+        ({"to": "b@shop.example", "team": "ops"}, Decision.PERMIT, "ops"),
+        ({"to": "ROOT@shop.example", "team": "ops"}, Decision.DENY, None),
+    ],
+)
+def test_case_insensitive_comparisons(args, decision, rule) -> None:
+    verdict = decide(compile_text(DOMAINS), "send_email", **args)
+    assert verdict.decision is decision
+    assert verdict.rule_id == (f"p/{rule}" if rule else "default-deny")
+
+
+def test_string_comparisons_are_case_sensitive_by_default() -> None:
+    policies = compile_text("""
+rules:
+  - {match: {tool: send_email, to_glob: "*@evil.com"}, deny: true}
+  - {match: {tool: send_email}, allow: true}
+""")
+    assert decide(policies, "send_email", to="x@evil.com").decision is Decision.DENY
+    assert decide(policies, "send_email", to="x@EVIL.COM").decision is Decision.PERMIT
+
+
+def test_case_insensitive_comparison_of_a_non_string_denies() -> None:
+    verdict = decide(compile_text(DOMAINS), "send_email", to=["x@evil.com"])
+    assert (verdict.decision, verdict.reason) == (Decision.DENY, Reason.TYPE_MISMATCH)
+
+
+@pytest.mark.parametrize(
+    ("condition", "message"),
+    [
+        ("to_iglob: 5", "to_iglob compares strings: it needs a string, got 5"),
+        ("to_iin: [1, 2]", "to_iin compares strings: it needs a non-empty list of strings"),
+        ("to_iin: []", "to_iin compares strings: it needs a non-empty list of strings"),
+        ("to_iin: a@b", "to_iin needs a non-empty list, got 'a@b'"),
+        ("to_ieq: true", "to_ieq compares strings: it needs a string, got True"),
+    ],
+)
+def test_case_insensitive_operands_must_be_strings(condition: str, message: str) -> None:
+    with pytest.raises(policy.PolicyError, match=re.escape(message)):
+        compile_text(f"rules:\n  - {{match: {{tool: t, {condition}}}, allow: true}}\n")
+
+
+def test_folded_operands_hash_alike_and_unlike_the_case_sensitive_operator() -> None:
+    def digest(condition: str) -> str:
+        return compile_text(f"rules:\n  - {{match: {{tool: t, {condition}}}, deny: true}}\n")[
+            0
+        ].hash
+
+    assert digest('to_iglob: "*@EVIL.com"') == digest('to_iglob: "*@evil.COM"')
+    assert digest('to_iglob: "*@evil.com"') != digest('to_glob: "*@evil.com"')
+
+
+@pytest.mark.parametrize("amount", [-500, -0.01, 0, "-45"])
+def test_the_example_policy_permits_no_negative_or_zero_refund(walkthrough, amount) -> None:
+    verdict = decide(walkthrough, amount=amount)
+    assert (verdict.decision, verdict.reason) == (Decision.DENY, Reason.DEFAULT_DENY)

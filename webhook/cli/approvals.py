@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import time
+from typing import Any
 
 import click
-from kubewrit.webhook.cli.output import console, fail, print_json, styled
+from kubewrit.webhook.cli.output import (
+    LIST_OUTPUT,
+    Column,
+    age,
+    console,
+    duration,
+    fail,
+    print_list,
+    styled,
+)
 from kubewrit.webhook.cli.remote import remote_options
 from kubewrit.webhook.client import Client, KubewritError
-from rich.table import Table
 
 
 @click.group()
@@ -16,11 +26,31 @@ def approvals() -> None:
     """List and decide approvals held for a human."""
 
 
-def _age(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 0:
-        return "expired"
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+def _expires_in(item: dict[str, Any]) -> str:
+    remaining = item["expires_at"] - time.time()
+    return duration(remaining) if remaining >= 0 else "expired"
+
+
+def _args(item: dict[str, Any]) -> str:
+    """The arguments the approver is asked to approve, whole (compact canonical JSON)."""
+    return json.dumps(
+        (item.get("action") or {}).get("args") or {}, sort_keys=True, separators=(",", ":")
+    )
+
+
+COLUMNS = (
+    Column("ID", lambda a: a["id"]),
+    Column("AGENT", lambda a: a["agent"]),
+    Column("TOOL", lambda a: a["tool"]),
+    Column("RISK", lambda a: a["risk"]),
+    Column("PHASE", lambda a: a["phase"], coloured=True),
+    Column("EXPIRES IN", _expires_in),
+    Column("AGE", lambda a: age(a.get("created_at"))),
+    Column("DECIDED BY", lambda a: a.get("decided_by"), wide=True),
+    Column("RULE", lambda a: a.get("rule"), wide=True),
+    Column("ACTION HASH", lambda a: a.get("action_hash"), wide=True),
+    Column("ARGS", _args),
+)
 
 
 @approvals.command("list")
@@ -30,34 +60,15 @@ def _age(seconds: float) -> str:
     show_default=True,
     help="Pending, Approved, Denied, Expired, Consumed or all.",
 )
-@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@LIST_OUTPUT
 @remote_options(role="approver")
-def list_cmd(client: Client, phase: str, output: str) -> None:
-    """Approvals in a phase (Pending by default)."""
+def list_cmd(client: Client, phase: str, output: str | None) -> None:
+    """Approvals in a phase (Pending by default), like `kubectl get`: IDs are never cut."""
     try:
         items = client.list_approvals(None if phase == "all" else phase)
     except KubewritError as exc:
         fail(exc.message)
-    if output == "json":
-        print_json(items)
-        return
-    table = Table()
-    for column in ("ID", "AGENT", "TOOL", "ARGS", "RISK", "PHASE", "DECIDED BY", "EXPIRES IN"):
-        table.add_column(column)
-    now = time.time()
-    for item in items:
-        args = ", ".join(f"{k}={v}" for k, v in (item["action"].get("args") or {}).items())
-        table.add_row(
-            item["id"],
-            item["agent"],
-            item["tool"],
-            args[:40],
-            item["risk"],
-            styled(item["phase"]),
-            item.get("decided_by") or "",
-            _age(item["expires_at"] - now),
-        )
-    console.print(table)
+    print_list(items, COLUMNS, output, lambda item: item)
 
 
 def _decide(client: Client, approval_id: str, approve: bool, reason: str | None) -> None:
@@ -78,19 +89,14 @@ def _decide(client: Client, approval_id: str, approve: bool, reason: str | None)
         )
 
 
-@approvals.command()
-@click.argument("approval_id")
-@click.option("--reason", help="Why; kept in the record.")
-@remote_options(role="approver")
-def approve(client: Client, approval_id: str, reason: str | None) -> None:
-    """Approve APPROVAL_ID (policy is evaluated again first)."""
-    _decide(client, approval_id, True, reason)
+def _decision_command(approve: bool, summary: str) -> None:
+    @approvals.command("approve" if approve else "deny", help=summary)
+    @click.argument("approval_id")
+    @click.option("--reason", help="Why; kept in the record.")
+    @remote_options(role="approver")
+    def command(client: Client, approval_id: str, reason: str | None) -> None:
+        _decide(client, approval_id, approve, reason)
 
 
-@approvals.command()
-@click.argument("approval_id")
-@click.option("--reason", help="Why; kept in the record.")
-@remote_options(role="approver")
-def deny(client: Client, approval_id: str, reason: str | None) -> None:
-    """Deny APPROVAL_ID."""
-    _decide(client, approval_id, False, reason)
+_decision_command(True, "Approve APPROVAL_ID (policy is evaluated again first).")
+_decision_command(False, "Deny APPROVAL_ID.")

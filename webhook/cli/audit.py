@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import heapq
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import click
-from kubewrit.webhook import keys, standalone
+from kubewrit.webhook import export, keys, standalone
 from kubewrit.webhook import verify as verification
-from kubewrit.webhook.chain import Anchor
-from kubewrit.webhook.cli.output import console, fail, print_json, styled
+from kubewrit.webhook.chain import Cut
+from kubewrit.webhook.cli.output import (
+    LIST_OUTPUT,
+    Column,
+    age,
+    console,
+    fail,
+    print_json,
+    print_list,
+)
 from kubewrit.webhook.identity import Role, TokenFile
-from kubewrit.webhook.kube import records as kube_records
-from kubewrit.webhook.store.sqlite import RecordQuery, SQLiteStore
-from rich.table import Table
+from kubewrit.webhook.store.sqlite import SQLiteStore
+from rich.markup import escape
 
 DATA_DIR = click.option(
     "--data-dir",
@@ -34,32 +42,25 @@ def open_store(data_dir: Path) -> SQLiteStore:
     return SQLiteStore(database)
 
 
-def export_lines(store: SQLiteStore) -> Iterator[dict[str, Any]]:
-    yield from store.iter_records()
-    for anchor in store.anchors():
-        yield {"anchor": anchor.to_dict()}
+def read_export(path: Path) -> export.Export:
+    try:
+        if str(path) == "-":
+            return export.read(sys.stdin)
+        with path.open(encoding="utf-8", errors="surrogateescape") as handle:
+            return export.read(handle)
+    except OSError as exc:
+        fail(f"{path}: {exc.strerror or exc}")
 
 
-def read_export(path: Path) -> tuple[list[dict[str, Any]], list[Anchor]]:
-    records, anchors = [], []
-    handle = sys.stdin if str(path) == "-" else path.open(encoding="utf-8")
-    with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except ValueError:
-                fail(f"{path}:{number}: not a JSON line")
-            if not isinstance(item, dict):
-                fail(f"{path}:{number}: expected a JSON object")
-            if "anchor" in item:
-                anchors.append(Anchor.from_dict(item["anchor"]))
-            elif "keyId" in item:  # an ActionRecord spec, as retention exports them
-                records.append(kube_records.from_spec(item))
-            else:
-                records.append(item)
-    return records, anchors
+def existing_signer(data_dir: Path, why: str) -> keys.Signer:
+    """The server's signing key; never creates one."""
+    key_file = standalone.Config(data_dir=data_dir).key_file
+    if not key_file.exists():
+        fail(f"no signing key at {key_file} {why}")
+    try:
+        return keys.load_or_create(key_file)
+    except keys.KeyFileError as exc:
+        fail(str(exc))
 
 
 def load_keys(paths: Iterable[Path]) -> list[keys.Verifier]:
@@ -72,12 +73,25 @@ def load_keys(paths: Iterable[Path]) -> list[keys.Verifier]:
     return trusted
 
 
+def _problem_json(problem: verification.Problem) -> dict[str, Any]:
+    return {
+        "line": problem.line,
+        "chain": problem.chain or None,
+        "seq": problem.seq,
+        "kind": problem.kind,
+        "detail": problem.detail,
+    }
+
+
 def print_report(report: verification.Report, output: str) -> None:
     if output == "json":
         print_json(
             {
                 "ok": report.ok,
+                "complete": report.complete,
                 "records": report.total,
+                "trailer": report.trailer,
+                "input_problems": [_problem_json(p) for p in report.input_problems],
                 "chains": [
                     {
                         "chain": c.chain,
@@ -85,13 +99,9 @@ def print_report(report: verification.Report, output: str) -> None:
                         "first_seq": c.first_seq,
                         "last_seq": c.last_seq,
                         "anchored_seq": c.anchored_seq,
-                        "problem": None
-                        if c.problem is None
-                        else {
-                            "seq": c.problem.seq,
-                            "kind": c.problem.kind,
-                            "detail": c.problem.detail,
-                        },
+                        "tail_covered_by": c.covered_by,
+                        "tail_note": c.tail_note,
+                        "problem": None if c.problem is None else _problem_json(c.problem),
                     }
                     for c in report.chains.values()
                 ],
@@ -100,17 +110,27 @@ def print_report(report: verification.Report, output: str) -> None:
         return
     for entry in report.chains.values():
         status = "[green]intact[/]" if entry.problem is None else f"[red]{entry.problem.kind}[/]"
+        covered = f", tail signed by the {entry.covered_by}" if entry.covered_by else ""
         console.print(
             f"chain {entry.chain}: {entry.records} records, seq {entry.first_seq}..{entry.last_seq}, "
-            f"anchored at {entry.anchored_seq}: {status}"
+            f"anchored at {entry.anchored_seq}{covered}: {status}",
+            highlight=False,
         )
+        if entry.tail_note:
+            console.print(f"  [yellow]warning:[/] {entry.tail_note}", highlight=False)
     if not report.chains:
         console.print("[red]no records found[/]")
-    for problem in report.problems:
-        console.print(f"[bold red]first bad record:[/] {problem}")
+    for problem in report.input_problems:
+        console.print(f"[bold red]bad input:[/] {escape(str(problem))}", highlight=False)
+    for entry in report.chains.values():
+        if entry.problem is not None:
+            console.print(
+                f"[bold red]first bad record:[/] {escape(str(entry.problem))}", highlight=False
+            )
     if report.ok:
         console.print(
             f"[bold green]verified[/] {report.total} records in {len(report.chains)} chain(s)"
+            + ("" if report.complete else "; a cut tail cannot be ruled out for some (above)")
         )
 
 
@@ -146,24 +166,31 @@ def verify(
     output: str,
 ) -> None:
     """Check every chain: hashes, links, signatures, sequence gaps and anchors. Exit 0 if intact."""
-    cuts: dict[str, verification.Cut] = {}
+    cuts: dict[str, Cut] = {}
+    trailer: export.Trailer | None = None
+    problems: list[verification.Problem] = []
+    lines: list[int] | None = None
     if kubeconfig is not None:
         from kubewrit.webhook.kube import audit as kube_audit
 
-        records, anchors, cuts, cluster_keys = kube_audit.collect(kubeconfig, namespace)
-        trusted = load_keys(key_files) or cluster_keys
+        cluster = kube_audit.collect(kubeconfig, namespace)
+        records, anchors, cuts = cluster.records, cluster.anchors, cluster.cuts
+        problems = [verification.Problem("", None, "malformed", p) for p in cluster.problems]
+        trusted = load_keys(key_files) or cluster.trusted
         if export_file is not None:
             # What retention exported fills the cut: verify each such chain from its genesis.
-            exported, _ = read_export(export_file)
-            for chain_id in {str(r.get("chain")) for r in exported}:
+            exported = read_export(export_file)
+            problems.extend(exported.problems)
+            for chain_id in {verification.chain_order(r)[0] for r in exported.records}:
                 cuts.pop(chain_id, None)
-            records = sorted(
-                exported + records, key=lambda r: (str(r.get("chain")), int(r.get("seq") or 0))
-            )
+            records = exported.records + records
+        records.sort(key=verification.chain_order)
     elif export_file is not None:
         if not key_files:
             fail("verifying an export needs --public-key (the writer's public key)")
-        records, anchors = read_export(export_file)
+        exported = read_export(export_file)
+        records, anchors, trailer = exported.records, exported.anchors, exported.trailer
+        problems, lines = exported.problems, exported.lines
         trusted = load_keys(key_files)
     else:
         store = open_store(data_dir)
@@ -172,7 +199,7 @@ def verify(
         trusted = load_keys(key_files) or [
             keys.load_or_create(standalone.Config(data_dir=data_dir).key_file).verifier
         ]
-    report = verification.verify(records, anchors, trusted, cuts)
+    report = verification.verify(records, anchors, trusted, cuts, trailer, problems, lines)
     print_report(report, output)
     raise SystemExit(0 if report.ok else 1)
 
@@ -182,56 +209,60 @@ def records() -> None:
     """Read the decision records of a standalone store."""
 
 
+RECORD_COLUMNS = (
+    Column("SEQ", lambda r: r["seq"]),
+    Column("AGE", lambda r: age(r["time"])),
+    Column("KIND", lambda r: r["kind"]),
+    Column("AGENT", lambda r: r["agent"]),
+    Column("TOOL", lambda r: r["tool"]),
+    Column("DECISION", lambda r: r["decision"], coloured=True),
+    Column("REASON", lambda r: r["reason"]),
+    Column("RULE", lambda r: r["rule"]),
+    Column("APPROVER", lambda r: r["approver"]),
+    Column("TIME", lambda r: r["time"], wide=True),
+    Column("RISK", lambda r: r["risk"], wide=True),
+    Column("APPROVAL", lambda r: r["approval"], wide=True),
+    Column("REQUEST ID", lambda r: r["request_id"], wide=True),
+    Column("CHAIN", lambda r: r["chain"], wide=True),
+    Column("ACTION HASH", lambda r: r["action_hash"], wide=True),
+)
+
+
+def newest_records(store: SQLiteStore, limit: int, **wanted: str | None) -> list[dict[str, Any]]:
+    """The `limit` newest records (by time) matching `wanted`, oldest first; reads the store once."""
+    matching = (
+        r
+        for r in store.iter_records()
+        if all(value is None or r.get(name) == value for name, value in wanted.items())
+    )
+    newest = heapq.nlargest(
+        max(limit, 0), matching, key=lambda r: (str(r["time"]), str(r["chain"]), r["seq"])
+    )
+    return newest[::-1]
+
+
 @records.command("list")
 @DATA_DIR
 @click.option("--agent")
 @click.option("--tool")
 @click.option("--decision", type=click.Choice(["PERMIT", "DEFER", "DENY"]))
-@click.option("--limit", default=50, show_default=True)
-@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@click.option("--limit", default=50, show_default=True, help="How many of the newest.")
+@LIST_OUTPUT
 def list_records(
     data_dir: Path,
     agent: str | None,
     tool: str | None,
     decision: str | None,
     limit: int,
-    output: str,
+    output: str | None,
 ) -> None:
-    """The most recent decisions, oldest first."""
+    """The most recent records, oldest first, like `kubectl get` (`-o wide` for more)."""
     store = open_store(data_dir)
-    items = store.query(RecordQuery(agent=agent, tool=tool, decision=decision, limit=100000))[
-        -limit:
-    ]
-    store.close()
-    if output == "json":
-        print_json([r.to_dict() for r in items])
-        return
-    table = Table()
-    for column in (
-        "SEQ",
-        "TIME",
-        "KIND",
-        "AGENT",
-        "TOOL",
-        "DECISION",
-        "REASON",
-        "RULE",
-        "APPROVER",
-    ):
-        table.add_column(column)
-    for r in items:
-        table.add_row(
-            str(r.seq),
-            r.time,
-            r.kind,
-            r.agent,
-            r.tool,
-            styled(r.decision) if r.decision else "",
-            r.reason,
-            r.rule,
-            r.approver or "",
-        )
-    console.print(table)
+    try:
+        items = newest_records(store, limit, agent=agent, tool=tool, decision=decision)
+    finally:
+        store.close()
+    print_list(items, RECORD_COLUMNS, output, lambda record: record)
 
 
 @records.command("export")
@@ -240,11 +271,16 @@ def list_records(
     "-o", "--out", type=click.Path(path_type=Path), help="File to write (default: stdout)."
 )
 def export_records(data_dir: Path, out: Path | None) -> None:
-    """Write every record and anchor as JSON Lines, for offline `kubewrit verify --export`."""
+    """Write every record and anchor as JSON Lines, for offline `kubewrit verify --export`.
+
+    The last line is a trailer signed with the server's key naming each chain's head,
+    so a verifier can tell when the file was cut.
+    """
+    signer = existing_signer(data_dir, "to sign the export's trailer with")
     store = open_store(data_dir)
     handle = out.open("w", encoding="utf-8") if out else sys.stdout
     count = 0
-    for item in export_lines(store):
+    for item in export.lines(store.iter_records(), store.anchors(), signer):
         handle.write(json.dumps(item, separators=(",", ":"), sort_keys=True) + "\n")
         count += 1
     store.close()
@@ -263,13 +299,7 @@ def keys_group() -> None:
 @click.option("--pem", is_flag=True, help="PEM instead of base64url raw bytes.")
 def public(data_dir: Path, pem: bool) -> None:
     """Print the public key auditors and executors verify with."""
-    key_file = standalone.Config(data_dir=data_dir).key_file
-    if not key_file.exists():
-        fail(f"no signing key at {key_file} (it is created by the first `kubewrit serve`)")
-    try:
-        signer = keys.load_or_create(key_file)
-    except keys.KeyFileError as exc:
-        fail(str(exc))
+    signer = existing_signer(data_dir, "(it is created by the first `kubewrit serve`)")
     click.echo(signer.verifier.pem().strip() if pem else signer.verifier.b64)
 
 

@@ -162,8 +162,11 @@ class KubeBackend:
 
         def run() -> verification.Report:
             assert self.namespace is not None
-            records, anchors, cuts, trusted = kube_audit.collect(self.kubeconfig, self.namespace)
-            return verification.verify(records, anchors, trusted, cuts)
+            found = kube_audit.collect(self.kubeconfig, self.namespace)
+            problems = [verification.Problem("", None, "malformed", p) for p in found.problems]
+            return verification.verify(
+                found.records, found.anchors, found.trusted, found.cuts, problems=problems
+            )
 
         try:
             return ChainStatus(await asyncio.to_thread(run))

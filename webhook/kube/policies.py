@@ -17,7 +17,7 @@ from kubewrit.webhook.kube import api as kube_api
 from kubewrit.webhook.kube import watching
 from kubewrit.webhook.metrics import Metrics
 from kubewrit.webhook.policy.model import Policy
-from kubewrit.webhook.policy_state import PolicyState
+from kubewrit.webhook.policy_state import PolicyState, SourceProblem
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,15 @@ class PolicyCache:
         self._stop.set()
 
     def _publish(self) -> None:
-        self.state.replace(sorted(self._by_key.values(), key=lambda p: (p.namespace or "", p.name)))
-        if self._errors:
-            self.state.refuse("; ".join(self._errors.values()))
+        self.state.replace(
+            sorted(self._by_key.values(), key=lambda p: (p.namespace or "", p.name)),
+            {
+                f"AgentPolicy {namespace}/{name}": SourceProblem(
+                    error, kept_last_valid=(namespace, name) in self._by_key
+                )
+                for (namespace, name), error in self._errors.items()
+            },
+        )
         if self.metrics:
             self.metrics.policies_loaded.set(len(self._by_key))
 

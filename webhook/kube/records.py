@@ -8,7 +8,6 @@ selection, and their spec is immutable (CEL `self == oldSelf`).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
@@ -20,6 +19,7 @@ from kubernetes import client
 from kubewrit.webhook.chain import Anchor, Draft, Record
 from kubewrit.webhook.keys import Signer
 from kubewrit.webhook.kube import api as kube_api
+from kubewrit.webhook.kube import configmaps
 from kubewrit.webhook.recorder import AnchorPolicy, PartialWrite, Recorder, RecordUnavailable
 from kubewrit.webhook.requests import RequestKey
 
@@ -50,7 +50,6 @@ SPEC_FIELDS = {
     "signature": "signature",
 }
 RECORD_FIELDS = {spec: field for field, spec in SPEC_FIELDS.items()}
-CAS_ATTEMPTS = 20
 CREATE_RETRIES = 3
 
 
@@ -186,52 +185,20 @@ class ActionRecordLedger:
                 return
 
     def publish_anchor(self, anchor: Anchor, namespace: str | None = None) -> None:
-        update_configmap(
+        configmaps.update(
             self.core,
             namespace or self.home,
             kube_api.ANCHORS_CONFIGMAP,
-            {anchor.chain: json.dumps(anchor.to_dict(), sort_keys=True)},
+            configmaps.merge(configmaps.anchor_entry(anchor)),
         )
 
     def publish_key(self, key_id: str, public_key_b64: str) -> None:
-        update_configmap(self.core, self.home, kube_api.KEYS_CONFIGMAP, {key_id: public_key_b64})
-
-
-def update_configmap(
-    core: client.CoreV1Api, namespace: str, name: str, data: dict[str, str]
-) -> None:
-    """Merge keys into a ConfigMap with compare-and-swap on resourceVersion: retried, never overwritten."""
-    for _ in range(CAS_ATTEMPTS):
-        try:
-            current = core.read_namespaced_config_map(name, namespace)
-        except client.ApiException as exc:
-            if exc.status != 404:
-                raise
-            body = client.V1ConfigMap(
-                metadata=client.V1ObjectMeta(
-                    name=name, namespace=namespace, labels={"app.kubernetes.io/part-of": "kubewrit"}
-                ),
-                data=data,
-            )
-            try:
-                core.create_namespaced_config_map(namespace, body)
-                return
-            except client.ApiException as create_exc:
-                if create_exc.status == 409:
-                    continue
-                raise
-        merged = {**(current.data or {}), **data}
-        current.data = merged
-        try:
-            core.replace_namespaced_config_map(name, namespace, current)
-            return
-        except client.ApiException as exc:
-            if exc.status != 409:
-                raise
-            log.debug("ConfigMap %s/%s changed underneath us; retrying", namespace, name)
-    raise RuntimeError(
-        f"could not update ConfigMap {namespace}/{name} after {CAS_ATTEMPTS} attempts"
-    )
+        configmaps.update(
+            self.core,
+            self.home,
+            kube_api.KEYS_CONFIGMAP,
+            configmaps.merge(configmaps.key_entry(key_id, public_key_b64)),
+        )
 
 
 class ChainLedger:

@@ -103,15 +103,25 @@ def compile_matcher(match: Any, when: Any = None) -> Matcher:
     return Matcher(tools, operations, tuple(conditions), expression)
 
 
-def _compile_rule(index: int, raw: Any, seen_ids: set[str]) -> Rule:
+def _entry(raw: Any, allowed: tuple[str, ...], shape: str) -> Mapping[str, Any]:
+    """A rule or risk rule: a mapping with only the keys it may have."""
     if not isinstance(raw, Mapping):
-        raise ValueError("a rule must be a mapping with `match` and one effect")
-    problem = _unknown_keys(raw, RULE_KEYS)
+        raise ValueError(shape)
+    problem = _unknown_keys(raw, allowed)
     if problem:
         raise ValueError(problem)
-    rule_id = raw.get("id", f"rule-{index}")
-    if not isinstance(rule_id, str) or not RULE_ID.fullmatch(rule_id):
-        raise ValueError(f"id {rule_id!r} must be 1-64 letters, digits, '-', '_' or '.'")
+    return raw
+
+
+def _identifier(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not RULE_ID.fullmatch(value):
+        raise ValueError(f"{key} {value!r} must be 1-64 letters, digits, '-', '_' or '.'")
+    return value
+
+
+def _compile_rule(index: int, raw: Any, seen_ids: set[str]) -> Rule:
+    raw = _entry(raw, RULE_KEYS, "a rule must be a mapping with `match` and one effect")
+    rule_id = _identifier(raw.get("id", f"rule-{index}"), "id")
     if rule_id in seen_ids:
         raise ValueError(f"id {rule_id!r} is used by an earlier rule")
     seen_ids.add(rule_id)
@@ -134,14 +144,10 @@ def _compile_rule(index: int, raw: Any, seen_ids: set[str]) -> Rule:
 
 
 def _compile_risk_rule(index: int, raw: Any) -> RiskRule:
-    if not isinstance(raw, Mapping):
-        raise ValueError("a risk rule must be a mapping with name, when and risk_level")
-    problem = _unknown_keys(raw, RISK_RULE_KEYS)
-    if problem:
-        raise ValueError(problem)
-    name = raw.get("name", f"risk-{index}")
-    if not isinstance(name, str) or not RULE_ID.fullmatch(name):
-        raise ValueError(f"name {name!r} must be 1-64 letters, digits, '-', '_' or '.'")
+    raw = _entry(
+        raw, RISK_RULE_KEYS, "a risk rule must be a mapping with name, when and risk_level"
+    )
+    name = _identifier(raw.get("name", f"risk-{index}"), "name")
     level = raw.get("risk_level")
     if level not in RISK_LEVELS:
         raise ValueError(f"bad risk level {level!r}: use one of {', '.join(RISK_LEVELS)}")

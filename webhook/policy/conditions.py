@@ -5,6 +5,12 @@ decimal strings ("600"); anything else that is present ("5,000", an object, a
 list, a boolean) raises TypeMismatch, which the evaluator turns into a DENY for
 the whole decision, so a mistyped value can never slide past a deny rule and
 reach a later allow.
+
+String comparisons are case-sensitive by default (an exact match, as a tool name
+or an ID needs). Each string comparison has a case-insensitive twin spelled with
+an `i` (`ieq`, `ine`, `iprefix`, `iglob`, `iin`, `inot_in`): both sides are
+Unicode case-folded, so `x@EVIL.COM` and `x@evil.com` are the same e-mail address
+to `to_iglob: "*@evil.com"`. (For a regex, use the inline flag `(?i)`.)
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ CLEAN_DECIMAL = re.compile(r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?$")
 NUMERIC_OPS = ("gt", "gte", "lt", "lte")
 STRING_OPS = ("prefix", "glob", "regex")
 SET_OPS = ("in", "not_in")
-ALL_OPS = (*NUMERIC_OPS, *STRING_OPS, *SET_OPS, "eq", "ne")
+# Case-insensitive twins of the string comparisons: `i` + the operator.
+FOLDING_OPS = {f"i{op}": op for op in ("eq", "ne", "prefix", "glob", "in", "not_in")}
+ALL_OPS = (*NUMERIC_OPS, *STRING_OPS, *SET_OPS, "eq", "ne", *FOLDING_OPS)
 # Longest suffixes first so `_not_in` is not read as `_in`, `_gte` not as `_gt`.
 SHORTHAND_SUFFIXES = sorted((f"_{op}" for op in ALL_OPS if op != "eq"), key=len, reverse=True)
 
@@ -113,10 +121,11 @@ class Condition:
     """One compiled comparison: `<path> <op> <operand>`."""
 
     path: tuple[str, ...]
-    op: str
-    operand: Any
+    op: str  # the comparison, without the case-insensitive `i`
+    operand: Any  # case-folded when `fold`
     kind: str
     pattern: re.Pattern[str] | None = None
+    fold: bool = False  # compare strings case-insensitively (Unicode case folding)
 
     @property
     def dotted(self) -> str:
@@ -127,6 +136,8 @@ class Condition:
         if value is ABSENT:
             return False
         path = self.dotted
+        if self.fold:
+            value = as_string(value, path).casefold()
         if self.op in NUMERIC_OPS:
             number = as_number(value, path)
             if self.op == "gt":
@@ -157,7 +168,8 @@ class Condition:
             operand = str(operand)
         elif isinstance(operand, frozenset):
             operand = sorted(str(item) for item in operand)
-        return {"path": list(self.path), "op": self.op, "kind": self.kind, "operand": operand}
+        op = f"i{self.op}" if self.fold else self.op
+        return {"path": list(self.path), "op": op, "kind": self.kind, "operand": operand}
 
 
 def compile_condition(dotted: str, op: str, operand: Any) -> Condition:
@@ -167,6 +179,8 @@ def compile_condition(dotted: str, op: str, operand: Any) -> Condition:
     path = tuple(dotted.split("."))
     if op not in ALL_OPS:
         raise ValueError(f"unknown operator {op!r}; use one of {', '.join(ALL_OPS)}")
+    if op in FOLDING_OPS:
+        return _folding(dotted, path, op, operand)
     if op in NUMERIC_OPS:
         if isinstance(operand, bool) or not isinstance(operand, int | float):
             raise ValueError(f"{dotted}_{op} needs a number, got {operand!r}")
@@ -191,6 +205,20 @@ def compile_condition(dotted: str, op: str, operand: Any) -> Condition:
         return Condition(path, op, frozenset(literal_value(i, kind) for i in operand), kind)
     kind = kind_of(operand)
     return Condition(path, op, literal_value(operand, kind), kind)
+
+
+def _folding(dotted: str, path: tuple[str, ...], op: str, operand: Any) -> Condition:
+    """A case-insensitive comparison: string operands only, folded once here."""
+    base = FOLDING_OPS[op]
+    items = operand if base in SET_OPS and isinstance(operand, list) else [operand]
+    if not items or not all(isinstance(item, str) for item in items):
+        wanted = "a non-empty list of strings" if base in SET_OPS else "a string"
+        raise ValueError(f"{dotted}_{op} compares strings: it needs {wanted}, got {operand!r}")
+    if base in SET_OPS and not isinstance(operand, list):
+        raise ValueError(f"{dotted}_{op} needs a non-empty list, got {operand!r}")
+    folded = [item.casefold() for item in items]
+    value: Any = frozenset(folded) if base in SET_OPS else folded[0]
+    return Condition(path, base, value, "string", fold=True)
 
 
 def split_shorthand(key: str) -> tuple[str, str]:

@@ -59,35 +59,39 @@ def load_file(path: Path) -> list[Policy]:
     return parse_text(text, str(path))
 
 
+def is_policy_name(name: str) -> bool:
+    """A policy file's name in a directory: a policy suffix, not hidden, not an editor temp."""
+    return Path(name).suffix in SUFFIXES and not name.startswith((".", "#"))
+
+
 def policy_files(paths: Iterable[Path]) -> list[Path]:
     """Expand directories to their policy files (sorted, hidden and editor temp files skipped)."""
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
             found.extend(
-                sorted(
-                    p
-                    for p in path.iterdir()
-                    if p.is_file() and p.suffix in SUFFIXES and not p.name.startswith((".", "#"))
-                )
+                sorted(p for p in path.iterdir() if p.is_file() and is_policy_name(p.name))
             )
         else:
             found.append(path)
     return found
 
 
+def check_unique(policies: Iterable[Policy]) -> None:
+    """Raise PolicyError naming the file of the second policy that reuses a name."""
+    names: dict[str, str] = {}
+    for policy in policies:
+        if policy.name in names:
+            raise PolicyError(
+                policy.source,
+                "name",
+                f"policy name {policy.name!r} is already used by {names[policy.name]}",
+            )
+        names[policy.name] = policy.source
+
+
 def load_paths(paths: Iterable[Path]) -> list[Policy]:
     """Load every policy under `paths`. Raises PolicyError on the first invalid file."""
-    policies: list[Policy] = []
-    names: dict[str, str] = {}
-    for file in policy_files(paths):
-        for policy in load_file(file):
-            if policy.name in names:
-                raise PolicyError(
-                    str(file),
-                    "name",
-                    f"policy name {policy.name!r} is already used by {names[policy.name]}",
-                )
-            names[policy.name] = str(file)
-            policies.append(policy)
+    policies = [policy for file in policy_files(paths) for policy in load_file(file)]
+    check_unique(policies)
     return policies
