@@ -80,6 +80,14 @@ class ErrorResponse(BaseModel):
     decision: DecisionResponse | None = None
 
 
+class ApproverView(BaseModel):
+    """The approvers one policy that held the action names (empty lists: any approver)."""
+
+    policy: str
+    users: list[str]
+    groups: list[str]
+
+
 class ApprovalView(BaseModel):
     id: str
     phase: str
@@ -98,8 +106,10 @@ class ApprovalView(BaseModel):
     decision_reason: str | None = None
     outcome: DecisionResponse | None = None
     namespace: str | None = None
-    approvers: dict[str, list[str]] | None = Field(
-        default=None, description="Who may decide it (bound when the action was held)."
+    approvers: list[ApproverView] | None = Field(
+        default=None,
+        description="Who may decide it, bound when the action was held: every entry must admit "
+        "the approver.",
     )
 
 
