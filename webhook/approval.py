@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
-from kubewrit.webhook import chain, policy, writ
+from kubewrit.webhook import canonical, chain, policy, writ
 from kubewrit.webhook.canonical import Action
 from kubewrit.webhook.chain import Record
 from kubewrit.webhook.decision import Decision, Phase, Reason, Verdict
@@ -113,6 +113,12 @@ class Approval:
     namespace: str | None = None
     # None only for approvals stored before approver sets were bound: those are refused.
     approvers: Approvers | None = None
+    # The store's identity of this one object (an ActionApproval's metadata.uid), and the
+    # writer's signature over it and everything above that the decision depends on: an
+    # approval kubewrit did not open, or one deleted and created again, has no valid seal.
+    uid: str = ""
+    seal: str = ""
+    seal_key: str = ""
 
     def expired(self, now: float | None = None) -> bool:
         return (time.time() if now is None else now) >= self.expires_at
@@ -140,6 +146,25 @@ class Approval:
             }
         )
 
+    def sealed_content(self) -> bytes:
+        """What the seal signs: the object's identity and every field a decision relies on."""
+        return canonical.canonical_bytes(
+            {
+                "id": self.id,
+                "uid": self.uid,
+                "namespace": self.namespace,
+                "agent": self.agent,
+                "tool": self.tool,
+                "action_hash": self.action_hash,
+                "action": self.action,
+                "rule": self.rule,
+                "policy_hash": self.policy_hash,
+                "expires_at": int(self.expires_at),
+                "request_id": self.request_id,
+                "approvers": [a.to_dict() for a in self.approvers or ()],
+            }
+        )
+
     def moved(self, phase: Phase, **changes: Any) -> Approval:
         return replace(self, phase=phase, **changes)
 
@@ -163,10 +188,15 @@ def new_id() -> str:
     return "apr-" + secrets.token_hex(8)
 
 
+Sealer = Callable[[Approval], Approval]
+
+
 class ApprovalStore(Protocol):
     """Where approvals live (a SQLite table, ActionApproval objects, or memory in tests)."""
 
-    def create(self, approval: Approval) -> None: ...
+    def create(self, approval: Approval, sealer: Sealer) -> Approval:
+        """Store a new approval: give it its uid, then store `sealer(approval)`."""
+        ...
 
     def get(self, approval_id: str, namespace: str | None = None) -> Approval | None:
         """The approval named `approval_id` (in `namespace`, where namespaces exist)."""
@@ -204,6 +234,8 @@ def outcome_summary(outcome: Outcome) -> dict[str, Any]:
 
 
 PolicySource = Callable[[], Sequence[Policy]]
+# The trusted public keys with a key id (a deployment's writers publish theirs).
+KeySource = Callable[[str], Sequence[Verifier]]
 
 
 class ApprovalWorkflow:
@@ -217,11 +249,12 @@ class ApprovalWorkflow:
         writs: writ.Issuer,
         ttl: float = DEFAULT_TTL_SECONDS,
         clock: Callable[[], float] = time.time,
-        trusted_keys: Callable[[], Sequence[Verifier]] | None = None,
+        trusted_keys: KeySource | None = None,
     ) -> None:
         self.store = store
-        # Whose records an Approved phase may carry: every writer of this deployment.
-        self.trusted_keys = trusted_keys or (lambda: [writs.signer.verifier])
+        # Whose seals and records are trusted: every writer of this deployment.
+        own = writs.signer.verifier
+        self.trusted_keys = trusted_keys or (lambda key_id: [own] if key_id == own.key_id else [])
         self.recording = recording
         self.policies = policies
         self.writs = writs
@@ -289,8 +322,26 @@ class ApprovalWorkflow:
             request_id=request_id,
             approvers=approvers,
         )
-        self.store.create(approval)
-        return approval
+        return self.store.create(approval, self._seal)
+
+    def _seal(self, approval: Approval) -> Approval:
+        signer = self.writs.signer
+        signature = signer.sign(approval.sealed_content())
+        return replace(approval, seal=signature, seal_key=signer.key_id)
+
+    def _check_genuine(self, approval: Approval) -> None:
+        """Only approvals kubewrit opened, as the very objects it created, are ever decided."""
+        sealed = any(
+            v.verify(approval.seal, approval.sealed_content())
+            for v in self.trusted_keys(approval.seal_key)
+        )
+        if not (approval.uid and sealed):
+            log.error("approval %s/%s has no valid seal", approval.namespace, approval.id)
+            raise Forbidden(
+                "approval_not_genuine",
+                f"approval {approval.id} was not opened by kubewrit for this object (made by "
+                "hand, altered, or deleted and created again); it cannot be decided",
+            )
 
     def _check_approver(self, approval: Approval, approver: Principal) -> None:
         if approver.role is not Role.APPROVER:
@@ -325,6 +376,7 @@ class ApprovalWorkflow:
     ) -> Approval:
         """A human decides: claim, record the final decision, then publish phase and outcome."""
         approval = self.get(approval_id, namespace)
+        self._check_genuine(approval)
         self._check_approver(approval, approver)
         if approval.phase is Phase.PENDING and approval.expired(self.clock()):
             await self.expire(approval)
@@ -482,10 +534,7 @@ class ApprovalWorkflow:
             problem = "has no decision record"
         elif chain.record_hash(record.body()) != record.hash:
             problem = "carries a record whose hash does not match its content"
-        elif not any(
-            v.key_id == record.key_id and chain.signature_valid(record, v)
-            for v in self.trusted_keys()
-        ):
+        elif not any(chain.signature_valid(record, v) for v in self.trusted_keys(record.key_id)):
             problem = "carries a record no trusted kubewrit key signed"
         elif (
             record.kind,
@@ -509,6 +558,7 @@ class ApprovalWorkflow:
         return record
 
     async def _consume(self, approval: Approval) -> tuple[Approval, str | None]:
+        self._check_genuine(approval)
         record = self._genuine_approval_record(approval)
         if approval.expired(self.clock()):
             return await self.expire(approval), None

@@ -14,20 +14,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from kubewrit.webhook import approval as approvals
 from kubewrit.webhook import canonical, policy, writ
-from kubewrit.webhook.approval import ApprovalWorkflow, ApproverSet, PolicySource
+from kubewrit.webhook.approval import ApprovalWorkflow, ApproverSet, KeySource, PolicySource
 from kubewrit.webhook.backend import Backend
 from kubewrit.webhook.canonical import Action, InvalidToolName
 from kubewrit.webhook.chain import Record
 from kubewrit.webhook.decision import Decision, Reason, Verdict
 from kubewrit.webhook.errors import Conflict, Forbidden, Unavailable
 from kubewrit.webhook.identity import Principal, Role
-from kubewrit.webhook.keys import Signer, Verifier
+from kubewrit.webhook.keys import Signer
 from kubewrit.webhook.outcome import Outcome, Recording, verdict_from_record
 from kubewrit.webhook.requests import RequestKey, Requests
 
@@ -79,7 +79,7 @@ class Authority:
         writ_ttl: int = writ.DEFAULT_TTL_SECONDS,
         approval_ttl: float = approvals.DEFAULT_TTL_SECONDS,
         clock: Callable[[], float] = time.time,
-        trusted_keys: Callable[[], Sequence[Verifier]] | None = None,
+        trusted_keys: KeySource | None = None,
     ) -> None:
         self.policies = policies
         self.backend = backend

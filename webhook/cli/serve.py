@@ -154,6 +154,13 @@ def serve(
     type=click.FloatRange(min=60),
     help="How long a request id is remembered across replicas (one decision per id), seconds.",
 )
+@click.option(
+    "--approval-namespace",
+    "approval_namespaces",
+    multiple=True,
+    help="Honour approval decisions only in these namespaces: the ones the operator watches "
+    "(repeat; default: all). Elsewhere nothing validates who stamped a decision.",
+)
 @server_options
 def webhook(
     kubeconfig: Path | None,
@@ -165,6 +172,7 @@ def webhook(
     tls_cert: Path | None,
     tls_key: Path | None,
     request_id_ttl: float,
+    approval_namespaces: tuple[str, ...],
     log_level: str,
     **tuning: Any,
 ) -> None:
@@ -178,6 +186,7 @@ def webhook(
         replica=replica,
         signing_key=signing_key,
         request_id_ttl=request_id_ttl,
+        approval_namespaces=approval_namespaces,
         **tuning,
     )
     try:

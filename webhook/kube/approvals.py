@@ -13,11 +13,12 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from typing import Any
 
 from kubernetes import client
 from kubewrit.webhook import canonical
-from kubewrit.webhook.approval import Approval, approvers_from
+from kubewrit.webhook.approval import Approval, Sealer, approvers_from
 from kubewrit.webhook.decision import Phase
 from kubewrit.webhook.identity import Principal, Role
 from kubewrit.webhook.kube import api as kube_api
@@ -70,6 +71,9 @@ def status_of(approval: Approval) -> dict[str, Any]:
         status["decidedAt"] = kube_api.rfc3339(approval.decided_at)
     if approval.decision_reason:
         status["reason"] = approval.decision_reason
+    if approval.seal:
+        status["seal"] = approval.seal
+        status["sealKey"] = approval.seal_key
     if approval.outcome:
         status["decision"] = approval.outcome.get("decision")
         status["outcome"] = json.dumps(approval.outcome, sort_keys=True)
@@ -99,6 +103,9 @@ def from_object(obj: dict[str, Any]) -> Approval:
         outcome=json.loads(status["outcome"]) if status.get("outcome") else None,
         namespace=metadata.get("namespace"),
         approvers=approvers_from(spec.get("approvers")),
+        uid=metadata.get("uid", ""),
+        seal=status.get("seal", ""),
+        seal_key=status.get("sealKey", ""),
     )
 
 
@@ -113,8 +120,11 @@ def key_of(obj: dict[str, Any]) -> Key:
 class ActionApprovalStore:
     """approval.ApprovalStore over ActionApproval objects, with a watch-fed cache for reads."""
 
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, governed: tuple[str, ...] = ()) -> None:
         self.api = api
+        # The namespaces whose approval decisions the operator validates and stamps (empty:
+        # all). Elsewhere a `decided-by` stamp is just an annotation anyone may have written.
+        self.governed = governed
         self.custom = kube_api.custom(api)
         self._cache: dict[Key, dict[str, Any]] = {}
         self._lock = threading.Lock()
@@ -126,7 +136,8 @@ class ActionApprovalStore:
 
     # -- ApprovalStore --------------------------------------------------------
 
-    def create(self, approval: Approval) -> None:
+    def create(self, approval: Approval, sealer: Sealer) -> Approval:
+        """Create the object, then seal it with its uid in the status write that follows."""
         obj = self.custom.create_namespaced_custom_object(
             kube_api.GROUP,
             kube_api.VERSION,
@@ -134,6 +145,7 @@ class ActionApprovalStore:
             kube_api.APPROVALS,
             to_object(approval),
         )
+        approval = sealer(replace(approval, uid=obj["metadata"]["uid"]))
         obj["status"] = status_of(approval)
         obj = self.custom.replace_namespaced_custom_object_status(
             kube_api.GROUP,
@@ -144,6 +156,7 @@ class ActionApprovalStore:
             obj,
         )
         self._remember(obj)
+        return approval
 
     def get(self, approval_id: str, namespace: str | None = None) -> Approval | None:
         """From the watch-fed cache; by namespace and name, or by a name unique across them.
@@ -246,6 +259,14 @@ class ActionApprovalStore:
         phase = (obj.get("status") or {}).get("phase", "Pending")
         key = key_of(obj)
         if phase != "Pending" or decision not in ("approve", "deny") or not decided_by:
+            return
+        if self.governed and key[0] not in self.governed:
+            log.warning(
+                "approval %s/%s: ignoring a decision in a namespace the operator does not "
+                "validate (governed: %s)",
+                *key,
+                ", ".join(self.governed),
+            )
             return
         if self.resolver is None or self.loop is None or key in self._resolving:
             return

@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 class TokenReviewAuthenticator:
-    """ServiceAccounts are agents (named by SA, scoped to their namespace); other users are approvers."""
+    """ServiceAccounts are agents (named by SA, scoped to their namespace); nobody else is served."""
 
     def __init__(
         self,
@@ -62,4 +62,8 @@ class TokenReviewAuthenticator:
         if username.startswith(SERVICE_ACCOUNT_PREFIX):
             namespace, _, name = username[len(SERVICE_ACCOUNT_PREFIX) :].partition(":")
             return Principal(name, Role.AGENT, groups, namespace)
-        return Principal(username, Role.APPROVER, groups)
+        # People decide approvals with kubectl (or `kubewrit console`), where the API server
+        # and the operator's webhooks authenticate, stamp and check them; the webhook's own
+        # API serves ServiceAccounts only, so a person's token cannot approve around them.
+        log.info("TokenReview: %s is not a ServiceAccount; not served here", username)
+        return None

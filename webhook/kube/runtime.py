@@ -16,6 +16,7 @@ from kubewrit.webhook.errors import Unsupported
 from kubewrit.webhook.kube import api as kube_api
 from kubewrit.webhook.kube.approvals import ActionApprovalStore
 from kubewrit.webhook.kube.identity import TokenReviewAuthenticator
+from kubewrit.webhook.kube.keys import PublishedKeys
 from kubewrit.webhook.kube.policies import PolicyCache
 from kubewrit.webhook.kube.records import ActionRecordLedger, RecorderPool
 from kubewrit.webhook.kube.requests import DEFAULT_TTL_SECONDS as LEASE_TTL_SECONDS
@@ -36,6 +37,8 @@ class Config(Tuning):
     signing_key: Path = Path("/var/run/kubewrit/signing-key.pem")
     token_cache_seconds: float = 30.0
     request_id_ttl: float = LEASE_TTL_SECONDS
+    # The operator's namespaces (empty: all): only there are approval decisions validated.
+    approval_namespaces: tuple[str, ...] = ()
 
     def replica_name(self) -> str:
         return kube_api.dns_label(self.replica or socket.gethostname())
@@ -66,7 +69,7 @@ def build(config: Config) -> Runtime:
         AnchorPolicy(config.anchor_every, config.anchor_seconds),
         signer.verifier.b64,
     )
-    approvals = ActionApprovalStore(api)
+    approvals = ActionApprovalStore(api, config.approval_namespaces)
     requests = LeaseRequestStore(
         api, config.namespace, config.replica_name(), ttl=config.request_id_ttl
     )
@@ -74,7 +77,14 @@ def build(config: Config) -> Runtime:
     backend = Backend(
         records=recorders, approvals=approvals, requests=requests, queries=KubectlRecordQueries()
     )
-    authority = Authority(state.current, backend, signer, config.writ_ttl, config.approval_ttl)
+    authority = Authority(
+        state.current,
+        backend,
+        signer,
+        config.writ_ttl,
+        config.approval_ttl,
+        trusted_keys=PublishedKeys(api, config.namespace, signer.verifier),
+    )
     authenticator = TokenReviewAuthenticator(api, ttl=config.token_cache_seconds)
 
     def start() -> None:

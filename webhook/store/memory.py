@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import builtins
 import threading
+from dataclasses import replace
 
-from kubewrit.webhook.approval import Approval
+from kubewrit.webhook.approval import Approval, Sealer
 from kubewrit.webhook.backend import Backend, RecordQuery
 from kubewrit.webhook.chain import Anchor, Draft, Head, Record
 from kubewrit.webhook.decision import Phase
@@ -71,11 +72,13 @@ class MemoryStore:
 
     # -- ApprovalStore ------------------------------------------------------------
 
-    def create(self, approval: Approval) -> None:
+    def create(self, approval: Approval, sealer: Sealer) -> Approval:
+        approval = sealer(replace(approval, uid=approval.id))  # one row, never re-created
         with self._lock:
             if approval.id in self.approvals:
                 raise ValueError(f"approval {approval.id} exists")
             self.approvals[approval.id] = approval
+        return approval
 
     def get(self, approval_id: str, namespace: str | None = None) -> Approval | None:
         with self._lock:

@@ -13,10 +13,11 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from kubewrit.webhook.approval import Approval
+from kubewrit.webhook.approval import Approval, Sealer
 from kubewrit.webhook.backend import RecordQuery
 from kubewrit.webhook.chain import Anchor, Record
 from kubewrit.webhook.decision import Phase
@@ -211,7 +212,8 @@ class SQLiteStore:
 
     # -- ApprovalStore --------------------------------------------------------
 
-    def create(self, approval: Approval) -> None:
+    def create(self, approval: Approval, sealer: Sealer) -> Approval:
+        approval = sealer(replace(approval, uid=approval.id))  # one row, never re-created
         with self._lock:
             self._other.execute(
                 "INSERT INTO approvals VALUES (?,?,?,?,?,?)",
@@ -224,6 +226,7 @@ class SQLiteStore:
                     json.dumps(approval.to_dict()),
                 ),
             )
+        return approval
 
     def get(self, approval_id: str, namespace: str | None = None) -> Approval | None:
         with self._lock:
