@@ -334,3 +334,18 @@ async def test_a_writ_is_issued_only_for_a_record_a_trusted_writer_signed(world:
     world.store.approvals[held.approval.id] = approved
     consumed, token = await world.workflow.collect(held.approval.id, AGENT)
     assert consumed.phase is Phase.CONSUMED and token
+
+
+async def test_only_approvals_kubewrit_opened_are_decided(world: World) -> None:
+    held = await world.decide(340)
+    genuine = world.store.get(held.approval.id)
+    assert genuine.seal and genuine.uid
+    hand_made = dataclasses.replace(genuine, id="apr-hand-made", uid="apr-hand-made")
+    altered = dataclasses.replace(genuine, expires_at=genuine.expires_at + 3600)
+    recreated = dataclasses.replace(genuine, uid="another-object")
+    for forged in (hand_made, altered, recreated):
+        world.store.approvals[forged.id] = forged
+        with pytest.raises(Forbidden) as refused:
+            await world.workflow.resolve(forged.id, MANAGER, True)
+        assert refused.value.code == "approval_not_genuine"
+    assert world.kinds() == ["decision"]
