@@ -28,7 +28,9 @@ def test_verification_passes_across_a_retention_cut(control_plane: Any, tmp_path
     control_plane.kubectl("create", "serviceaccount", "support-agent", "-n", namespace)
     control_plane.kubectl("apply", "-f", "-", input=policy_manifest(namespace))
     webhook = start_webhook(control_plane, tmp_path, f"retain-{namespace}")
-    agent = control_plane.kubectl("create", "token", "support-agent", "-n", namespace).stdout
+    agent = control_plane.kubectl(
+        "create", "token", "support-agent", "-n", namespace, "--audience", "kubewrit"
+    ).stdout
     try:
         for amount in range(1, 13):  # the example policy permits no refund of 0
             answer = webhook.decide(agent.strip(), tool="process_refund", args={"amount": amount})

@@ -83,7 +83,9 @@ def applied(control_plane: Any, operator: OperatorProcess, shop: str) -> str:
 
 
 def agent_token(control_plane: Any, namespace: str) -> str:
-    return control_plane.kubectl("create", "token", "support-agent", "-n", namespace).stdout.strip()
+    return control_plane.kubectl(
+        "create", "token", "support-agent", "-n", namespace, "--audience", "kubewrit"
+    ).stdout.strip()
 
 
 def agent_kubeconfig(control_plane: Any, namespace: str, directory: Path) -> str:

@@ -40,7 +40,9 @@ def webhook(
 
 
 def token(control_plane: Any, namespace: str, sa: str = "support-agent") -> str:
-    return control_plane.kubectl("create", "token", sa, "-n", namespace).stdout.strip()
+    return control_plane.kubectl(
+        "create", "token", sa, "-n", namespace, "--audience", "kubewrit"
+    ).stdout.strip()
 
 
 def records(control_plane: Any, namespace: str) -> list[dict[str, Any]]:

@@ -154,6 +154,21 @@ def serve(
     type=click.FloatRange(min=60),
     help="How long a request id is remembered across replicas (one decision per id), seconds.",
 )
+@click.option(
+    "--token-audience",
+    default="kubewrit",
+    show_default=True,
+    help="The audience agents' ServiceAccount tokens must be minted for "
+    "(kubectl create token SA --audience kubewrit; a projected token volume with this audience).",
+)
+@click.option(
+    "--token-cache-seconds",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(min=0, max=60),
+    help="How long a TokenReview is trusted (never past the token's expiry): the most the "
+    "webhook may lag the API server in refusing a revoked token.",
+)
 @server_options
 def webhook(
     kubeconfig: Path | None,
@@ -165,6 +180,8 @@ def webhook(
     tls_cert: Path | None,
     tls_key: Path | None,
     request_id_ttl: float,
+    token_audience: str,
+    token_cache_seconds: float,
     log_level: str,
     **tuning: Any,
 ) -> None:
@@ -178,6 +195,8 @@ def webhook(
         replica=replica,
         signing_key=signing_key,
         request_id_ttl=request_id_ttl,
+        token_audience=token_audience,
+        token_cache_seconds=token_cache_seconds,
         **tuning,
     )
     try:

@@ -15,7 +15,11 @@ from kubewrit.webhook.chain import Record
 from kubewrit.webhook.errors import Unsupported
 from kubewrit.webhook.kube import api as kube_api
 from kubewrit.webhook.kube.approvals import ActionApprovalStore
-from kubewrit.webhook.kube.identity import TokenReviewAuthenticator
+from kubewrit.webhook.kube.identity import (
+    DEFAULT_AUDIENCE,
+    DEFAULT_TTL_SECONDS,
+    TokenReviewAuthenticator,
+)
 from kubewrit.webhook.kube.policies import PolicyCache
 from kubewrit.webhook.kube.records import ActionRecordLedger, RecorderPool
 from kubewrit.webhook.kube.requests import DEFAULT_TTL_SECONDS as LEASE_TTL_SECONDS
@@ -34,7 +38,8 @@ class Config(Tuning):
     namespace: str = "kubewrit-system"
     replica: str = ""
     signing_key: Path = Path("/var/run/kubewrit/signing-key.pem")
-    token_cache_seconds: float = 30.0
+    token_cache_seconds: float = DEFAULT_TTL_SECONDS
+    token_audience: str = DEFAULT_AUDIENCE
     request_id_ttl: float = LEASE_TTL_SECONDS
 
     def replica_name(self) -> str:
@@ -75,7 +80,9 @@ def build(config: Config) -> Runtime:
         records=recorders, approvals=approvals, requests=requests, queries=KubectlRecordQueries()
     )
     authority = Authority(state.current, backend, signer, config.writ_ttl, config.approval_ttl)
-    authenticator = TokenReviewAuthenticator(api, ttl=config.token_cache_seconds)
+    authenticator = TokenReviewAuthenticator(
+        api, ttl=config.token_cache_seconds, audiences=[config.token_audience]
+    )
 
     def start() -> None:
         ledger.publish_key(signer.key_id, signer.verifier.b64)
