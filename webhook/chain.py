@@ -171,20 +171,29 @@ class Cut:
     """Where retention cut a chain: its first retained record's seq and that record's prev.
 
     A verifier accepts a chain that begins there; what was before went to `exported_to`.
+    Whoever could write an unsigned cut could delete a chain's first records and declare
+    that it begins after them, so a cut is signed (by the operator's key, published with
+    the webhook's keys) and a verifier honours only a cut a trusted key signed.
     """
 
     seq: int
     prev: str
     exported_to: str = ""
     time: str = ""
+    chain: str = ""
+    key_id: str = ""
+    signature: str = ""
+
+    def body(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "signature"}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Cut:
-        """Raises ValueError unless `data` is a cut (older cuts lack `exported_to`, `time`)."""
-        defaults = {"exported_to": "", "time": ""}
+        """Raises ValueError unless `data` is a cut (older, unsigned cuts lack the last fields)."""
+        defaults = {"exported_to": "", "time": "", "chain": "", "key_id": "", "signature": ""}
         if isinstance(data, Mapping):
             data = {**defaults, **data}
         return parse_fields(cls, data, "cut")
@@ -210,6 +219,16 @@ def sign_anchor(head: Record | Head, signer: Signer) -> Anchor:
 
 def anchor_valid(anchor: Anchor, verifier: Verifier) -> bool:
     return body_signed(anchor.body(), anchor.signature, verifier)
+
+
+def sign_cut(chain: str, seq: int, prev: str, exported_to: str, signer: Signer) -> Cut:
+    unsigned = Cut(seq, prev, exported_to, timestamp(), chain, signer.key_id)
+    return replace(unsigned, signature=sign_body(unsigned.body(), signer))
+
+
+def cut_valid(chain: str, cut: Cut, verifier: Verifier) -> bool:
+    """Signed by `verifier`, and for this chain (a cut is never moved to another chain)."""
+    return cut.chain == chain and body_signed(cut.body(), cut.signature, verifier)
 
 
 @dataclass

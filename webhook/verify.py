@@ -272,6 +272,11 @@ def _trusted_trailer(
     return trailer
 
 
+def _cut_trusted(name: str, cut: Cut, verifiers: Mapping[str, Verifier]) -> bool:
+    verifier = verifiers.get(cut.key_id)
+    return verifier is not None and chain.cut_valid(name, cut, verifier)
+
+
 def verify(
     records: Iterable[Any],
     anchors: Iterable[Anchor],
@@ -301,6 +306,15 @@ def verify(
         chain_anchors = sorted(anchors_of.get(name, []), key=lambda a: a.seq)
         entry.anchored_seq = chain_anchors[-1].seq if chain_anchors else None
         cut = cuts.get(name)
+        if cut is not None and not _cut_trusted(name, cut, verifiers):
+            entry.problem = entry.problem or Problem(
+                name,
+                cut.seq,
+                "bad_signature",
+                f"the retention cut at seq {cut.seq} is not signed by a trusted key: "
+                "records before it may have been deleted",
+            )
+            cut = None
         if entry.problem is None:
             problem = _walk(name, recs, cut, verifiers, entry)
         else:  # already unreadable: say what there is, without walking it

@@ -185,10 +185,11 @@ class ActionRecordLedger:
                 return
 
     def publish_anchor(self, anchor: Anchor, namespace: str | None = None) -> None:
+        """In the home namespace, where the chain's tenants cannot roll it back or remove it."""
         configmaps.update(
             self.core,
-            namespace or self.home,
-            kube_api.ANCHORS_CONFIGMAP,
+            self.home,
+            configmaps.anchors_name(namespace or self.home),
             configmaps.merge(configmaps.anchor_entry(anchor)),
         )
 
