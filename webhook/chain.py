@@ -139,8 +139,39 @@ def signature_valid(record: Record, verifier: Verifier) -> bool:
     return verifier.verify(record.signature, record.hash.encode())
 
 
-def genesis_draft(public_key_b64: str) -> Draft:
-    return Draft(kind="genesis", message=f"ed25519:{public_key_b64}")
+def genesis_draft(public_key_b64: str, lineage: str = "", follows: Head | None = None) -> Draft:
+    """A chain's first record: its key, and (Kubernetes) which writer's chain it continues.
+
+    A restarted writer never resumes its old chain (it might reuse sequence numbers it had
+    already acknowledged, if records after the last anchor were deleted meanwhile); it
+    starts a new one whose genesis states, signed, where the old chain ended as observed.
+    """
+    message = f"ed25519:{public_key_b64}"
+    if lineage:
+        message += f" lineage:{lineage}"
+    if follows is not None:
+        message += f" follows:{follows.chain}@{follows.seq}:{follows.hash}"
+    return Draft(kind="genesis", message=message)
+
+
+@dataclass(frozen=True)
+class Genesis:
+    lineage: str = ""
+    follows: tuple[str, int, str] | None = None  # (chain, seq, hash) observed at the start
+
+
+def parse_genesis(message: str) -> Genesis:
+    """What a genesis record's message says (the inverse of `genesis_draft`); never raises."""
+    lineage, follows = "", None
+    for word in message.split():
+        if word.startswith("lineage:"):
+            lineage = word[len("lineage:") :]
+        elif word.startswith("follows:"):
+            chain, _, rest = word[len("follows:") :].rpartition("@")
+            seq, _, digest = rest.partition(":")
+            if chain and seq.isdigit() and digest:
+                follows = (chain, int(seq), digest)
+    return Genesis(lineage, follows)
 
 
 @dataclass(frozen=True)

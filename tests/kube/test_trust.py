@@ -390,3 +390,41 @@ def test_an_anchor_rolled_back_is_reported_to_an_auditor_who_saw_it(
     assert f"chain {chain_id} seq {head_before}: rolled_back" in remembered.stdout, (
         remembered.stdout
     )
+
+
+# -- a crash never lets a sequence number be reused ------------------------------------------
+
+
+def test_a_restarted_webhook_never_reuses_a_sequence_number(control_plane, teams, tmp_path) -> None:
+    bobs = teams[0]
+    agent = token(control_plane, bobs, "support-agent", "--audience", AUDIENCE)
+    workdir = tmp_path / "crash"
+    slow = ("--anchor-seconds", "3600", "--anchor-every", "1000")  # all inside the window
+    first = start_webhook(control_plane, workdir, "crash-webhook", *slow)
+    try:
+        answered = refund(first, agent, 11).json()
+        assert answered["decision"] == "PERMIT"
+    finally:
+        first.process.kill()  # kill -9: no final anchor
+        first.process.wait(timeout=10)
+    permit = answered["record"]
+    name = f"{permit['chain']}-{permit['seq']:010d}"
+    control_plane.kubectl("delete", "actionrecord", name, "-n", bobs)  # the unanchored tail
+
+    second = start_webhook(control_plane, workdir, "crash-webhook", *slow)
+    try:
+        later = [refund(second, agent, amount).json()["record"] for amount in (12, 13)]
+    finally:
+        second.stop()
+    assert all((r["chain"], r["seq"]) != (permit["chain"], permit["seq"]) for r in later)
+    # The new chain's genesis states, signed, where the old one ended when it restarted.
+    genesis = next(
+        item["spec"]
+        for item in stored(control_plane, bobs)
+        if item["spec"]["chain"] == later[0]["chain"] and item["spec"]["seq"] == 0
+    )
+    assert f"follows:{permit['chain']}@{permit['seq'] - 1}:" in genesis["message"]
+    checked = verify(control_plane, bobs, "-o", "json")
+    chains = {c["chain"]: c for c in json.loads(checked.stdout)["chains"]}
+    assert chains[permit["chain"]]["last_seq"] == permit["seq"] - 1
+    assert chains[later[0]["chain"]]["problem"] is None
