@@ -88,6 +88,11 @@ def agent_token(control_plane: Any, namespace: str) -> str:
     ).stdout.strip()
 
 
+def api_token(control_plane: Any, namespace: str) -> str:
+    """The agent's token for the API server (kubectl), not for the webhook's audience."""
+    return control_plane.kubectl("create", "token", "support-agent", "-n", namespace).stdout.strip()
+
+
 def agent_kubeconfig(control_plane: Any, namespace: str, directory: Path) -> str:
     """A kubeconfig that authenticates as the agent's ServiceAccount, with RBAC to patch approvals."""
     control_plane.kubectl(
@@ -125,7 +130,7 @@ def agent_kubeconfig(control_plane: Any, namespace: str, directory: Path) -> str
                     }
                 ],
                 "users": [
-                    {"name": "agent", "user": {"token": agent_token(control_plane, namespace)}}
+                    {"name": "agent", "user": {"token": api_token(control_plane, namespace)}}
                 ],
                 "contexts": [{"name": "agent", "context": {"cluster": "c", "user": "agent"}}],
             }

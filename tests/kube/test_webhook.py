@@ -198,7 +198,9 @@ def test_verify_passes_then_names_a_deleted_or_relabelled_record(
     assert f"seq {victim['spec']['seq']}: missing" in deleted.stdout
 
 
-def test_restarted_webhook_continues_its_chain(control_plane, tmp_path: Path) -> None:
+def test_restarted_webhook_starts_a_chain_that_follows_the_old_one(
+    control_plane, tmp_path: Path
+) -> None:
     apply_crds(control_plane)
     namespace = f"restart-{uuid.uuid4().hex[:6]}"
     control_plane.kubectl("create", "namespace", namespace)
@@ -216,8 +218,16 @@ def test_restarted_webhook_continues_its_chain(control_plane, tmp_path: Path) ->
         after = second.decide(agent, tool="process_refund", args={"amount": 45}).json()
     finally:
         second.stop()
-    assert after["record"]["chain"] == before["record"]["chain"]
-    assert after["record"]["seq"] == before["record"]["seq"] + 1
+    # A new chain, whose signed genesis names where the old one ended: no seq is reused.
+    assert after["record"]["chain"] != before["record"]["chain"]
+    assert after["record"]["seq"] == 1
+    genesis = next(
+        r
+        for r in records(control_plane, namespace)
+        if r["spec"]["chain"] == after["record"]["chain"]
+    )
+    old = before["record"]
+    assert f"follows:{old['chain']}@{old['seq']}:{old['hash']}" in genesis["spec"]["message"]
     result = run_cli(
         "verify", "--kubeconfig", str(control_plane.kubeconfig_for("admin")), "-n", namespace
     )
