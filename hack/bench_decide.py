@@ -145,7 +145,9 @@ def kubernetes(args: argparse.Namespace) -> None:
             }
         ),
     )
-    token = kubectl(kubeconfig, "create", "token", "support-agent", "-n", namespace).strip()
+    token = kubectl(
+        kubeconfig, "create", "token", "support-agent", "-n", namespace, "--audience", "kubewrit"
+    ).strip()
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         log = Path(tmp) / "webhook.log"

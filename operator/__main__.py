@@ -114,6 +114,18 @@ def parser() -> argparse.ArgumentParser:
         help="JSON Lines file exported records are appended to",
     )
     r.add_argument("--retention-interval", default=env("RETENTION_INTERVAL", "60s"))
+    r.add_argument(
+        "--home-namespace",
+        default=env("HOME_NAMESPACE") or os.environ.get("POD_NAMESPACE") or "kubewrit-system",
+        help="kubewrit's own namespace: where anchors, cuts and keys live",
+    )
+    r.add_argument(
+        "--signing-key",
+        type=Path,
+        default=Path(env("SIGNING_KEY", "/var/run/kubewrit/operator-key.pem")),
+        help="Ed25519 key that signs retention cuts (created if missing; its public key is "
+        "published in kubewrit-keys in the home namespace)",
+    )
     le = p.add_argument_group("leader election")
     le.add_argument("--lease-name", default=env("LEASE_NAME", "kubewrit-operator"))
     le.add_argument(
@@ -149,6 +161,8 @@ def config_from(args: argparse.Namespace) -> Config:
             max_count=args.retention_max_count,
             sink=args.retention_sink,
             interval=parse_duration(args.retention_interval) or 60.0,
+            home=args.home_namespace,
+            signing_key=args.signing_key,
         ),
         leader=LeaderConfig(
             name=args.lease_name,

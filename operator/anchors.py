@@ -1,29 +1,29 @@
-"""Retention's cuts in the anchor ConfigMap (`kubewrit-anchors`).
+"""Retention's cuts, next to the anchors in kubewrit's own namespace.
 
-Retention records `<chain>.cut` = where the retained chain now begins, so a verifier
-can accept a chain that starts at seq k with the given prev hash. The format and the
-compare-and-swap write belong to `kubewrit.webhook.kube.configmaps`; the rule here is
-that a cut never moves backwards.
+Retention records `<chain>.cut` = where the retained chain now begins (signed by the
+operator), so a verifier can accept a chain that starts at seq k with the given prev
+hash. The format, the place and the compare-and-swap write belong to
+`kubewrit.webhook.kube.configmaps`; the rule here is that a cut never moves backwards.
 """
 
 from __future__ import annotations
 
 from kubernetes import client
 from kubewrit.webhook.chain import Cut
-from kubewrit.webhook.kube import api as kube
 from kubewrit.webhook.kube import configmaps
 
 __all__ = ["Cut", "read_cut", "write_cut"]
 
 
-def read_cut(core: client.CoreV1Api, namespace: str, chain: str) -> Cut | None:
+def read_cut(core: client.CoreV1Api, home: str, namespace: str, chain: str) -> Cut | None:
     """The chain's recorded cut; None if there is none. Raises ValueError if it is malformed."""
-    raw = configmaps.read(core, namespace, kube.ANCHORS_CONFIGMAP).get(configmaps.cut_key(chain))
+    data = configmaps.read(core, home, configmaps.anchors_name(namespace))
+    raw = data.get(configmaps.cut_key(chain))
     return configmaps.parse_cut(raw) if raw else None
 
 
-def write_cut(core: client.CoreV1Api, namespace: str, chain: str, cut: Cut) -> Cut:
-    """Record `cut` for `chain`; a cut never moves backwards.
+def write_cut(core: client.CoreV1Api, home: str, namespace: str, chain: str, cut: Cut) -> Cut:
+    """Record `cut` for `chain` (whose records live in `namespace`); a cut never moves backwards.
 
     Returns the cut now stored (which is `cut`, or a later one another writer stored).
     """
@@ -35,5 +35,5 @@ def write_cut(core: client.CoreV1Api, namespace: str, chain: str, cut: Cut) -> C
             return None
         return {**data, **configmaps.cut_entry(chain, cut)}
 
-    stored = configmaps.update(core, namespace, kube.ANCHORS_CONFIGMAP, advance)
+    stored = configmaps.update(core, home, configmaps.anchors_name(namespace), advance)
     return configmaps.parse_cut(stored[key])

@@ -46,6 +46,10 @@ class RetentionConfig:
     max_count: int = 0
     sink: Path = Path("kubewrit-records.jsonl")
     interval: float = 60.0
+    # kubewrit's own namespace: cuts go next to the anchors there, and the key that signs
+    # them is published there with the webhook's keys.
+    home: str = "kubewrit-system"
+    signing_key: Path = Path("/var/run/kubewrit/operator-key.pem")
 
     @property
     def enabled(self) -> bool:

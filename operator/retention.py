@@ -5,9 +5,9 @@ etcd is not an archive. Records older than `max_age`, or beyond the newest
 per line, the spec's own field names) and only then deleted, oldest first.
 Only a *prefix* of each chain is ever cut, only across intact links (each seq
 followed by seq+1 whose prev is its hash), and never the chain's last record,
-so the remaining chain plus the recorded cut (`<chain>.cut` in the namespace's
-anchor ConfigMap) still verifies, and tampering that left a gap is not papered
-over by a cut that would hide it.
+so the remaining chain plus the recorded cut (`<chain>.cut`, signed by the operator's
+key, next to the chain's anchor in kubewrit's own namespace) still verifies, and
+tampering that left a gap is not papered over by a cut that would hide it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,10 @@ from typing import Any
 from kubernetes import client
 from kubewrit.operator import anchors
 from kubewrit.operator.config import RetentionConfig
+from kubewrit.webhook import keys
+from kubewrit.webhook.chain import sign_cut
 from kubewrit.webhook.kube import api as kube
+from kubewrit.webhook.kube import configmaps
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +163,25 @@ class Retention:
         self.core = client.CoreV1Api(api)
         self.config = config
         self.namespaces = namespaces
+        self.signer = keys.load_or_create(config.signing_key)
+        self._published = False
+
+    def publish_key(self) -> None:
+        """Publish the key that signs cuts next to the webhook's, where verifiers trust keys."""
+        entry = configmaps.key_entry(self.signer.key_id, self.signer.verifier.b64)
+
+        def add(data: dict[str, str]) -> dict[str, str] | None:
+            return (
+                None
+                if data.get(self.signer.key_id) == entry[self.signer.key_id]
+                else {
+                    **data,
+                    **entry,
+                }
+            )
+
+        configmaps.update(self.core, self.config.home, kube.KEYS_CONFIGMAP, add)
+        self._published = True
 
     def plan(self, now: datetime | None = None) -> list[ChainCut]:
         now = now or kube.now()
@@ -178,7 +200,7 @@ class Retention:
             for chain, members in sorted(chains.items()):
                 if not any(o["metadata"]["name"] in doomed for o in members):
                     continue
-                cut = anchors.read_cut(self.core, namespace, chain)
+                cut = anchors.read_cut(self.core, self.config.home, namespace, chain)
                 planned = plan_chain(namespace, chain, members, doomed, cut)
                 if planned.doomed:
                     cuts.append(planned)
@@ -187,6 +209,8 @@ class Retention:
     def apply(self, planned: ChainCut, may_continue: Callable[[], bool]) -> int:
         """Export, delete oldest first, then record the cut. Returns how many were deleted."""
         sink = self.config.sink
+        if not self._published:  # before any deletion: the cut it signs must be checkable
+            self.publish_key()
         export(sink, planned.doomed)
         deleted = 0
         for obj in planned.doomed:
@@ -215,13 +239,10 @@ class Retention:
             first = (planned.first_retained or {})["spec"]
         else:  # interrupted: the cut is right after the last record actually deleted
             first = planned.doomed[deleted]["spec"]
-        cut = anchors.Cut(
-            seq=int(first["seq"]),
-            prev=str(first.get("prev", "")),
-            exported_to=str(sink),
-            time=kube.rfc3339(),
+        cut = sign_cut(
+            planned.chain, int(first["seq"]), str(first.get("prev", "")), str(sink), self.signer
         )
-        anchors.write_cut(self.core, planned.namespace, planned.chain, cut)
+        anchors.write_cut(self.core, self.config.home, planned.namespace, planned.chain, cut)
         log.info(
             "retention: exported and deleted %d records of chain %s in %s (seq %s..%s) "
             "to %s; the chain now begins at seq %s",

@@ -139,8 +139,39 @@ def signature_valid(record: Record, verifier: Verifier) -> bool:
     return verifier.verify(record.signature, record.hash.encode())
 
 
-def genesis_draft(public_key_b64: str) -> Draft:
-    return Draft(kind="genesis", message=f"ed25519:{public_key_b64}")
+def genesis_draft(public_key_b64: str, lineage: str = "", follows: Head | None = None) -> Draft:
+    """A chain's first record: its key, and (Kubernetes) which writer's chain it continues.
+
+    A restarted writer never resumes its old chain (it might reuse sequence numbers it had
+    already acknowledged, if records after the last anchor were deleted meanwhile); it
+    starts a new one whose genesis states, signed, where the old chain ended as observed.
+    """
+    message = f"ed25519:{public_key_b64}"
+    if lineage:
+        message += f" lineage:{lineage}"
+    if follows is not None:
+        message += f" follows:{follows.chain}@{follows.seq}:{follows.hash}"
+    return Draft(kind="genesis", message=message)
+
+
+@dataclass(frozen=True)
+class Genesis:
+    lineage: str = ""
+    follows: tuple[str, int, str] | None = None  # (chain, seq, hash) observed at the start
+
+
+def parse_genesis(message: str) -> Genesis:
+    """What a genesis record's message says (the inverse of `genesis_draft`); never raises."""
+    lineage, follows = "", None
+    for word in message.split():
+        if word.startswith("lineage:"):
+            lineage = word[len("lineage:") :]
+        elif word.startswith("follows:"):
+            chain, _, rest = word[len("follows:") :].rpartition("@")
+            seq, _, digest = rest.partition(":")
+            if chain and seq.isdigit() and digest:
+                follows = (chain, int(seq), digest)
+    return Genesis(lineage, follows)
 
 
 @dataclass(frozen=True)
@@ -171,20 +202,29 @@ class Cut:
     """Where retention cut a chain: its first retained record's seq and that record's prev.
 
     A verifier accepts a chain that begins there; what was before went to `exported_to`.
+    Whoever could write an unsigned cut could delete a chain's first records and declare
+    that it begins after them, so a cut is signed (by the operator's key, published with
+    the webhook's keys) and a verifier honours only a cut a trusted key signed.
     """
 
     seq: int
     prev: str
     exported_to: str = ""
     time: str = ""
+    chain: str = ""
+    key_id: str = ""
+    signature: str = ""
+
+    def body(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "signature"}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Cut:
-        """Raises ValueError unless `data` is a cut (older cuts lack `exported_to`, `time`)."""
-        defaults = {"exported_to": "", "time": ""}
+        """Raises ValueError unless `data` is a cut (older, unsigned cuts lack the last fields)."""
+        defaults = {"exported_to": "", "time": "", "chain": "", "key_id": "", "signature": ""}
         if isinstance(data, Mapping):
             data = {**defaults, **data}
         return parse_fields(cls, data, "cut")
@@ -210,6 +250,16 @@ def sign_anchor(head: Record | Head, signer: Signer) -> Anchor:
 
 def anchor_valid(anchor: Anchor, verifier: Verifier) -> bool:
     return body_signed(anchor.body(), anchor.signature, verifier)
+
+
+def sign_cut(chain: str, seq: int, prev: str, exported_to: str, signer: Signer) -> Cut:
+    unsigned = Cut(seq, prev, exported_to, timestamp(), chain, signer.key_id)
+    return replace(unsigned, signature=sign_body(unsigned.body(), signer))
+
+
+def cut_valid(chain: str, cut: Cut, verifier: Verifier) -> bool:
+    """Signed by `verifier`, and for this chain (a cut is never moved to another chain)."""
+    return cut.chain == chain and body_signed(cut.body(), cut.signature, verifier)
 
 
 @dataclass

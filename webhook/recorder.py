@@ -73,12 +73,14 @@ class Recorder:
         chain_id: str,
         anchors: AnchorPolicy | None = None,
         public_key_b64: str = "",
+        genesis: Draft | None = None,
     ) -> None:
         self.ledger = ledger
         self.signer = signer
         self.chain_id = chain_id
         self.anchors = anchors or AnchorPolicy()
         self._public_key_b64 = public_key_b64
+        self._genesis = genesis or chain.genesis_draft(public_key_b64)
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._head = Head(chain_id)
@@ -96,7 +98,7 @@ class Recorder:
         if existing is not None:
             self._head = Head(self.chain_id, existing.seq, existing.hash)
         else:
-            genesis = self._head.seal_next(chain.genesis_draft(self._public_key_b64), self.signer)
+            genesis = self._head.seal_next(self._genesis, self.signer)
             self.ledger.write([genesis])
         self._thread = threading.Thread(
             target=self._run, name=f"recorder-{self.chain_id}", daemon=True

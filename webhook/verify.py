@@ -272,6 +272,37 @@ def _trusted_trailer(
     return trailer
 
 
+def _cut_trusted(name: str, cut: Cut, verifiers: Mapping[str, Verifier]) -> bool:
+    verifier = verifiers.get(cut.key_id)
+    return verifier is not None and chain.cut_valid(name, cut, verifier)
+
+
+def _check_successions(
+    by_chain: Mapping[str, list[Record]], cuts: Mapping[str, Cut], report: Report
+) -> None:
+    """A restarted writer's new chain states, signed, where its previous chain ended."""
+    for name, recs in by_chain.items():
+        first = recs[0] if recs else None
+        if first is None or first.kind != "genesis" or report.chains[name].problem is not None:
+            continue
+        follows = chain.parse_genesis(first.message).follows
+        if follows is None:
+            continue
+        before, seq, digest = follows
+        entry = report.chains.setdefault(before, ChainReport(before))
+        if entry.problem is not None:
+            continue
+        previous = by_chain.get(before, [])
+        what = f"chain {name}'s genesis"
+        entry.problem = _check_head(before, previous, seq, digest, cuts.get(before), what)
+        if entry.problem is None and previous and previous[-1].seq > seq:
+            entry.problem = Problem(
+                before, seq + 1, "inserted", f"records after seq {seq}, where {what} says it ended"
+            )
+        if entry.problem is None and entry.last_seq == seq and entry.covered_by is None:
+            entry.covered_by = "successor"
+
+
 def verify(
     records: Iterable[Any],
     anchors: Iterable[Anchor],
@@ -301,6 +332,15 @@ def verify(
         chain_anchors = sorted(anchors_of.get(name, []), key=lambda a: a.seq)
         entry.anchored_seq = chain_anchors[-1].seq if chain_anchors else None
         cut = cuts.get(name)
+        if cut is not None and not _cut_trusted(name, cut, verifiers):
+            entry.problem = entry.problem or Problem(
+                name,
+                cut.seq,
+                "bad_signature",
+                f"the retention cut at seq {cut.seq} is not signed by a trusted key: "
+                "records before it may have been deleted",
+            )
+            cut = None
         if entry.problem is None:
             problem = _walk(name, recs, cut, verifiers, entry)
         else:  # already unreadable: say what there is, without walking it
@@ -316,4 +356,5 @@ def verify(
             entry.covered_by = "trailer"
         elif problem is None and entry.anchored_seq == entry.last_seq is not None:
             entry.covered_by = "anchor"
+    _check_successions(by_chain, cuts, report)
     return report

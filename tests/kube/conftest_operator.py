@@ -124,6 +124,8 @@ def start_operator(
         str(control_plane.kubeconfig_for("admin")),
         "--identity",
         identity,
+        "--signing-key",
+        str(workdir / f"{identity}-key.pem"),
     ]
     for namespace in namespaces:
         args += ["--namespace", namespace]

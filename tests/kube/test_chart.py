@@ -138,6 +138,11 @@ def test_helm_install_creates_everything_and_rbac_suffices(control_plane, releas
     assert can("delete", "actionrecords.kubewrit.io", operator_sa)
     assert can("update", "leases.coordination.k8s.io", operator_sa, namespace)
     assert not can("update", "leases.coordination.k8s.io", operator_sa, "default")
+    # Anchors, cuts and keys live in the release namespace: ConfigMap writes there only.
+    for sa in (webhook_sa, operator_sa):
+        assert can("update", "configmaps", sa, namespace)
+        assert not can("create", "configmaps", sa, "default")
+        assert not can("update", "configmaps", sa, "default")
 
     # The operator, running with exactly the chart's RBAC, serves admission and status.
     kubeconfig = token_kubeconfig(control_plane, namespace, operator_sa, tmp_path / "kc")

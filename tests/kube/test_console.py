@@ -171,7 +171,9 @@ def test_alice_approves_through_kubewrit_console_and_bob_is_refused(
         alice_page.locator("#queue-empty").wait_for()
         alice_page.evaluate("window.__notReloaded = true")
 
-        token = control_plane.kubectl("create", "token", "support-agent", "-n", shop).stdout.strip()
+        token = control_plane.kubectl(
+            "create", "token", "support-agent", "-n", shop, "--audience", "kubewrit"
+        ).stdout.strip()
         held = webhook.decide(token, tool="process_refund", args={"amount": 340}).json()
         assert held["decision"] == "DEFER"
         name = held["approval"]["id"]

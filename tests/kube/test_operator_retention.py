@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubewrit.webhook import keys
+from kubewrit.webhook.chain import Cut, cut_valid
 
 from tests.kube.conftest_operator import OperatorProcess, apply_crds, start_operator, wait_until
 
@@ -94,9 +96,10 @@ def seqs(control_plane: Any, namespace: str) -> dict[str, list[int]]:
 
 
 def anchors(control_plane: Any, namespace: str) -> dict[str, str]:
+    """The anchors and cuts of `namespace`'s chains; these tests use it as kubewrit's home too."""
     return json.loads(
         control_plane.kubectl(
-            "get", "configmap", "kubewrit-anchors", "-n", namespace, "-o", "json"
+            "get", "configmap", f"kubewrit-anchors-{namespace}", "-n", namespace, "-o", "json"
         ).stdout
     )["data"]
 
@@ -122,6 +125,10 @@ def replica(control_plane: Any, workdir: Path, namespace: str, identity: str) ->
         "1s",
         "--retention-sink",
         str(workdir / f"{identity}.jsonl"),
+        "--home-namespace",
+        namespace,
+        "--signing-key",
+        str(workdir / f"{identity}.pem"),
         "--lease-name",
         "kubewrit-operator",
         "--lease-namespace",
@@ -150,7 +157,12 @@ def test_two_replicas_one_leader_exports_and_cuts_a_prefix(control_plane, namesp
     # The decision webhook's signed head of chain a: retention must not clobber it.
     head = json.dumps({"chain": "a", "seq": 4, "hash": "a-h4", "signature": "s"})
     control_plane.kubectl(
-        "create", "configmap", "kubewrit-anchors", "-n", namespace, f"--from-literal=a={head}"
+        "create",
+        "configmap",
+        f"kubewrit-anchors-{namespace}",
+        "-n",
+        namespace,
+        f"--from-literal=a={head}",
     )
 
     one = replica(control_plane, tmp_path, namespace, "replica-one")
@@ -202,6 +214,17 @@ def test_two_replicas_one_leader_exports_and_cuts_a_prefix(control_plane, namesp
             cut = json.loads(data[f"{name}.cut"])
             assert cut["seq"] == seq and cut["prev"] == f"{name}-h{seq - 1}"
             assert cut["exported_to"] == sink and cut["time"].endswith("Z")
+            # signed by the leader's key, which it published where the webhook's keys are
+            published = json.loads(
+                control_plane.kubectl(
+                    "get", "configmap", "kubewrit-keys", "-n", namespace, "-o", "json"
+                ).stdout
+            )["data"]
+            signed = Cut.from_dict(cut)
+            assert cut_valid(name, signed, keys.load_public(published[signed.key_id]))
+            assert not cut_valid(
+                "a" if name != "a" else "b", signed, keys.load_public(published[signed.key_id])
+            )
         assert "d.cut" not in data
 
         # Stable: later passes find nothing more to do and export nothing twice.
@@ -256,20 +279,25 @@ def test_the_cut_is_written_by_compare_and_swap(control_plane, namespace):
 
     core = client.CoreV1Api(control_plane.api_client)
     control_plane.kubectl(
-        "create", "configmap", "kubewrit-anchors", "-n", namespace, '--from-literal=a={"seq": 8}'
+        "create",
+        "configmap",
+        f"kubewrit-anchors-{namespace}",
+        "-n",
+        namespace,
+        '--from-literal=a={"seq": 8}',
     )
     racing = RacingCore(core, namespace)
-    stored = write_cut(racing, namespace, "a", Cut(4, "a-h3", "/sink", "t"))  # type: ignore[arg-type]
+    stored = write_cut(racing, namespace, namespace, "a", Cut(4, "a-h3", "/sink", "t"))  # type: ignore[arg-type]
     assert racing.raced and stored.seq == 4
     data = anchors(control_plane, namespace)
     assert data["a"] == '{"seq": 9}'  # the other writer's update survived our retry
     assert json.loads(data["a.cut"])["seq"] == 4
     # a cut never moves backwards
-    assert write_cut(core, namespace, "a", Cut(2, "a-h1", "/sink", "t")).seq == 4
-    assert read_cut(core, namespace, "a") == Cut(4, "a-h3", "/sink", "t")
+    assert write_cut(core, namespace, namespace, "a", Cut(2, "a-h1", "/sink", "t")).seq == 4
+    assert read_cut(core, namespace, namespace, "a") == Cut(4, "a-h3", "/sink", "t")
     # and creates the ConfigMap where none exists yet
-    control_plane.kubectl("delete", "configmap", "kubewrit-anchors", "-n", namespace)
-    assert write_cut(core, namespace, "z", Cut(1, "z-h0", "/sink", "t")).seq == 1
+    control_plane.kubectl("delete", "configmap", f"kubewrit-anchors-{namespace}", "-n", namespace)
+    assert write_cut(core, namespace, namespace, "z", Cut(1, "z-h0", "/sink", "t")).seq == 1
     assert json.loads(anchors(control_plane, namespace)["z.cut"])["prev"] == "z-h0"
 
 

@@ -42,7 +42,9 @@ def replicas(
 
 @pytest.fixture(scope="module")
 def agent(control_plane: Any, shop: str) -> str:
-    return control_plane.kubectl("create", "token", "support-agent", "-n", shop).stdout.strip()
+    return control_plane.kubectl(
+        "create", "token", "support-agent", "-n", shop, "--audience", "kubewrit"
+    ).stdout.strip()
 
 
 def decisions_for(control_plane: Any, namespace: str, request_id: str) -> list[dict[str, Any]]:

@@ -28,7 +28,9 @@ def test_verification_passes_across_a_retention_cut(control_plane: Any, tmp_path
     control_plane.kubectl("create", "serviceaccount", "support-agent", "-n", namespace)
     control_plane.kubectl("apply", "-f", "-", input=policy_manifest(namespace))
     webhook = start_webhook(control_plane, tmp_path, f"retain-{namespace}")
-    agent = control_plane.kubectl("create", "token", "support-agent", "-n", namespace).stdout
+    agent = control_plane.kubectl(
+        "create", "token", "support-agent", "-n", namespace, "--audience", "kubewrit"
+    ).stdout
     try:
         for amount in range(1, 13):  # the example policy permits no refund of 0
             answer = webhook.decide(agent.strip(), tool="process_refund", args={"amount": amount})
@@ -85,9 +87,9 @@ def test_verification_passes_across_a_retention_cut(control_plane: Any, tmp_path
     control_plane.kubectl(
         "patch",
         "configmap",
-        "kubewrit-anchors",
+        f"kubewrit-anchors-{namespace}",
         "-n",
-        namespace,
+        "kubewrit-system",
         "--type",
         "merge",
         "-p",
@@ -96,8 +98,8 @@ def test_verification_passes_across_a_retention_cut(control_plane: Any, tmp_path
     malformed = run_cli("verify", "--kubeconfig", kubeconfig, "-n", namespace, check=False)
     assert malformed.returncode == 1 and "Traceback" not in malformed.stderr
     assert (
-        f"bad input: malformed: ConfigMap {namespace}/kubewrit-anchors key '{chain_id}': not JSON"
-        in malformed.stdout
+        f"bad input: malformed: ConfigMap kubewrit-system/kubewrit-anchors-{namespace} "
+        f"key '{chain_id}': not JSON" in malformed.stdout
     ), malformed.stdout + malformed.stderr
 
     control_plane.kubectl(

@@ -96,7 +96,9 @@ def applied(control_plane: Any, operator: OperatorProcess, teams: dict[str, str]
 
 
 def token(control_plane: Any, namespace: str, sa: str = "support-agent") -> str:
-    return control_plane.kubectl("create", "token", sa, "-n", namespace).stdout.strip()
+    return control_plane.kubectl(
+        "create", "token", sa, "-n", namespace, "--audience", "kubewrit"
+    ).stdout.strip()
 
 
 def held(control_plane: Any, webhook: DecisionWebhook, namespace: str) -> tuple[str, str]:

@@ -83,6 +83,13 @@ def applied(control_plane: Any, operator: OperatorProcess, shop: str) -> str:
 
 
 def agent_token(control_plane: Any, namespace: str) -> str:
+    return control_plane.kubectl(
+        "create", "token", "support-agent", "-n", namespace, "--audience", "kubewrit"
+    ).stdout.strip()
+
+
+def api_token(control_plane: Any, namespace: str) -> str:
+    """The agent's token for the API server (kubectl), not for the webhook's audience."""
     return control_plane.kubectl("create", "token", "support-agent", "-n", namespace).stdout.strip()
 
 
@@ -123,7 +130,7 @@ def agent_kubeconfig(control_plane: Any, namespace: str, directory: Path) -> str
                     }
                 ],
                 "users": [
-                    {"name": "agent", "user": {"token": agent_token(control_plane, namespace)}}
+                    {"name": "agent", "user": {"token": api_token(control_plane, namespace)}}
                 ],
                 "contexts": [{"name": "agent", "context": {"cluster": "c", "user": "agent"}}],
             }

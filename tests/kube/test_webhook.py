@@ -40,7 +40,9 @@ def webhook(
 
 
 def token(control_plane: Any, namespace: str, sa: str = "support-agent") -> str:
-    return control_plane.kubectl("create", "token", sa, "-n", namespace).stdout.strip()
+    return control_plane.kubectl(
+        "create", "token", sa, "-n", namespace, "--audience", "kubewrit"
+    ).stdout.strip()
 
 
 def records(control_plane: Any, namespace: str) -> list[dict[str, Any]]:
@@ -196,7 +198,9 @@ def test_verify_passes_then_names_a_deleted_or_relabelled_record(
     assert f"seq {victim['spec']['seq']}: missing" in deleted.stdout
 
 
-def test_restarted_webhook_continues_its_chain(control_plane, tmp_path: Path) -> None:
+def test_restarted_webhook_starts_a_chain_that_follows_the_old_one(
+    control_plane, tmp_path: Path
+) -> None:
     apply_crds(control_plane)
     namespace = f"restart-{uuid.uuid4().hex[:6]}"
     control_plane.kubectl("create", "namespace", namespace)
@@ -214,8 +218,16 @@ def test_restarted_webhook_continues_its_chain(control_plane, tmp_path: Path) ->
         after = second.decide(agent, tool="process_refund", args={"amount": 45}).json()
     finally:
         second.stop()
-    assert after["record"]["chain"] == before["record"]["chain"]
-    assert after["record"]["seq"] == before["record"]["seq"] + 1
+    # A new chain, whose signed genesis names where the old one ended: no seq is reused.
+    assert after["record"]["chain"] != before["record"]["chain"]
+    assert after["record"]["seq"] == 1
+    genesis = next(
+        r
+        for r in records(control_plane, namespace)
+        if r["spec"]["chain"] == after["record"]["chain"]
+    )
+    old = before["record"]
+    assert f"follows:{old['chain']}@{old['seq']}:{old['hash']}" in genesis["spec"]["message"]
     result = run_cli(
         "verify", "--kubeconfig", str(control_plane.kubeconfig_for("admin")), "-n", namespace
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from kubewrit.webhook import export, keys, standalone
+from kubewrit.webhook import anchor_history, export, keys, standalone
 from kubewrit.webhook import verify as verification
 from kubewrit.webhook.chain import Cut
 from kubewrit.webhook.cli.output import (
@@ -155,6 +155,20 @@ def print_report(report: verification.Report, output: str) -> None:
     help="Verify the ActionRecords and anchors of a cluster instead.",
 )
 @click.option("--namespace", "-n", help="With --kubeconfig: only this namespace.")
+@click.option(
+    "--trust-namespace",
+    default="kubewrit-system",
+    show_default=True,
+    help="With --kubeconfig: kubewrit's own namespace, the only place keys and anchors are "
+    "read from (never a tenant's namespace). --public-key overrides its keys.",
+)
+@click.option(
+    "--state",
+    "state_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Remember each chain's newest verified anchor in this file (kept by the auditor), "
+    "and report an anchor that went back or vanished since the last run (rolled_back).",
+)
 @DATA_DIR
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
 def verify(
@@ -162,6 +176,8 @@ def verify(
     key_files: tuple[Path, ...],
     kubeconfig: Path | None,
     namespace: str | None,
+    trust_namespace: str,
+    state_file: Path | None,
     data_dir: Path,
     output: str,
 ) -> None:
@@ -170,12 +186,17 @@ def verify(
     trailer: export.Trailer | None = None
     problems: list[verification.Problem] = []
     lines: list[int] | None = None
+    namespace_of: dict[str, str] = {}
+    try:
+        seen = anchor_history.load(state_file) if state_file else {}
+    except anchor_history.HistoryError as exc:
+        fail(str(exc))
     if kubeconfig is not None:
         from kubewrit.webhook.kube import audit as kube_audit
 
-        cluster = kube_audit.collect(kubeconfig, namespace)
+        cluster = kube_audit.collect(kubeconfig, namespace, trust_namespace)
         records, anchors, cuts = cluster.records, cluster.anchors, cluster.cuts
-        problems = [verification.Problem("", None, "malformed", p) for p in cluster.problems]
+        problems, namespace_of = cluster.problems, cluster.namespace_of
         trusted = load_keys(key_files) or cluster.trusted
         if export_file is not None:
             # What retention exported fills the cut: verify each such chain from its genesis.
@@ -199,7 +220,11 @@ def verify(
         trusted = load_keys(key_files) or [
             keys.load_or_create(standalone.Config(data_dir=data_dir).key_file).verifier
         ]
+    scope = namespace if kubeconfig is not None else None
+    problems.extend(anchor_history.rollbacks(seen, anchors, scope))
     report = verification.verify(records, anchors, trusted, cuts, trailer, problems, lines)
+    if state_file is not None:
+        anchor_history.advance(state_file, seen, report, anchors, namespace_of)
     print_report(report, output)
     raise SystemExit(0 if report.ok else 1)
 

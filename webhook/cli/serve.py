@@ -161,6 +161,21 @@ def serve(
     help="Honour approval decisions only in these namespaces: the ones the operator watches "
     "(repeat; default: all). Elsewhere nothing validates who stamped a decision.",
 )
+@click.option(
+    "--token-audience",
+    default="kubewrit",
+    show_default=True,
+    help="The audience agents' ServiceAccount tokens must be minted for "
+    "(kubectl create token SA --audience kubewrit; a projected token volume with this audience).",
+)
+@click.option(
+    "--token-cache-seconds",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(min=0, max=60),
+    help="How long a TokenReview is trusted (never past the token's expiry): the most the "
+    "webhook may lag the API server in refusing a revoked token.",
+)
 @server_options
 def webhook(
     kubeconfig: Path | None,
@@ -173,6 +188,8 @@ def webhook(
     tls_key: Path | None,
     request_id_ttl: float,
     approval_namespaces: tuple[str, ...],
+    token_audience: str,
+    token_cache_seconds: float,
     log_level: str,
     **tuning: Any,
 ) -> None:
@@ -187,6 +204,8 @@ def webhook(
         signing_key=signing_key,
         request_id_ttl=request_id_ttl,
         approval_namespaces=approval_namespaces,
+        token_audience=token_audience,
+        token_cache_seconds=token_cache_seconds,
         **tuning,
     )
     try:

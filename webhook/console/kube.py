@@ -163,9 +163,8 @@ class KubeBackend:
         def run() -> verification.Report:
             assert self.namespace is not None
             found = kube_audit.collect(self.kubeconfig, self.namespace)
-            problems = [verification.Problem("", None, "malformed", p) for p in found.problems]
             return verification.verify(
-                found.records, found.anchors, found.trusted, found.cuts, problems=problems
+                found.records, found.anchors, found.trusted, found.cuts, problems=found.problems
             )
 
         try:

@@ -15,7 +15,6 @@ VERSION = "v1alpha1"
 POLICIES = "agentpolicies"
 APPROVALS = "actionapprovals"
 RECORDS = "actionrecords"
-ANCHORS_CONFIGMAP = "kubewrit-anchors"
 KEYS_CONFIGMAP = "kubewrit-keys"
 
 LABEL_AGENT = "kubewrit.io/agent"

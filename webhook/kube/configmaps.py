@@ -1,9 +1,15 @@
-"""kubewrit's ConfigMaps: their wire formats, and the one way to change them.
+"""kubewrit's ConfigMaps: where they live, their wire formats, and the one way to change them.
 
-`kubewrit-anchors`, in each namespace that holds a chain:
+All of them live in kubewrit's own namespace (the webhook's `--namespace`, default
+kubewrit-system), never in a tenant's: a namespace admin can write ConfigMaps in their
+namespace, and what they can write is never trusted for keys, anchors or cuts. The chart
+grants ConfigMap writes in that namespace only.
+
+`kubewrit-anchors-<namespace>`, one per namespace that holds chains:
   `<chain>`      the chain's signed head, an Anchor as JSON (the decision webhook);
-  `<chain>.cut`  where retention cut the chain, a Cut as JSON (the operator).
-`kubewrit-keys`, in the webhook's namespace: `<key id>` = a public key, base64url.
+  `<chain>.cut`  where retention cut the chain, a signed Cut as JSON (the operator).
+`kubewrit-keys`: `<key id>` = a public key, base64url (each webhook replica's and each
+  operator replica's; `kubewrit verify` trusts these, or the keys the auditor supplies).
 
 Every writer changes them through `update`: compare-and-swap on resourceVersion (read,
 change, replace; re-read on 409 Conflict), so none clobbers another's keys, and a write
@@ -27,6 +33,13 @@ log = logging.getLogger(__name__)
 
 CUT_SUFFIX = ".cut"
 CAS_ATTEMPTS = 20
+HOME_NAMESPACE = "kubewrit-system"
+ANCHORS_PREFIX = "kubewrit-anchors-"
+
+
+def anchors_name(namespace: str) -> str:
+    """The ConfigMap (in the home namespace) holding the anchors and cuts of `namespace`'s chains."""
+    return f"{ANCHORS_PREFIX}{namespace}"
 
 
 class ConfigMapConflict(RuntimeError):

@@ -1,8 +1,20 @@
-"""Agents authenticate with their ServiceAccount token, checked by TokenReview and cached briefly."""
+"""Agents authenticate with their ServiceAccount token, checked by TokenReview and cached briefly.
+
+The cache is why the webhook could be more permissive than the API server: a token the
+API server stops accepting (its ServiceAccount deleted, the token expired) keeps deciding
+until its cached review lapses. So a review is cached for at most `ttl` seconds (5 by
+default) and never past the token's own `exp`: the webhook trusts a token at most `ttl`
+seconds longer than the API server does. Tokens must be minted for this webhook's
+audience (`kubectl create token SA --audience kubewrit`, or a projected volume with
+`audience: kubewrit`): a token made for another service is not accepted here.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -13,6 +25,28 @@ from kubewrit.webhook.kube.api import SERVICE_ACCOUNT_PREFIX
 
 log = logging.getLogger(__name__)
 
+DEFAULT_AUDIENCE = "kubewrit"
+DEFAULT_TTL_SECONDS = 5.0
+MAX_CACHED = 10000
+
+
+def token_expiry(token: str) -> float | None:
+    """The `exp` claim (seconds since the epoch) of a JWT, unverified; None if it has none.
+
+    Only ever used to shorten a cache entry the API server's TokenReview already vouched
+    for, so reading it unverified can never make a token more trusted.
+    """
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        padded = parts[1] + "=" * (-len(parts[1]) % 4)
+        claims = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+    except (ValueError, UnicodeError, binascii.Error, RecursionError):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+
 
 class TokenReviewAuthenticator:
     """ServiceAccounts are agents (named by SA, scoped to their namespace); nobody else is served."""
@@ -20,14 +54,14 @@ class TokenReviewAuthenticator:
     def __init__(
         self,
         api: client.ApiClient,
-        ttl: float = 30.0,
+        ttl: float = DEFAULT_TTL_SECONDS,
         negative_ttl: float = 5.0,
         audiences: list[str] | None = None,
     ) -> None:
         self.api = client.AuthenticationV1Api(api)
         self.ttl = ttl
         self.negative_ttl = negative_ttl
-        self.audiences = audiences
+        self.audiences = audiences if audiences is not None else [DEFAULT_AUDIENCE]
         self._cache: dict[str, tuple[float, Principal | None]] = {}
         self._lock = threading.Lock()
 
@@ -39,15 +73,22 @@ class TokenReviewAuthenticator:
         if cached and cached[0] > now:
             return cached[1]
         principal = self._review(token)
+        lifetime = self.ttl if principal else self.negative_ttl
+        expiry = token_expiry(token)
+        if principal and expiry is not None:
+            lifetime = min(lifetime, expiry - time.time())
         with self._lock:
-            if len(self._cache) > 10000:
+            if len(self._cache) > MAX_CACHED:
                 self._cache.clear()
-            self._cache[key] = (now + (self.ttl if principal else self.negative_ttl), principal)
+            if lifetime > 0:
+                self._cache[key] = (now + lifetime, principal)
+            else:
+                self._cache.pop(key, None)
         return principal
 
     def _review(self, token: str) -> Principal | None:
         review = client.V1TokenReview(
-            spec=client.V1TokenReviewSpec(token=token, audiences=self.audiences)
+            spec=client.V1TokenReviewSpec(token=token, audiences=self.audiences or None)
         )
         try:
             result = self.api.create_token_review(review)
@@ -57,6 +98,8 @@ class TokenReviewAuthenticator:
         status = result.status
         if not status or not status.authenticated or not status.user:
             return None
+        if self.audiences and not set(status.audiences or ()) & set(self.audiences):
+            return None  # the API server did not confirm the token is meant for us
         username = status.user.username or ""
         groups = tuple(status.user.groups or ())
         if username.startswith(SERVICE_ACCOUNT_PREFIX):

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kubernetes import client
-from kubewrit.webhook.chain import Anchor, Draft, Record
+from kubewrit.webhook.chain import Anchor, Draft, Head, Record, genesis_draft, parse_genesis
 from kubewrit.webhook.keys import Signer
 from kubewrit.webhook.kube import api as kube_api
 from kubewrit.webhook.kube import configmaps
@@ -184,11 +184,35 @@ class ActionRecordLedger:
             if not token:
                 return
 
+    def latest_head(self, lineage: str, namespace: str) -> Head | None:
+        """Where the newest chain of `lineage` in `namespace` ends now, as stored; None if none."""
+        page = self.custom.list_namespaced_custom_object(
+            kube_api.GROUP,
+            kube_api.VERSION,
+            namespace,
+            kube_api.RECORDS,
+            label_selector=f"{kube_api.LABEL_KIND}=genesis",
+        )
+        newest: tuple[str, str] | None = None
+        for item in page.get("items", []):
+            spec = item.get("spec") or {}
+            chain, stamp = str(spec.get("chain", "")), str(spec.get("time", ""))
+            mine = (
+                chain == lineage or parse_genesis(str(spec.get("message", ""))).lineage == lineage
+            )
+            if mine and (newest is None or stamp > newest[1]):
+                newest = (chain, stamp)
+        if newest is None:
+            return None
+        head = self.head(newest[0], namespace)
+        return Head(head.chain, head.seq, head.hash) if head is not None else None
+
     def publish_anchor(self, anchor: Anchor, namespace: str | None = None) -> None:
+        """In the home namespace, where the chain's tenants cannot roll it back or remove it."""
         configmaps.update(
             self.core,
-            namespace or self.home,
-            kube_api.ANCHORS_CONFIGMAP,
+            self.home,
+            configmaps.anchors_name(namespace or self.home),
             configmaps.merge(configmaps.anchor_entry(anchor)),
         )
 
@@ -237,20 +261,29 @@ class RecorderPool:
         self._recorders: dict[str, Recorder] = {}
         self._lock = threading.Lock()
 
-    def chain_id(self, namespace: str) -> str:
+    def lineage(self, namespace: str) -> str:
+        """This replica's chains in `namespace`, one after another across restarts."""
         return kube_api.dns_label(f"{self.replica}-{namespace}")
+
+    def chain_id(self, namespace: str) -> str:
+        """A chain never written before: a restart never reuses a sequence number."""
+        started = format(time.time_ns() // 1_000_000, "x")
+        return kube_api.dns_label(f"{self.lineage(namespace)}-{started}")
 
     def recorder_for(self, namespace: str | None) -> Recorder:
         namespace = namespace or self.ledger.home
         with self._lock:
             recorder = self._recorders.get(namespace)
             if recorder is None:
+                lineage = self.lineage(namespace)
+                previous = self.ledger.latest_head(lineage, namespace)
                 recorder = Recorder(
                     ChainLedger(self.ledger, namespace),
                     self.signer,
                     self.chain_id(namespace),
                     self.anchors,
                     self.public_key_b64,
+                    genesis_draft(self.public_key_b64, lineage, previous),
                 )
                 recorder.start()
                 self._recorders[namespace] = recorder

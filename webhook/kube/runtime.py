@@ -15,7 +15,11 @@ from kubewrit.webhook.chain import Record
 from kubewrit.webhook.errors import Unsupported
 from kubewrit.webhook.kube import api as kube_api
 from kubewrit.webhook.kube.approvals import ActionApprovalStore
-from kubewrit.webhook.kube.identity import TokenReviewAuthenticator
+from kubewrit.webhook.kube.identity import (
+    DEFAULT_AUDIENCE,
+    DEFAULT_TTL_SECONDS,
+    TokenReviewAuthenticator,
+)
 from kubewrit.webhook.kube.keys import PublishedKeys
 from kubewrit.webhook.kube.policies import PolicyCache
 from kubewrit.webhook.kube.records import ActionRecordLedger, RecorderPool
@@ -35,7 +39,8 @@ class Config(Tuning):
     namespace: str = "kubewrit-system"
     replica: str = ""
     signing_key: Path = Path("/var/run/kubewrit/signing-key.pem")
-    token_cache_seconds: float = 30.0
+    token_cache_seconds: float = DEFAULT_TTL_SECONDS
+    token_audience: str = DEFAULT_AUDIENCE
     request_id_ttl: float = LEASE_TTL_SECONDS
     # The operator's namespaces (empty: all): only there are approval decisions validated.
     approval_namespaces: tuple[str, ...] = ()
@@ -85,7 +90,9 @@ def build(config: Config) -> Runtime:
         config.approval_ttl,
         trusted_keys=PublishedKeys(api, config.namespace, signer.verifier),
     )
-    authenticator = TokenReviewAuthenticator(api, ttl=config.token_cache_seconds)
+    authenticator = TokenReviewAuthenticator(
+        api, ttl=config.token_cache_seconds, audiences=[config.token_audience]
+    )
 
     def start() -> None:
         ledger.publish_key(signer.key_id, signer.verifier.b64)
