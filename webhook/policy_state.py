@@ -16,6 +16,10 @@ class PolicyState:
     error: str | None = None
     loaded_at: float = 0.0
     generation: int = 0
+    # A synced cluster without any AgentPolicy is a valid state (every action is
+    # denied by default): the Kubernetes webhook is ready then; a standalone server
+    # whose policy files all failed is not.
+    empty_is_ready: bool = False
 
     def current(self) -> Sequence[Policy]:
         return self.policies
@@ -33,7 +37,7 @@ class PolicyState:
 
     @property
     def ready(self) -> bool:
-        return self.loaded and bool(self.policies)
+        return self.loaded and (bool(self.policies) or self.empty_is_ready)
 
     def detail(self) -> dict[str, object]:
         return {
