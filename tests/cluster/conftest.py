@@ -245,6 +245,10 @@ def example_documents(shop: str) -> str:
 
 @pytest.fixture(scope="session")
 def kubewrit(cluster: Cluster) -> Iterator[Release]:
+    # A cluster started by hand may hold a previous run's release and walkthrough.
+    if cluster.helm("status", RELEASE, "-n", NAMESPACE, check=False).returncode == 0:
+        cluster.helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait", timeout=180)
+    cluster.kubectl("delete", "namespace", "shop", "--ignore-not-found", "--wait=true", timeout=120)
     t0 = time.monotonic()
     cluster.helm(
         "install",
