@@ -234,7 +234,12 @@ def run(sd: Path, image: str, count: int) -> int:
         )
         try:
             k("create", "namespace", "kubewrit-bench", check=False)
-            wait_healthy(f"http://127.0.0.1:{port}", proc, Path(tmp) / "webhook.log")
+            wait_healthy(
+                f"http://127.0.0.1:{port}",
+                lambda: proc.poll() is None,
+                "kubewrit webhook",
+                log=Path(tmp) / "webhook.log",
+            )
             time.sleep(2)
             token = k("create", "token", "support-agent", "-n", "shop").strip()
             r = subprocess.run(
