@@ -51,7 +51,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.kube)
             # Cold: the node's binaries and the image build in the first test's setup.
             if item.get_closest_marker("timeout") is None:
-                item.add_marker(pytest.mark.timeout(3600))
+                item.add_marker(pytest.mark.timeout(1200))
 
 
 @dataclass
