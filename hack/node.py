@@ -237,6 +237,11 @@ def load_image(sd: Path, archive: Path) -> str:
     t0 = time.monotonic()
     ctr(sd, "images", "import", str(archive), timeout=600)
     _cp().log(f"imported {name} in {time.monotonic() - t0:.1f}s")
+    # Older builds of the same repository only cost disk (the store outlives `down`).
+    repo = name.rsplit(":", 1)[0]
+    for line in ctr(sd, "images", "ls", "-q").split():
+        if line.startswith(repo + ":dev-") and line != name:
+            ctr(sd, "images", "rm", line, check=False)
     return name
 
 
