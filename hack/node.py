@@ -28,6 +28,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -237,12 +238,18 @@ def load_image(sd: Path, archive: Path) -> str:
     t0 = time.monotonic()
     ctr(sd, "images", "import", str(archive), timeout=600)
     _cp().log(f"imported {name} in {time.monotonic() - t0:.1f}s")
-    # Older builds of the same repository only cost disk (the store outlives `down`).
-    repo = name.rsplit(":", 1)[0]
-    for line in ctr(sd, "images", "ls", "-q").split():
-        if line.startswith(repo + ":dev-") and line != name:
-            ctr(sd, "images", "rm", line, check=False)
     return name
+
+
+def prune_dev_images(sd: Path) -> None:
+    """At `up` (no pod runs yet): drop kubewrit dev images whose archive hack/image no
+    longer keeps; the store outlives `down`, and old builds only cost disk."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import image  # hack/image.py
+
+    for name in ctr(sd, "images", "ls", "-q").split():
+        if name.startswith(image.IMAGE_REPO + ":dev-") and not image.archive_path(name).exists():
+            ctr(sd, "images", "rm", name, check=False)
 
 
 # --------------------------------------------------------------------------- pki
@@ -599,6 +606,7 @@ def start(sd: Path, st: dict, bins: dict[str, Path], ip: str, timeout: float = 9
     cp._wait(sd, "containerd", containerd, containerd_ok, 30, "serving")
     for archive in system_images(bins):
         load_image(sd, archive)
+    prune_dev_images(sd)
 
     kubelet = cp._spawn(
         sd,

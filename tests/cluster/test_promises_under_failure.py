@@ -324,7 +324,9 @@ def test_an_unavailable_api_server_means_deny_never_permit(kubewrit: Release) ->
     # Answered while no API server process existed (0.5 s after the kill: a decision whose
     # record the API server stored just before dying is still answered PERMIT, rightly).
     during = [a for a in result["answers"] if down + 0.5 <= a["done"] <= up]
-    after = [a for a in result["answers"] if a["t"] > back + 10]
+    end = result["elapsed"]
+    after = [a for a in result["answers"] if a["t"] > end - 4]
+    late = [a for a in result["answers"] if back + 2 < a["t"] and a["decision"] != "PERMIT"]
     print(
         f"\nkube-apiserver killed, down {back - down:.1f}s (restarted after 3 s): {f}; "
         f"answers given while it was down: "
@@ -335,7 +337,10 @@ def test_an_unavailable_api_server_means_deny_never_permit(kubewrit: Release) ->
     assert_every_permit_recorded(c, kubewrit.shop, result)
     assert not [a for a in during if a["decision"] == "PERMIT"], during[:5]
     assert "record_unavailable" in f["deny_reasons"], f
-    assert after and all(a["decision"] == "PERMIT" for a in after), "it recovers by itself"
+    # It recovers by itself: 2 s after the API server is ready again, every answer is
+    # PERMIT (a write whose answer was lost in the crash must not wedge a chain).
+    assert not late, f"DENY after the API server was back at {back:.1f}s: {late[:5]}"
+    assert after and all(a["decision"] == "PERMIT" for a in after), after[-5:]
     print("verify:", verify_chains(c, kubewrit.shop))
 
 
