@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Installs what the Kubernetes tests (pytest -m kube, tests/kube/) need and
-# builds or finds the control-plane binaries (etcd, kube-apiserver,
-# kube-controller-manager, kubectl, helm) in the cache. Idempotent: a few
-# seconds when everything is in place; a cold build prints progress and took
-# 13 minutes on the 2-core machine (empty Go module and build caches).
+# Installs what the Kubernetes tests (pytest -m kube, tests/kube/ and tests/cluster/)
+# need and builds or finds the control-plane and node binaries (etcd, kube-apiserver,
+# kube-controller-manager, kubectl, helm; kubelet, kube-proxy, kube-scheduler,
+# CoreDNS, pause) and kubewrit's image in the cache. Idempotent: a few seconds when
+# everything is in place; a cold build prints progress (13 minutes on the 2-core
+# machine for the control plane, plus the node's binaries and the image).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 t0=$(date +%s)
@@ -32,6 +33,14 @@ if ! python3 -c 'import kubernetes, cryptography, pytest' 2>/dev/null; then
     || python3 -m pip install --quiet --break-system-packages kubernetes cryptography pytest
 fi
 
-# Binaries: cached under ${KUBEWRIT_CONTROL_PLANE_CACHE:-~/.cache/kubewrit/control-plane}.
-"$here/control-plane" build >/dev/null
+# Binaries: cached under ${KUBEWRIT_CONTROL_PLANE_CACHE:-~/.cache/kubewrit/control-plane},
+# the node's too (kubelet, kube-proxy, kube-scheduler, CoreDNS, pause: tests/cluster).
+"$here/control-plane" build --node >/dev/null
+
+# The node's runtime (containerd, runc, CNI plugins, conntrack) from Debian.
+python3 -c "import sys; sys.path.insert(0, '$here'); import node; node.ensure_packages()"
+
+# kubewrit's image from the Dockerfile (buildah; base made with debootstrap), cached
+# under ~/.cache/kubewrit/images: tests/cluster runs it in pods.
+"$here/image" build >/dev/null
 echo "[ci-setup-kube] ready in $(( $(date +%s) - t0 ))s"

@@ -7,6 +7,9 @@ Usage: hack/control-plane COMMAND
   build        build (or find cached) etcd, kube-apiserver, kube-controller-manager,
                kubectl and helm at the versions pinned in hack/versions.env
   up           build if needed, then start the control plane; prints elapsed time
+  up --node    ... and a real node (containerd, kubelet, kube-proxy, kube-scheduler,
+               CoreDNS): pods run (hack/node.py)
+  load ARCHIVE import an OCI image archive into the node's containerd
   down         stop every process `up` started (by recorded pid) and remove state
   env          print shell exports: eval "$(hack/control-plane env)"
   status       print what runs
@@ -167,31 +170,63 @@ def _targets(v: dict[str, str]) -> dict[str, dict]:
             "binaries": ["helm"],
             "ldflags": helm_ld,
         },
+        # `up --node` only: the node programs, same pinned Kubernetes.
+        "node": {
+            "version": kv,
+            "packages": [
+                "k8s.io/kubernetes/cmd/kubelet",
+                "k8s.io/kubernetes/cmd/kube-proxy",
+                "k8s.io/kubernetes/cmd/kube-scheduler",
+            ],
+            "binaries": ["kubelet", "kube-proxy", "kube-scheduler"],
+            "ldflags": kld,
+            "node": True,
+        },
+        "coredns": {
+            "version": v.get("COREDNS_VERSION", ""),
+            "packages": ["."],
+            "binaries": ["coredns"],
+            "ldflags": ["-s", "-w"],
+            "node": True,
+        },
+        "pause": {
+            "version": "1",
+            "packages": ["."],
+            "binaries": ["pause"],
+            "ldflags": ["-s", "-w"],
+            "node": True,
+        },
     }
 
 
 def _module_key(name: str, target: dict, recipe: str) -> str:
     h = hashlib.sha256()
     for f in ("go.mod", "go.sum"):
-        h.update((SRC_DIR / name / f).read_bytes())
+        if (SRC_DIR / name / f).exists():
+            h.update((SRC_DIR / name / f).read_bytes())
+    if target.get("node"):  # their own Go sources (pause, coredns, tools.go) count too
+        for f in sorted((SRC_DIR / name).glob("*.go")):
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
     h.update(" ".join(target["ldflags"]).encode())
     h.update(recipe.encode())
     return f"{name}-{target['version']}-{h.hexdigest()[:10]}"
 
 
-def binary_dirs() -> dict[str, Path]:
+def binary_dirs(node: bool = False) -> dict[str, Path]:
     """binary name -> cache dir holding it (whether or not it is built yet)."""
     v = read_versions()
     out = {}
     for name, t in _targets(v).items():
+        if t.get("node") and not node:
+            continue
         d = cache_root() / _module_key(name, t, v.get("BUILD_RECIPE", "")) / "bin"
         for b in t["binaries"]:
             out[b] = d
     return out
 
 
-def binary_paths() -> dict[str, Path]:
-    return {b: d / b for b, d in binary_dirs().items()}
+def binary_paths(node: bool = False) -> dict[str, Path]:
+    return {b: d / b for b, d in binary_dirs(node).items()}
 
 
 def check_modules(v: dict[str, str]) -> None:
@@ -200,6 +235,8 @@ def check_modules(v: dict[str, str]) -> None:
         "kubernetes": f"k8s.io/kubernetes {v['KUBERNETES_VERSION']}",
         "etcd": f"go.etcd.io/etcd/server/v3 {v['ETCD_VERSION']}",
         "helm": f"helm.sh/helm/v3 {v['HELM_VERSION']}",
+        "node": f"k8s.io/kubernetes {v['KUBERNETES_VERSION']}",
+        "coredns": f"github.com/coredns/coredns {v.get('COREDNS_VERSION')}",
     }
     for name, req in want.items():
         text = (SRC_DIR / name / "go.mod").read_text()
@@ -209,10 +246,11 @@ def check_modules(v: dict[str, str]) -> None:
                 "(hack/versions.env changed?): run `hack/control-plane gen-modules` and commit"
             )
     sv = staging_version(v["KUBERNETES_VERSION"])
-    text = (SRC_DIR / "kubernetes" / "go.mod").read_text()
-    for line in text.splitlines():
-        if "=> k8s.io/" in line and not line.rstrip().endswith(sv):
-            raise CPError(f"kubernetes/go.mod replace not at {sv}: {line.strip()}; run gen-modules")
+    for name in ("kubernetes", "node", "coredns"):
+        text = (SRC_DIR / name / "go.mod").read_text()
+        for line in text.splitlines():
+            if "=> k8s.io/" in line and not line.rstrip().endswith(sv):
+                raise CPError(f"{name}/go.mod replace not at {sv}: {line.strip()}; run gen-modules")
 
 
 def go_env() -> dict[str, str]:
@@ -319,11 +357,11 @@ def _run_go_build(name: str, target: dict, outdir: Path, logfile: Path) -> None:
     log(f"{name}: built in {_fmt_dur(time.monotonic() - t0)}")
 
 
-def ensure_built(quiet: bool = False) -> dict[str, Path]:
-    """Build missing binaries into the cache; return name -> path."""
+def ensure_built(quiet: bool = False, node: bool = False) -> dict[str, Path]:
+    """Build missing binaries into the cache (the node's too with `node`); return name -> path."""
     v = read_versions()
     check_modules(v)
-    targets = _targets(v)
+    targets = {n: t for n, t in _targets(v).items() if node or not t.get("node")}
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
@@ -397,12 +435,25 @@ def gen_modules() -> None:
     staging = [m for m in staging if m in required]
     if not staging:
         raise CPError(f"found no staging replace directives in k8s.io/kubernetes@{kv}'s go.mod")
-    mods = {
-        "kubernetes": f"require k8s.io/kubernetes {kv}\n\nreplace (\n"
+    k8s = (
+        f"require k8s.io/kubernetes {kv}\n\nreplace (\n"
         + "".join(f"\t{m} => {m} {sv}\n" for m in staging)
-        + ")\n",
+        + ")\n"
+    )
+    mods = {
+        "kubernetes": k8s,
+        "node": k8s,
         "etcd": f"require go.etcd.io/etcd/server/v3 {v['ETCD_VERSION']}\n",
         "helm": f"require helm.sh/helm/v3 {v['HELM_VERSION']}\n",
+        # The client libraries at the control plane's version: compiled once for both.
+        "coredns": f"require github.com/coredns/coredns {v['COREDNS_VERSION']}\n\n"
+        "// The Kubernetes client libraries at the control plane's version: "
+        "they compile once for both.\nreplace (\n"
+        + "".join(
+            f"\t{m} => {m} {sv}\n"
+            for m in ("k8s.io/api", "k8s.io/apimachinery", "k8s.io/client-go")
+        )
+        + ")\n",
     }
     for name, body in mods.items():
         d = SRC_DIR / name
@@ -473,9 +524,14 @@ def _sign(pki: Path, name: str, subject: str, ext: str) -> None:
     (pki / f"{name}.ext").unlink()
 
 
-def ensure_pki(pki: Path) -> None:
-    """CA, apiserver serving cert, client certs, service-account key (EC P-256; fast)."""
-    if (pki / "complete").exists():
+def ensure_pki(pki: Path, node_ip: str | None = None) -> None:
+    """CA, apiserver serving cert, client certs, service-account key (EC P-256; fast).
+    With a node, the API server's certificate also names the node's address (pods
+    reach it there) and the node gets its certificates (hack/node.py)."""
+    marker = f"ok {node_ip}\n" if node_ip else "ok\n"
+    if (pki / "complete").exists() and (pki / "complete").read_text() == marker:
+        if node_ip:
+            _node().ensure_node_pki(pki, node_ip)
         return
     if pki.exists():
         shutil.rmtree(pki)
@@ -506,7 +562,9 @@ def ensure_pki(pki: Path) -> None:
         "/CN=kube-apiserver",
         "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
         "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost,"
-        "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.0.0.1\n",
+        "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.0.0.1"
+        + (f",IP:{node_ip}" if node_ip else "")
+        + ",DNS:kubernetes.default.svc.cluster.local\n",
     )
     client_ext = (
         "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
@@ -519,7 +577,18 @@ def ensure_pki(pki: Path) -> None:
         _sign(pki, f"user-{name}", subj, client_ext)
     _ec_key(pki / "sa.key")
     _openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
-    (pki / "complete").write_text("ok\n")
+    if node_ip:
+        _node().ensure_node_pki(pki, node_ip)
+    (pki / "complete").write_text(marker)
+
+
+def _node():  # type: ignore[no-untyped-def]
+    """hack/node.py (the real node), imported when needed."""
+    if str(HACK_DIR) not in sys.path:
+        sys.path.insert(0, str(HACK_DIR))
+    import node
+
+    return node
 
 
 def _b64file(p: Path) -> str:
@@ -668,6 +737,9 @@ def _stop_pid(pid: int, start: str | None, grace: float = 10.0) -> None:
 
 def stop_all(sd: Path, quiet: bool = False) -> None:
     st = load_state(sd)
+    if st.get("node") or (sd / "node").exists():
+        _node().stop(sd, quiet=quiet)
+        st = load_state(sd)
     procs = st.get("processes", {})
     # Reverse start order: controller-manager, apiserver, etcd; the watchdog last
     # (unless we are the watchdog).
@@ -682,6 +754,7 @@ def stop_all(sd: Path, quiet: bool = False) -> None:
             _stop_pid(info["pid"], info.get("start"))
     st["processes"] = {}
     st["running"] = False
+    st.pop("node", None)
     if (sd / "state.json").exists():
         save_state(sd, st)
     shutil.rmtree(sd / "etcd-data", ignore_errors=True)
@@ -741,9 +814,8 @@ def is_running(sd: Path) -> bool:
     procs = st.get("processes", {})
     if not st.get("running"):
         return False
-    return all(
-        n in procs and _pid_alive(procs[n]["pid"], procs[n].get("start")) for n in COMPONENTS
-    )
+    names = COMPONENTS + (_node().COMPONENTS if st.get("node") else ())
+    return all(n in procs and _pid_alive(procs[n]["pid"], procs[n].get("start")) for n in names)
 
 
 def _ensure_state_dir(sd: Path) -> None:
@@ -762,12 +834,17 @@ def _state_lock(sd: Path):
         yield
 
 
-def up(owner_pid: int | None = None, timeout: float = 120.0) -> dict:
+def up(owner_pid: int | None = None, timeout: float = 120.0, node: bool = False) -> dict:
     t0 = time.monotonic()
     sd = state_dir()
     with _state_lock(sd):
         if is_running(sd):
             st = load_state(sd)
+            if node and not st.get("node"):
+                raise CPError(
+                    f"a control plane without a node runs from {sd}: `hack/control-plane down` "
+                    "first, or use another KUBEWRIT_CONTROL_PLANE_DIR for the one with a node"
+                )
             if st.get("owners") is not None:
                 if owner_pid:
                     # Another session shares it: it stops when the last owner is gone.
@@ -781,13 +858,18 @@ def up(owner_pid: int | None = None, timeout: float = 120.0) -> dict:
             )
             return st
         stop_all(sd, quiet=True)  # leftovers of a crashed run
-        bins = ensure_built(quiet=True)
+        ip = None
+        if node:
+            _node().ensure_packages()
+            ip = _node().node_ip()
+            _node().claim(sd)
+        bins = ensure_built(quiet=True, node=node)
         t_built = time.monotonic()
-        ensure_pki(sd / "pki")
+        ensure_pki(sd / "pki", ip)
         last_err: CPError | None = None
         for attempt in range(3):
             try:
-                st = _start(sd, bins, owner_pid, timeout)
+                st = _start(sd, bins, owner_pid, timeout, ip)
                 break
             except CPError as e:
                 stop_all(sd, quiet=True)
@@ -809,7 +891,9 @@ def up(owner_pid: int | None = None, timeout: float = 120.0) -> dict:
         return st
 
 
-def _start(sd: Path, bins: dict[str, Path], owner_pid: int | None, timeout: float) -> dict:
+def _start(
+    sd: Path, bins: dict[str, Path], owner_pid: int | None, timeout: float, node_ip: str | None
+) -> dict:
     pki = sd / "pki"
     etcd_port, peer_port, api_port, kcm_port = (free_port() for _ in range(4))
     while len({etcd_port, peer_port, api_port, kcm_port}) < 4:
@@ -896,6 +980,7 @@ def _start(sd: Path, bins: dict[str, Path], owner_pid: int | None, timeout: floa
             "--allow-privileged=true",
             "--profiling=false",
             "--v=1",
+            *(_node().apiserver_args(pki, node_ip) if node_ip else []),
         ],
     )
 
@@ -942,6 +1027,8 @@ def _start(sd: Path, bins: dict[str, Path], owner_pid: int | None, timeout: floa
         return code == 200, f"{code} {body[:200]}"
 
     _wait(sd, "kube-controller-manager", kcm, sa_ok, 60, "creating ServiceAccount default/default")
+    if node_ip:
+        _node().start(sd, load_state(sd), bins, node_ip)
     st = load_state(sd)
     st["running"] = True
     save_state(sd, st)
@@ -1041,7 +1128,8 @@ def main(argv: list[str]) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("build", help="build or locate cached binaries; print their paths")
+    p_build = sub.add_parser("build", help="build or locate cached binaries; print their paths")
+    p_build.add_argument("--node", action="store_true", help="the node's binaries too")
     p_up = sub.add_parser("up", help="start the control plane")
     p_up.add_argument(
         "--owner-pid",
@@ -1052,6 +1140,13 @@ def main(argv: list[str]) -> int:
     p_up.add_argument(
         "--timeout", type=float, default=120.0, help="apiserver readiness timeout (s)"
     )
+    p_up.add_argument(
+        "--node",
+        action="store_true",
+        help="also run a real node (containerd, kubelet, kube-proxy, kube-scheduler, CoreDNS)",
+    )
+    p_load = sub.add_parser("load", help="import an OCI image archive into the node's containerd")
+    p_load.add_argument("archive", type=Path)
     sub.add_parser("down", help="stop it")
     p_rel = sub.add_parser(
         "release", help="drop an owner (see up --owner-pid); stop when none is left"
@@ -1060,7 +1155,7 @@ def main(argv: list[str]) -> int:
     sub.add_parser("env", help="print shell exports")
     sub.add_parser("status", help="print what runs")
     p_logs = sub.add_parser("logs", help="print the tail of component logs")
-    p_logs.add_argument("name", nargs="?", choices=COMPONENTS)
+    p_logs.add_argument("name", nargs="?", choices=COMPONENTS + _node().COMPONENTS)
     p_logs.add_argument("-n", type=int, default=50)
     sub.add_parser("gen-modules", help="regenerate wrapper go.mod/go.sum from versions.env")
     if argv[:1] == ["_watchdog"]:  # internal: spawned by `up --owner-pid`
@@ -1071,12 +1166,14 @@ def main(argv: list[str]) -> int:
     try:
         if a.cmd == "build":
             t0 = time.monotonic()
-            for name, p in ensure_built().items():
+            for name, p in ensure_built(node=a.node).items():
                 print(f"{name}\t{p}")
             log(f"binaries ready in {time.monotonic() - t0:.1f}s")
         elif a.cmd == "up":
-            st = up(owner_pid=a.owner_pid, timeout=a.timeout)
+            st = up(owner_pid=a.owner_pid, timeout=a.timeout, node=a.node)
             print(f"server:     {st['server']}")
+            if st.get("node"):
+                print(f"node:       {st['node']['name']} ({st['node']['ip']}), Ready; CoreDNS up")
             print(f"kubeconfig: {sd / 'kubeconfig'}  (contexts: {', '.join(USERS)})")
             print('use it:     eval "$(hack/control-plane env)"; kubectl get ns')
         elif a.cmd == "down":
@@ -1085,6 +1182,10 @@ def main(argv: list[str]) -> int:
             log("stopped")
         elif a.cmd == "release":
             release(sd, a.owner_pid)
+        elif a.cmd == "load":
+            if not load_state(sd).get("node"):
+                raise CPError(f"no node runs from {sd}: `hack/control-plane up --node` first")
+            print(_node().load_image(sd, a.archive.resolve()))
         elif a.cmd == "env":
             if not load_state(sd):
                 raise CPError(f"not running (no state in {sd}); run `hack/control-plane up` first")
@@ -1092,7 +1193,8 @@ def main(argv: list[str]) -> int:
         elif a.cmd == "status":
             return status(sd)
         elif a.cmd == "logs":
-            for n in [a.name] if a.name else COMPONENTS:
+            extra = _node().COMPONENTS if load_state(sd).get("node") else ()
+            for n in [a.name] if a.name else COMPONENTS + extra:
                 print(log_tail(sd, n, a.n))
         elif a.cmd == "gen-modules":
             gen_modules()

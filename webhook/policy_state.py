@@ -33,6 +33,10 @@ class PolicyState:
     # The loader's fingerprint of the sources the policies came from (opaque here), so a
     # watcher reloads only when they change.
     source_version: object = None
+    # A synced cluster without any AgentPolicy is a valid state (every action is
+    # denied by default): the Kubernetes webhook is ready then; a standalone server
+    # whose policy files all failed is not.
+    empty_is_ready: bool = False
 
     def current(self) -> Sequence[Policy]:
         return self.policies
@@ -57,7 +61,7 @@ class PolicyState:
 
     @property
     def ready(self) -> bool:
-        return self.loaded and bool(self.policies)
+        return self.loaded and (bool(self.policies) or self.empty_is_ready)
 
     def detail(self) -> dict[str, object]:
         return {

@@ -87,6 +87,9 @@ class Recorder:
         self._anchored_seq = -1
         self._anchored_at = time.monotonic()
         self.batches = 0
+        # After a failed write the durable head is uncertain: a write whose answer was
+        # lost (the store died after storing it) may have landed. Re-read it first.
+        self._head_uncertain = False
 
     @property
     def head(self) -> Head:
@@ -155,6 +158,23 @@ class Recorder:
         self._maybe_anchor(force=True)
 
     def _commit(self, jobs: list[_Job]) -> None:
+        if self._head_uncertain:
+            try:
+                durable = self.ledger.head(self.chain_id)
+            except Exception as exc:
+                error = RecordUnavailable(f"record store unavailable: {exc}")
+                for job in jobs:
+                    job.future.set_exception(error)
+                return
+            if durable is not None and durable.seq > self._head.seq:
+                log.warning(
+                    "chain %s: seq %d..%d landed although their write failed; continuing after",
+                    self.chain_id,
+                    self._head.seq + 1,
+                    durable.seq,
+                )
+                self._head = Head(self.chain_id, durable.seq, durable.hash)
+            self._head_uncertain = False
         before = Head(self._head.chain, self._head.seq, self._head.hash)
         records = [self._head.seal_next(job.draft, self.signer) for job in jobs]
         written, failure = len(records), None
@@ -178,6 +198,7 @@ class Recorder:
         # The chain continues from the last durable record: nothing after a gap is kept.
         last = records[written - 1] if written else None
         self._head = Head(before.chain, last.seq, last.hash) if last else before
+        self._head_uncertain = True
         error = RecordUnavailable(f"record store unavailable: {failure}")
         for job in jobs[written:]:
             job.future.set_exception(error)

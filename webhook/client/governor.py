@@ -170,8 +170,11 @@ class Governor:
         session: str | None = None,
         framework: str | None = None,
         client: Client | None = None,
+        namespace: str | None = None,
     ) -> None:
         self.agent = agent or os.environ.get("KUBEWRIT_AGENT") or None
+        # In Kubernetes the agent's namespace is part of the action the writ covers.
+        self.namespace = namespace or os.environ.get("KUBEWRIT_NAMESPACE") or None
         self.approval_timeout = approval_timeout
         self.session = session
         self.framework = framework
@@ -376,7 +379,9 @@ class Governor:
         """
         try:
             agent = self.agent or str(writ.claims_of(permit.writ)["sub"])
-            action = canonical.build_action(agent, permit.tool, jsonable(args), permit.operation)
+            action = canonical.build_action(
+                agent, permit.tool, jsonable(args), permit.operation, namespace=self.namespace
+            )
             return writ.verify(permit.writ, self.verifier, action, agent=agent, replay=self.replay)
         except writ.WritRejected as exc:
             raise ActionDenied(f"writ_{exc.code}", str(exc), None, permit.decision) from None

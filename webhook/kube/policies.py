@@ -34,6 +34,8 @@ class PolicyCache:
     ) -> None:
         self.api = api
         self.state = state
+        # Ready means synced: an empty list of AgentPolicies is an answer too.
+        state.empty_is_ready = True
         self.metrics = metrics
         self.synced = threading.Event()
         self._by_key: dict[tuple[str, str], Policy] = {}

@@ -34,3 +34,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "kubewrit.operatorTLS" -}}
 {{- .Values.operator.tlsSecret | default (printf "%s-tls" (include "kubewrit.operator" .)) -}}
 {{- end -}}
+
+{{- define "kubewrit.signingKeySecret" -}}
+{{- .Values.webhook.signingKey.existingSecret | default (printf "%s-signing-key" (include "kubewrit.webhook" .)) -}}
+{{- end -}}

@@ -1,0 +1,3 @@
+module kubewrit.local/hack/control-plane-src/pause
+
+go 1.23.0
