@@ -241,7 +241,9 @@ def run(sd: Path, image: str, count: int) -> int:
                 log=Path(tmp) / "webhook.log",
             )
             time.sleep(2)
-            token = k("create", "token", "support-agent", "-n", "shop").strip()
+            token = k(
+                "create", "token", "support-agent", "-n", "shop", "--audience", "kubewrit"
+            ).strip()
             r = subprocess.run(
                 [
                     sys.executable,

@@ -346,10 +346,23 @@ def agent_pod(
                         "allowPrivilegeEscalation": False,
                         "capabilities": {"drop": ["ALL"]},
                     },
-                    "volumeMounts": [{"name": "agent", "mountPath": "/agent"}],
+                    "volumeMounts": [
+                        {"name": "agent", "mountPath": "/agent"},
+                        {"name": "kubewrit-token", "mountPath": "/var/run/secrets/kubewrit"},
+                    ],
                 }
             ],
-            "volumes": [{"name": "agent", "configMap": {"name": "kubewrit-agent"}}],
+            "volumes": [
+                {"name": "agent", "configMap": {"name": "kubewrit-agent"}},
+                {  # a token minted for the webhook's audience, which the SDK finds
+                    "name": "kubewrit-token",
+                    "projected": {
+                        "sources": [
+                            {"serviceAccountToken": {"audience": "kubewrit", "path": "token"}}
+                        ]
+                    },
+                },
+            ],
         },
     }
 

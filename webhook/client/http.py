@@ -28,6 +28,9 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_RETRIES = 2
 BACKOFF_SECONDS = 0.05
+# Where an agent pod mounts a ServiceAccount token projected for kubewrit's audience
+# (`serviceAccountToken: {audience: kubewrit}`), and the pod's default token after it.
+KUBEWRIT_TOKEN = Path("/var/run/secrets/kubewrit/token")
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
 
@@ -50,8 +53,8 @@ class Credentials:
     def __init__(self, token: str | None = None, token_file: str | Path | None = None) -> None:
         self._token = token or os.environ.get("KUBEWRIT_TOKEN")
         file = token_file or os.environ.get("KUBEWRIT_TOKEN_FILE")
-        if file is None and self._token is None and SERVICE_ACCOUNT_TOKEN.exists():
-            file = SERVICE_ACCOUNT_TOKEN
+        if file is None and self._token is None:
+            file = next((f for f in (KUBEWRIT_TOKEN, SERVICE_ACCOUNT_TOKEN) if f.exists()), None)
         self._file = Path(file) if file else None
         self._cached: tuple[float, str] | None = None
 
