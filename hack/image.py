@@ -43,7 +43,15 @@ BASE_NAME = "docker.io/library/debian:bookworm-slim"
 IMAGE_REPO = "docker.io/kubewrit/kubewrit"
 DEBIAN_MIRROR = os.environ.get("KUBEWRIT_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 # What the Dockerfile copies: the image is rebuilt when one of these changes.
-IMAGE_INPUTS = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "webhook", "operator")
+IMAGE_INPUTS = (
+    "Dockerfile",
+    ".dockerignore",
+    "pyproject.toml",
+    "README.md",
+    "kubewrit",
+    "webhook",
+    "operator",
+)
 # Bump when the base recipe changes (excludes, package set) to rebuild the base.
 BASE_RECIPE = "1"
 PIP_CA = os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt"
