@@ -266,9 +266,7 @@ def agent_kubectl(
             f"--role=patch-approvals-{who}",
             f"{flag}={rest}",
         )
-    token = control_plane.kubectl(
-        "create", "token", "support-agent", "-n", shop, "--audience", "kubewrit"
-    ).stdout.strip()
+    token = control_plane.kubectl("create", "token", "support-agent", "-n", shop).stdout.strip()
     kubeconfig = tmp_path_factory.mktemp("agent") / "kubeconfig"
     kubeconfig.write_text(
         yaml.safe_dump(
