@@ -970,6 +970,8 @@ def _start(
             f"--client-ca-file={pki / 'ca.crt'}",
             "--authorization-mode=Node,RBAC",
             "--anonymous-auth=true",
+            # Bootstrap tokens give tests a bearer token that is not a ServiceAccount's.
+            "--enable-bootstrap-token-auth=true",
             "--enable-admission-plugins=NamespaceLifecycle,LimitRanger,ServiceAccount,DefaultStorageClass,"
             "DefaultTolerationSeconds,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,"
             "ValidatingAdmissionPolicy,ResourceQuota,NodeRestriction",

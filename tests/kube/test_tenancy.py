@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from kubewrit.webhook import chain, keys
@@ -304,3 +305,36 @@ def test_decisions_outside_the_operators_namespaces_are_not_honoured(
     )
     assert approval(control_plane, namespace, name)["status"]["phase"] == "Pending"
     assert decision_records(control_plane, namespace, name) == []
+
+
+def test_a_persons_token_cannot_approve_over_the_webhooks_api(
+    control_plane, teams, applied, webhook
+) -> None:
+    """A bearer token that is not a ServiceAccount's (here a bootstrap token, a real identity
+    the API server authenticates) is not served by the webhook: approving goes through
+    kubectl, where the operator validates and stamps who decided."""
+    token_id, secret = uuid.uuid4().hex[:6], uuid.uuid4().hex[:16]
+    control_plane.kubectl(
+        "create", "secret", "generic", f"bootstrap-token-{token_id}", "-n", "kube-system",
+        "--type=bootstrap.kubernetes.io/token", f"--from-literal=token-id={token_id}",
+        f"--from-literal=token-secret={secret}",
+        "--from-literal=usage-bootstrap-authentication=true",
+    )  # fmt: skip
+    person = f"{token_id}.{secret}"
+    review = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+              "spec": {"token": person}}  # fmt: skip
+    reviewed = json.loads(
+        control_plane.kubectl("create", "-o", "json", "-f", "-", input=json.dumps(review)).stdout
+    )
+    assert reviewed["status"]["authenticated"], reviewed  # a real, non-ServiceAccount identity
+    assert reviewed["status"]["user"]["username"] == f"system:bootstrap:{token_id}"
+    _, name = held(control_plane, webhook, teams["a"])
+    answer = webhook.decide(person, tool="process_refund", args={"amount": 45})
+    assert answer.status_code == 401
+    approve = httpx.post(
+        f"{webhook.url}/v1/approvals/{name}/approve",
+        headers={"Authorization": f"Bearer {person}"},
+        timeout=30,
+    )
+    assert approve.status_code == 401, approve.text
+    assert approval(control_plane, teams["a"], name)["status"]["phase"] == "Pending"
