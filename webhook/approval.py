@@ -515,6 +515,11 @@ class ApprovalWorkflow:
             await self.changed(min(1.0, deadline - time.monotonic()))
         if caller.role is not Role.AGENT:
             return approval, None
+        if not caller.verified and approval.phase is Phase.APPROVED:
+            raise Unavailable(
+                "identity_unavailable",
+                "the caller's identity could not be confirmed just now; collect again shortly",
+            )
         if approval.phase is Phase.CONSUMED:
             raise Conflict("approval_consumed", "approval is single-use and was already used")
         if approval.phase is not Phase.APPROVED:

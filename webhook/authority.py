@@ -111,6 +111,14 @@ class Authority:
             principal.namespace,
         )
         request_id = request.request_id
+        if refusal is None and not principal.verified:
+            refusal = Verdict(
+                Decision.DENY,
+                Reason.IDENTITY_UNAVAILABLE,
+                "identity",
+                message="the caller's identity could not be confirmed just now (the API server "
+                "is unavailable); nothing is permitted on a stale identity",
+            )
 
         async def decide_now() -> Outcome:
             if refusal is not None:

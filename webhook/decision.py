@@ -25,6 +25,7 @@ class Reason(StrEnum):
     TYPE_MISMATCH = "type_mismatch"
     INVALID_TOOL_NAME = "invalid_tool_name"
     IDENTITY_MISMATCH = "identity_mismatch"
+    IDENTITY_UNAVAILABLE = "identity_unavailable"
     RECORD_UNAVAILABLE = "record_unavailable"
     APPROVED = "approved"
     APPROVAL_DENIED = "approval_denied"

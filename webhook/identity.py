@@ -28,6 +28,9 @@ class Principal:
     role: Role
     groups: tuple[str, ...] = field(default=())
     namespace: str | None = None
+    # False when the identity could not be confirmed just now (the API server is down) and
+    # comes from its last confirmation: enough to attribute a DENY, never to permit.
+    verified: bool = True
 
 
 class Authenticator(Protocol):

@@ -349,3 +349,20 @@ async def test_only_approvals_kubewrit_opened_are_decided(world: World) -> None:
             await world.workflow.resolve(forged.id, MANAGER, True)
         assert refused.value.code == "approval_not_genuine"
     assert world.kinds() == ["decision"]
+
+
+async def test_an_identity_that_could_not_be_confirmed_is_never_permitted(world: World) -> None:
+    stale = dataclasses.replace(AGENT, verified=False)
+    outcome = await world.authority.decide(
+        stale, ActionInput(tool="process_refund", args={"amount": 45}, request_id="r-stale")
+    )
+    assert (outcome.decision, outcome.verdict.reason) == (
+        Decision.DENY,
+        Reason.IDENTITY_UNAVAILABLE,
+    )
+    assert outcome.writ is None and world.store.records[-1].agent == "support-agent"
+    held = await world.decide(340)
+    await world.workflow.resolve(held.approval.id, MANAGER, True)
+    with pytest.raises(Unavailable):
+        await world.workflow.collect(held.approval.id, stale)
+    assert world.store.get(held.approval.id).phase is Phase.APPROVED

@@ -18,6 +18,7 @@ import json
 import logging
 import threading
 import time
+from dataclasses import replace
 
 from kubernetes import client
 from kubewrit.webhook.identity import Principal, Role
@@ -48,6 +49,10 @@ def token_expiry(token: str) -> float | None:
     return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
 
 
+class ReviewUnavailable(Exception):
+    """The API server could not be asked (down, unreachable, overloaded)."""
+
+
 class TokenReviewAuthenticator:
     """ServiceAccounts are agents (named by SA, scoped to their namespace); nobody else is served."""
 
@@ -63,6 +68,9 @@ class TokenReviewAuthenticator:
         self.negative_ttl = negative_ttl
         self.audiences = audiences if audiences is not None else [DEFAULT_AUDIENCE]
         self._cache: dict[str, tuple[float, Principal | None]] = {}
+        # Each token's last confirmed identity, until the token's own expiry: used, marked
+        # unverified, only while the API server cannot be asked (see `authenticate`).
+        self._confirmed: dict[str, tuple[float, Principal]] = {}
         self._lock = threading.Lock()
 
     def authenticate(self, token: str) -> Principal | None:
@@ -72,9 +80,15 @@ class TokenReviewAuthenticator:
             cached = self._cache.get(key)
         if cached and cached[0] > now:
             return cached[1]
-        principal = self._review(token)
-        lifetime = self.ttl if principal else self.negative_ttl
         expiry = token_expiry(token)
+        try:
+            principal = self._review(token)
+        except ReviewUnavailable:
+            return self._last_confirmed(key)
+        if principal is not None:
+            with self._lock:
+                self._confirmed[key] = (expiry or time.time() + self.ttl, principal)
+        lifetime = self.ttl if principal else self.negative_ttl
         if principal and expiry is not None:
             lifetime = min(lifetime, expiry - time.time())
         with self._lock:
@@ -86,15 +100,30 @@ class TokenReviewAuthenticator:
                 self._cache.pop(key, None)
         return principal
 
+    def _last_confirmed(self, key: str) -> Principal | None:
+        """While TokenReview cannot be reached: who the API server last said this token is.
+
+        Marked unverified, so it can only be told DENY (recorded if the store is reachable,
+        `record_unavailable` if not) and never permitted: an outage makes answers
+        attributable, not permissive. A token never reviewed, or past its expiry, is refused.
+        """
+        with self._lock:
+            if len(self._confirmed) > MAX_CACHED:
+                self._confirmed.clear()
+            confirmed = self._confirmed.get(key)
+        if confirmed is None or confirmed[0] <= time.time():
+            return None
+        return replace(confirmed[1], verified=False)
+
     def _review(self, token: str) -> Principal | None:
         review = client.V1TokenReview(
             spec=client.V1TokenReviewSpec(token=token, audiences=self.audiences or None)
         )
         try:
             result = self.api.create_token_review(review)
-        except Exception as exc:  # the API server is unreachable: nobody is authenticated
+        except Exception as exc:  # the API server cannot answer: nothing is cached
             log.warning("TokenReview failed: %s", exc)
-            return None
+            raise ReviewUnavailable(str(exc)) from exc
         status = result.status
         if not status or not status.authenticated or not status.user:
             return None
