@@ -59,6 +59,16 @@ def verdict_from_record(record: Record) -> Verdict:
     )
 
 
+def unrecorded(action_hash: str, cause: object, verdict: Verdict | None = None) -> Outcome:
+    """DENY `record_unavailable`: what is answered whenever a decision cannot be recorded."""
+    denied = Verdict(Decision.DENY, Reason.RECORD_UNAVAILABLE, "record")
+    if verdict is not None:
+        denied = verdict.but(decision=Decision.DENY, reason=Reason.RECORD_UNAVAILABLE)
+    return Outcome(
+        denied.but(message=f"decision could not be recorded: {cause}"), action_hash, None
+    )
+
+
 class Recording:
     """Seal verdicts into the chain; fail closed when the store cannot take them."""
 
@@ -85,10 +95,5 @@ class Recording:
             record = await self.writer.record(draft)
         except RecordUnavailable as exc:
             log.warning("DENY record_unavailable for %s/%s: %s", action.agent, action.tool, exc)
-            denied = verdict.but(
-                decision=Decision.DENY,
-                reason=Reason.RECORD_UNAVAILABLE,
-                message=f"decision could not be recorded: {exc}",
-            )
-            return Outcome(denied, action_hash, None)
+            return unrecorded(action_hash, exc, verdict)
         return Outcome(verdict, action_hash, record)

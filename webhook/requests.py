@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from kubewrit.webhook.chain import Record
-from kubewrit.webhook.outcome import Outcome
+from kubewrit.webhook.errors import Unavailable
+from kubewrit.webhook.outcome import Outcome, unrecorded
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class RequestStore(Protocol):
         """None: the id is now reserved for the caller's decision. A record: already decided.
 
         Raises errors.Conflict when the id is known for another action, errors.Unavailable
-        when neither can be established (fail closed).
+        when neither can be established: the decision is then DENY `record_unavailable`.
         """
         ...
 
@@ -78,7 +79,10 @@ class Requests:
         lock = self._enter(key)
         try:
             async with lock:
-                previous = await self.store.claim(key, action_hash)
+                try:
+                    previous = await self.store.claim(key, action_hash)
+                except Unavailable as exc:  # where ids cannot be reserved, nothing is recorded
+                    return unrecorded(action_hash, exc)
                 if previous is not None:
                     return await replay(previous)
                 outcome = await decide()

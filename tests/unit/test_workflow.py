@@ -366,3 +366,18 @@ async def test_an_identity_that_could_not_be_confirmed_is_never_permitted(world:
     with pytest.raises(Unavailable):
         await world.workflow.collect(held.approval.id, stale)
     assert world.store.get(held.approval.id).phase is Phase.APPROVED
+
+
+async def test_a_request_id_that_cannot_be_reserved_is_deny_record_unavailable(
+    world: World,
+) -> None:
+    async def down(key: object, action_hash: str) -> None:
+        raise Unavailable("request_store_unavailable", "the API server is down")
+
+    world.authority.requests.store.claim = down  # type: ignore[method-assign]
+    outcome = await world.decide(45, request_id="r-down")
+    assert (outcome.decision, outcome.verdict.reason) == (
+        Decision.DENY,
+        Reason.RECORD_UNAVAILABLE,
+    )
+    assert outcome.record is None and outcome.writ is None and world.kinds() == []
