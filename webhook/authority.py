@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ from kubewrit.webhook.errors import Conflict, Forbidden, Unavailable
 from kubewrit.webhook.identity import Principal, Role
 from kubewrit.webhook.keys import Signer
 from kubewrit.webhook.outcome import Outcome, Recording, verdict_from_record
+from kubewrit.webhook.policy.model import Policy
 from kubewrit.webhook.requests import RequestKey, Requests
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,7 @@ class Authority:
         return Outcome(outcome.verdict, outcome.action_hash, outcome.record, token)
 
     async def _hold(
-        self, action: Action, verdict: Verdict, request_id: str | None, policies: Any
+        self, action: Action, verdict: Verdict, request_id: str | None, policies: Sequence[Policy]
     ) -> Outcome:
         """A DEFER: its record names the approval it opens, and who may decide it."""
         approval_id = approvals.new_id()

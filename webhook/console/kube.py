@@ -116,20 +116,10 @@ class KubeBackend:
 
     async def approval(self, approval_id: str) -> Approval | None:
         def get() -> dict[str, Any] | None:
-            try:
-                return dict(
-                    self.custom.get_namespaced_custom_object(
-                        kube_api.GROUP,
-                        kube_api.VERSION,
-                        self.namespace,
-                        kube_api.APPROVALS,
-                        approval_id,
-                    )
-                )
-            except client.ApiException as exc:
-                if exc.status == 404:
-                    return None
-                raise
+            assert self.namespace is not None
+            return kube_api.read_custom(
+                self.custom, self.namespace, kube_api.APPROVALS, approval_id
+            )
 
         obj = await self._call(get)
         return from_object(obj) if obj else None

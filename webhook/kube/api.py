@@ -82,6 +82,18 @@ def core(api: client.ApiClient) -> client.CoreV1Api:
     return client.CoreV1Api(api)
 
 
+def read_custom(
+    custom: client.CustomObjectsApi, namespace: str, plural: str, name: str
+) -> dict[str, Any] | None:
+    """One of kubewrit's objects, or None if it does not exist (any other error raises)."""
+    try:
+        return dict(custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name))
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
 def status_of(exc: BaseException) -> int | None:
     return getattr(exc, "status", None)
 

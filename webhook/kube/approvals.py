@@ -171,30 +171,17 @@ class ActionApprovalStore:
                 named = [o for (_, name), o in self._cache.items() if name == approval_id]
                 obj = named[0] if len(named) == 1 else None
         if obj is None and namespace is not None:
-            try:
-                obj = self.custom.get_namespaced_custom_object(
-                    kube_api.GROUP, kube_api.VERSION, namespace, kube_api.APPROVALS, approval_id
-                )
-            except client.ApiException as exc:
-                if exc.status == 404:
-                    return None
-                raise
-            self._remember(obj)
+            obj = kube_api.read_custom(self.custom, namespace, kube_api.APPROVALS, approval_id)
+            if obj is not None:
+                self._remember(obj)
         return from_object(obj) if obj else None
 
     def swap(self, expected: Phase, updated: Approval) -> bool:
-        try:
-            current = self.custom.get_namespaced_custom_object(
-                kube_api.GROUP,
-                kube_api.VERSION,
-                updated.namespace or "",
-                kube_api.APPROVALS,
-                updated.id,
-            )
-        except client.ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
+        current = kube_api.read_custom(
+            self.custom, updated.namespace or "", kube_api.APPROVALS, updated.id
+        )
+        if current is None:
+            return False
         if (current.get("status") or {}).get("phase", "Pending") != expected.value:
             self._remember(current)
             return False
