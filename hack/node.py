@@ -25,8 +25,11 @@ import hashlib
 import io
 import json
 import os
+import secrets
 import shlex
 import shutil
+import socket
+import struct
 import subprocess
 import sys
 import tarfile
@@ -680,12 +683,36 @@ def start(sd: Path, st: dict, bins: dict[str, Path], ip: str, timeout: float = 9
         if code != 200:
             return False, f"{code} {body[:200]}"
         status = json.loads(body).get("status", {})
-        return (status.get("availableReplicas") or 0) >= 1, json.dumps(status)[:400]
+        if (status.get("availableReplicas") or 0) < 1:
+            return False, json.dumps(status)[:400]
+        # Available is not answering: the Service's endpoints and kube-proxy's rules
+        # follow the pod by a moment. Ask through the Service IP, as a pod would.
+        return resolves(DNS_IP, "kubernetes.default.svc.cluster.local")
 
     try:
-        cp._wait(sd, "kubelet", kubelet, dns_ok, timeout, "running CoreDNS (available)")
+        cp._wait(sd, "kubelet", kubelet, dns_ok, timeout, "answering DNS through the Service")
     except cp.CPError as e:
         raise cp.CPError(f"{e}\n{pod_summary(sd, bins)}") from None
+
+
+def resolves(server: str, name: str, timeout: float = 1.0) -> tuple[bool, str]:
+    """One A query over UDP (RFC 1035 wire format, no library): does ``server`` answer
+    ``name`` with at least one address?"""
+    query_id = secrets.randbits(16)
+    question = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+    packet = struct.pack("!HHHHHH", query_id, 0x0100, 1, 0, 0, 0) + question + b"\0\1\0\1"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.sendto(packet, (server, 53))
+            reply = s.recv(512)
+        except OSError as e:
+            return False, f"no DNS answer from {server}: {e}"
+    rid, flags, _, answers, _, _ = struct.unpack("!HHHHHH", reply[:12])
+    rcode = flags & 0xF
+    if rid != query_id or rcode != 0 or answers == 0:
+        return False, f"DNS {server} for {name}: rcode {rcode}, {answers} answers"
+    return True, f"{name} resolves"
 
 
 def pod_summary(sd: Path, bins: dict[str, Path]) -> str:
