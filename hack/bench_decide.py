@@ -1,104 +1,244 @@
 #!/usr/bin/env python3
-"""Benchmark `POST /v1/decide`: latency percentiles and throughput, printed as JSON.
+"""Benchmark `POST /v1/decide` with a compiled load generator; JSON on stdout.
 
-    hack/bench_decide.py standalone [--requests N] [--concurrency C]
-    hack/bench_decide.py kubernetes --kubeconfig PATH [--requests N] [--concurrency C]
+    hack/bench_decide.py standalone [--requests N] [--concurrency 1,16,32] [--workers 1,2]
+                                    [--repeats R] [--prefill M]
+    hack/bench_decide.py kubernetes --kubeconfig PATH [--requests N] [--concurrency 1,16]
 
-Standalone starts `kubewrit serve` (SQLite, durable group commit) in a temporary
-directory. Kubernetes mode starts `kubewrit webhook` against the cluster in
-KUBECONFIG (e.g. `hack/control-plane up`), so every decision is an ActionRecord
-persisted through the API server before the answer, and also reports the etcd
-bytes per record. Requests are bounded in count and go to 127.0.0.1 only.
+The client is `hey` (Go; built from its module on first use, see bench_load.py), a
+separate process, so the figures are the server's, not a Python client's. Every
+request is a fresh decision (no request_id): a PERMIT for a small refund, durable
+(fsync'd SQLite commit, or an ActionRecord through the API server) and signed
+before its answer, with a writ. After the runs the store is counted: every 200
+must have its record.
+
+Configurations (server x concurrency) are interleaved round by round and repeated;
+each is reported as the median and range over the rounds, beside floors measured in
+the same run on the same machine: one fsync'd SQLite commit, one Ed25519 signature,
+and a constant-answer endpoint on the same FastAPI/uvicorn stack driven the same way.
+
+`--prefill M` first fills the store with M valid sealed records (other chains, by
+direct inserts) and reports the same runs against it, with bytes per record and the
+time `kubewrit verify` takes: flatness as the store grows.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import json
 import os
 import shutil
+import sqlite3
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import yaml
-from kubewrit.webhook.client.testing import free_port, served_process, wait_healthy
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_load
+from kubewrit.webhook.client.testing import free_port, wait_healthy
 
 REPO = Path(__file__).resolve().parent.parent
-AMOUNTS = (45, 120, 1200, 20, 99)  # a mix of PERMIT and DENY (no approvals pile up)
+BODY = json.dumps({"tool": "process_refund", "args": {"amount": 45, "order": "A-1"}}).encode()
 
 
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+@dataclass
+class Server:
+    name: str
+    url: str
+    pid: int
+    headers: dict[str, str]
+    database: Path | None = None
 
 
-async def drive(url: str, token: str, requests: int, concurrency: int) -> tuple[list[float], float]:
-    latencies: list[float] = []
-    counter = iter(range(requests))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(
-        base_url=url, limits=limits, timeout=30, headers={"Authorization": f"Bearer {token}"}
-    ) as client:
-
-        async def worker() -> None:
-            for index in counter:
-                body = {
-                    "tool": "process_refund",
-                    "args": {"amount": AMOUNTS[index % len(AMOUNTS)], "order": f"o-{index}"},
-                }
-                started = time.perf_counter()
-                answer = await client.post("/v1/decide", json=body)
-                latencies.append(time.perf_counter() - started)
-                if answer.status_code != 200 or answer.json().get("record") is None:
-                    raise RuntimeError(
-                        f"unexpected answer: {answer.status_code} {answer.text[:200]}"
-                    )
-
-        for _ in range(20):  # warm-up: connections, caches, first chain open
-            await client.post("/v1/decide", json={"tool": "send_email", "args": {}})
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    return latencies, elapsed
+@contextmanager
+def process(command: list[str], url: str, what: str, scratch: Path) -> Iterator[int]:
+    log_path = scratch / f"{what.replace(' ', '-')}.log"
+    with log_path.open("wb") as log:
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_healthy(url, lambda: child.poll() is None, what, 60, log_path)
+            yield child.pid
+        finally:
+            child.terminate()
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
 
 
-def report(
-    mode: str, latencies: list[float], elapsed: float, concurrency: int, **extra: object
-) -> None:
-    ms = [x * 1000 for x in latencies]
-    print(
-        json.dumps(
-            {
-                "benchmark": "decide",
-                "mode": mode,
-                "requests": len(ms),
-                "concurrency": concurrency,
-                "p50_ms": round(percentile(ms, 0.50), 3),
-                "p95_ms": round(percentile(ms, 0.95), 3),
-                "p99_ms": round(percentile(ms, 0.99), 3),
-                "mean_ms": round(statistics.fmean(ms), 3),
-                "throughput_per_s": round(len(ms) / elapsed, 1),
-                **extra,
-            },
-            indent=2,
+@contextmanager
+def kubewrit_serve(workers: int, scratch: Path, data_dir: Path) -> Iterator[Server]:
+    policy_dir = scratch / f"policies-{workers}"
+    shutil.copytree(REPO / "examples" / "policies", policy_dir)
+    port = free_port()
+    command = [
+        sys.executable,
+        "-c",
+        "from kubewrit.webhook.cli import main; main()",
+        "serve",
+        "--policies",
+        str(policy_dir),
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    if workers > 1:
+        command += ["--workers", str(workers)]
+    url = f"http://127.0.0.1:{port}"
+    with process(command, url, f"kubewrit serve w{workers}", scratch) as pid:
+        credentials = yaml.safe_load((data_dir / "credentials.yaml").read_text())
+        token = credentials["credentials"]["support-agent"]["token"]
+        yield Server(
+            f"decide/w{workers}",
+            url,
+            pid,
+            {"Authorization": f"Bearer {token}"},
+            data_dir / "kubewrit.db",
         )
+
+
+@contextmanager
+def floor_server(workers: int, scratch: Path) -> Iterator[Server]:
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "bench_floor_app:app",
+        "--app-dir",
+        str(REPO / "hack"),
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--log-level",
+        "warning",
+    ]
+    url = f"http://127.0.0.1:{port}"
+    with process(command, url, f"floor w{workers}", scratch) as pid:
+        yield Server(f"floor_http/w{workers}", url, pid, {})
+
+
+def decisions_in(database: Path) -> int:
+    connection = sqlite3.connect(str(database))
+    try:
+        return int(
+            connection.execute("SELECT COUNT(*) FROM records WHERE kind = 'decision'").fetchone()[0]
+        )
+    finally:
+        connection.close()
+
+
+def warm(server: Server, concurrency: int) -> None:
+    bench_load.hey(
+        server.url + "/v1/decide", BODY, 50 * concurrency, concurrency, server.pid, server.headers
     )
 
 
-def standalone(args: argparse.Namespace) -> None:
-    with served_process(REPO / "examples" / "policies") as server:
-        latencies, elapsed = asyncio.run(
-            drive(server.url, server.tokens["support-agent"], args.requests, args.concurrency)
-        )
-    report(
-        "standalone", latencies, elapsed, args.concurrency, store="sqlite (WAL, synchronous=FULL)"
-    )
+def rounds(
+    servers: list[Server], concurrencies: list[int], requests: int, repeats: int
+) -> dict[str, dict[str, object]]:
+    """Every (server, concurrency) once per round, rounds interleaved; medians and ranges."""
+    runs: dict[tuple[str, int], list[bench_load.Run]] = {}
+    for server in servers:
+        warm(server, max(concurrencies))
+    for _ in range(repeats):
+        for concurrency in concurrencies:
+            for server in servers:
+                run = bench_load.hey(
+                    server.url + "/v1/decide",
+                    BODY,
+                    requests,
+                    concurrency,
+                    server.pid,
+                    server.headers,
+                )
+                bad = {code: n for code, n in run.statuses.items() if code != 200}
+                if bad:
+                    raise RuntimeError(f"{server.name} c={concurrency}: non-200 answers {bad}")
+                runs.setdefault((server.name, concurrency), []).append(run)
+    results: dict[str, dict[str, object]] = {}
+    for (name, concurrency), found in runs.items():
+        summaries = [run.summary() for run in found]
+        results.setdefault(name, {})[f"c{concurrency}"] = bench_load.spread(summaries)
+    return results
+
+
+def floors(scratch: Path) -> dict[str, float]:
+    return {
+        "fsync_commit_ms": bench_load.fsync_commit_floor(scratch),
+        "ed25519_sign_us": bench_load.ed25519_sign_floor(),
+    }
+
+
+def prefill(data_dir: Path, records: int) -> dict[str, float]:
+    """Fill a fresh data dir's store with valid sealed records (see bench_store.py)."""
+    import bench_store
+
+    started = time.perf_counter()
+    bench_store.fill(data_dir, records)
+    filled = time.perf_counter() - started
+    database = data_dir / "kubewrit.db"
+    size = sum(p.stat().st_size for p in data_dir.glob("kubewrit.db*"))
+    return {
+        "prefilled_records": records,
+        "prefill_seconds": round(filled, 1),
+        "store_bytes_per_record": round(size / records, 1),
+        "database": str(database),
+    }
+
+
+def standalone(args: argparse.Namespace) -> dict[str, object]:
+    with tempfile.TemporaryDirectory(prefix="kubewrit-bench-") as tmp:
+        scratch = Path(tmp)
+        report: dict[str, object] = {
+            "benchmark": "decide",
+            "mode": "standalone",
+            "store": "sqlite (WAL, synchronous=FULL), one chain per worker",
+            "body": BODY.decode(),
+            "requests_per_run": args.requests,
+            "repeats": args.repeats,
+            "cpus": os.cpu_count(),
+            "load_generator": f"hey {bench_load.HEY_VERSION} (Go), separate process",
+            "floors": floors(scratch),
+        }
+        data_dirs = {w: scratch / f"data-w{w}" for w in args.workers}
+        if args.prefill:
+            for workers, data_dir in data_dirs.items():
+                report[f"prefill_w{workers}"] = prefill(data_dir, args.prefill)
+        with contextlib.ExitStack() as stack:
+            servers = []
+            for workers in args.workers:
+                servers.append(
+                    stack.enter_context(kubewrit_serve(workers, scratch, data_dirs[workers]))
+                )
+                servers.append(stack.enter_context(floor_server(workers, scratch)))
+            before = {s.name: decisions_in(s.database) for s in servers if s.database}
+            report["results"] = rounds(servers, args.concurrency, args.requests, args.repeats)
+            sent = args.repeats * sum(max(1, args.requests // c) * c for c in args.concurrency)
+            sent += 50 * max(args.concurrency)
+            for server in servers:
+                if server.database is None:
+                    continue
+                recorded = decisions_in(server.database) - before[server.name]
+                if recorded != sent:
+                    raise RuntimeError(f"{server.name}: {sent} answers but {recorded} records")
+            report["every_answer_recorded"] = True
+        return report
 
 
 def kubectl(kubeconfig: str, *args: str, input: str | None = None) -> str:
@@ -111,83 +251,89 @@ def kubectl(kubeconfig: str, *args: str, input: str | None = None) -> str:
     ).stdout
 
 
-def etcd_bytes_per_record(kubeconfig: str, namespace: str) -> float | None:
-    """Size of the stored objects as the API server serializes them (what etcd holds, as JSON)."""
+def etcd_bytes_per_record(kubeconfig: str, namespace: str) -> tuple[int, float | None]:
+    """How many ActionRecords exist, and their size as the API server serializes them."""
     listing = json.loads(kubectl(kubeconfig, "get", "actionrecords", "-n", namespace, "-o", "json"))
     items = listing["items"]
     if not items:
-        return None
+        return 0, None
     sizes = [len(json.dumps(item, separators=(",", ":"))) for item in items]
-    return round(statistics.fmean(sizes), 1)
+    return len(items), round(statistics.fmean(sizes), 1)
 
 
-def kubernetes(args: argparse.Namespace) -> None:
+def kubernetes(args: argparse.Namespace) -> dict[str, object]:
     kubeconfig = args.kubeconfig
     namespace = f"bench-{uuid.uuid4().hex[:6]}"
     kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     kubectl(kubeconfig, "create", "namespace", namespace)
-    kubectl(
-        kubeconfig, "create", "namespace", "kubewrit-system"
-    ) if "kubewrit-system" not in kubectl(kubeconfig, "get", "ns", "-o", "name") else None
+    if "namespace/kubewrit-system" not in kubectl(kubeconfig, "get", "ns", "-o", "name"):
+        kubectl(kubeconfig, "create", "namespace", "kubewrit-system")
     kubectl(kubeconfig, "create", "serviceaccount", "support-agent", "-n", namespace)
     spec = yaml.safe_load((REPO / "examples" / "policies" / "support-agent.yaml").read_text())
-    kubectl(
-        kubeconfig,
-        "apply",
-        "-f",
-        "-",
-        input=yaml.safe_dump(
-            {
-                "apiVersion": "kubewrit.io/v1alpha1",
-                "kind": "AgentPolicy",
-                "metadata": {"name": "support-agent", "namespace": namespace},
-                "spec": spec,
-            }
-        ),
-    )
+    manifest = {
+        "apiVersion": "kubewrit.io/v1alpha1",
+        "kind": "AgentPolicy",
+        "metadata": {"name": "support-agent", "namespace": namespace},
+        "spec": spec,
+    }
+    kubectl(kubeconfig, "apply", "-f", "-", input=yaml.safe_dump(manifest))
     token = kubectl(
         kubeconfig, "create", "token", "support-agent", "-n", namespace, "--audience", "kubewrit"
     ).strip()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="kubewrit-bench-") as tmp:
+        scratch = Path(tmp)
+        report: dict[str, object] = {
+            "benchmark": "decide",
+            "mode": "kubernetes",
+            "store": "ActionRecord objects via kube-apiserver (host-process webhook)",
+            "body": BODY.decode(),
+            "requests_per_run": args.requests,
+            "repeats": args.repeats,
+            "cpus": os.cpu_count(),
+            "load_generator": f"hey {bench_load.HEY_VERSION} (Go), separate process",
+            "floors": floors(scratch),
+        }
         port = free_port()
-        log = Path(tmp) / "webhook.log"
-        process = subprocess.Popen(
-            [
-                shutil.which("kubewrit") or "kubewrit",
-                "webhook",
-                "--kubeconfig",
-                kubeconfig,
-                "--replica",
-                f"bench-{os.getpid()}",
-                "--signing-key",
-                str(Path(tmp) / "key.pem"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
+        command = [
+            shutil.which("kubewrit") or "kubewrit",
+            "webhook",
+            "--kubeconfig",
+            kubeconfig,
+            "--replica",
+            f"bench-{os.getpid()}",
+            "--signing-key",
+            str(scratch / "key.pem"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ]
         url = f"http://127.0.0.1:{port}"
-        try:
-            wait_healthy(url, lambda: process.poll() is None, "kubewrit webhook", 60, log)
-            latencies, elapsed = asyncio.run(drive(url, token, args.requests, args.concurrency))
-        finally:
-            process.terminate()
-            process.wait(timeout=15)
-    size = etcd_bytes_per_record(kubeconfig, namespace)
+        with (
+            process(command, url, "kubewrit webhook", scratch) as pid,
+            floor_server(1, scratch) as floor,
+        ):
+            webhook = Server("decide", url, pid, {"Authorization": f"Bearer {token}"})
+            report["results"] = rounds(
+                [webhook, floor], args.concurrency, args.requests, args.repeats
+            )
+    sent = args.repeats * sum(max(1, args.requests // c) * c for c in args.concurrency)
+    sent += 50 * max(args.concurrency)
+    count, size = etcd_bytes_per_record(kubeconfig, namespace)
     kubectl(kubeconfig, "delete", "namespace", namespace, "--wait=false")
-    report(
-        "kubernetes",
-        latencies,
-        elapsed,
-        args.concurrency,
-        store="ActionRecord objects via kube-apiserver",
-        bytes_per_record=size,
-    )
+    report["records_found"] = count
+    report["answers"] = sent
+    report["etcd_bytes_per_record"] = size
+    if count < sent:
+        raise RuntimeError(f"{sent} answers but {count} ActionRecords")
+    report["every_answer_recorded"] = True
+    return report
+
+
+def integers(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part]
 
 
 def main() -> None:
@@ -195,13 +341,17 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("mode", choices=["standalone", "kubernetes"])
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=3000, help="per run")
+    parser.add_argument("--concurrency", type=integers, default=[1, 16, 32])
+    parser.add_argument("--workers", type=integers, default=[1, 2], help="standalone only")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--prefill", type=int, default=0, help="standalone only")
     parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG", ""))
     args = parser.parse_args()
     if args.mode == "kubernetes" and not args.kubeconfig:
         parser.error("kubernetes mode needs --kubeconfig (or KUBECONFIG)")
-    standalone(args) if args.mode == "standalone" else kubernetes(args)
+    report = standalone(args) if args.mode == "standalone" else kubernetes(args)
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
