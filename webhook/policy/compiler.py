@@ -161,15 +161,27 @@ def _compile_risk_rule(index: int, raw: Any) -> RiskRule:
     return RiskRule(name, level, matcher)
 
 
-def _index_by_tool(rules: tuple[Rule, ...]) -> tuple[dict[str, tuple[Rule, ...]], bool]:
-    index: dict[str, list[Rule]] = {}
-    for rule in rules:
+def _index_by_tool(rules: tuple[Rule, ...]) -> tuple[dict[str, tuple[Rule, ...]], tuple[Rule, ...]]:
+    """The per-tool rule index: (rules for each exactly named tool, rules with globs or no tool).
+
+    Each exactly named tool gets every rule that can match it, the glob and tool-less
+    rules included, in policy order, so first-match-wins is unchanged; any other tool
+    is served from the glob and tool-less rules alone.
+    """
+    exact: dict[str, list[int]] = {}
+    other: list[int] = []
+    for position, rule in enumerate(rules):
         tools = rule.matcher.tools
         if not tools or any(GLOB_CHARS & set(tool) for tool in tools):
-            return {}, True
+            other.append(position)
         for tool in tools:
-            index.setdefault(tool, []).append(rule)
-    return {tool: tuple(found) for tool, found in index.items()}, False
+            if not GLOB_CHARS & set(tool):
+                exact.setdefault(tool, []).append(position)
+    index = {}
+    for tool, positions in exact.items():
+        matching = [p for p in other if rules[p].matcher.admits_tool(tool)]
+        index[tool] = tuple(rules[p] for p in sorted({*positions, *matching}))
+    return index, tuple(rules[p] for p in other)
 
 
 def split_manifest(document: Mapping[str, Any]) -> tuple[Mapping[str, Any], str | None, str | None]:
@@ -268,7 +280,7 @@ def compile_document(document: Any, source: str, default_name: str | None = None
         "risk": [rule.describe() for rule in frozen_risk],
         "approvers": {"users": sorted(approvers.users), "groups": sorted(approvers.groups)},
     }
-    by_tool, wildcard = _index_by_tool(frozen_rules)
+    by_tool, other_rules = _index_by_tool(frozen_rules)
     return Policy(
         name=name,
         source=source,
@@ -280,5 +292,5 @@ def compile_document(document: Any, source: str, default_name: str | None = None
         hash="sha256:" + canonical.content_hash(content),
         namespace=namespace,
         by_tool=by_tool,
-        wildcard_rules=wildcard,
+        other_rules=other_rules,
     )

@@ -25,6 +25,7 @@ class Mode(StrEnum):
     MONITOR = "monitor"
 
 
+OTHER_CACHE_SIZE = 4096  # tools outside the index whose candidate rules are remembered
 RISK_LEVELS = ("low", "medium", "high", "critical")
 ESCALATING_RISK = frozenset({"high", "critical"})
 
@@ -41,6 +42,10 @@ class Matcher:
     operations: tuple[str, ...] = ()
     conditions: tuple[Condition, ...] = ()
     cel: Any = None  # a compiled CEL program (kubewrit.webhook.policy.cel.Expression)
+
+    def admits_tool(self, tool: str) -> bool:
+        """Whether `tool` is one of the tools this matcher names (exactly or by glob)."""
+        return not self.tools or any(fnmatchcase(tool, pattern) for pattern in self.tools)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -101,8 +106,14 @@ class Policy:
     approvers: Approvers
     hash: str
     namespace: str | None = None
+    # The rule index (see compiler.index_rules): for every tool a rule names exactly, all
+    # the rules that can match it, in policy order; the rules with a tool glob or no tool
+    # serve every other tool. Derived from `rules`, so neither is compared or hashed.
     by_tool: dict[str, tuple[Rule, ...]] = field(default_factory=dict, compare=False, repr=False)
-    wildcard_rules: bool = False
+    other_rules: tuple[Rule, ...] = field(default=(), compare=False, repr=False)
+    _other_cache: dict[str, tuple[Rule, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def selects(self, agent: str, namespace: str | None = None) -> bool:
         """A namespaced policy (Kubernetes) selects only agents of its own namespace."""
@@ -111,7 +122,18 @@ class Policy:
         return any(fnmatchcase(agent, pattern) for pattern in self.agents)
 
     def candidate_rules(self, tool: str) -> tuple[Rule, ...]:
-        """Rules that might match `tool`, in policy order (first match wins)."""
-        if self.wildcard_rules:
-            return self.rules
-        return self.by_tool.get(tool, ())
+        """Every rule that can match `tool`, in policy order (first match wins).
+
+        A subset of `rules` that keeps their order and leaves out only rules whose tool
+        patterns cannot match `tool`; the evaluator still checks each candidate in full.
+        """
+        found = self.by_tool.get(tool)
+        if found is not None:
+            return found
+        cached = self._other_cache.get(tool)
+        if cached is None:
+            cached = tuple(rule for rule in self.other_rules if rule.matcher.admits_tool(tool))
+            if len(self._other_cache) >= OTHER_CACHE_SIZE:
+                self._other_cache.clear()
+            self._other_cache[tool] = cached
+        return cached
