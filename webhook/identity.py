@@ -48,6 +48,8 @@ def new_token(role: Role) -> str:
 class TokenFile:
     """Per-principal tokens from a YAML file: {agents: {name: {token_sha256}}, approvers: {...}}."""
 
+    blocking = False  # a dict lookup and a stat(): the HTTP layer calls it on its event loop
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._by_hash: dict[str, Principal] = {}

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from kubewrit.webhook import chain
 from kubewrit.webhook.chain import Anchor, Draft, Head, Record
@@ -61,8 +61,42 @@ class AnchorPolicy:
 
 @dataclass
 class _Job:
+    """One draft and who waits for its record: a thread (`future`) or an event loop."""
+
     draft: Draft
-    future: Future[Record]
+    future: Future[Record] | None = None
+    waiter: asyncio.Future[Record] | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+
+
+def _settle(outcomes: list[tuple[asyncio.Future[Record], Record | BaseException]]) -> None:
+    """On the waiters' loop: one call per batch, however many records it held."""
+    for waiter, outcome in outcomes:
+        if waiter.done():  # the request went away meanwhile; its record stands
+            continue
+        if isinstance(outcome, BaseException):
+            waiter.set_exception(outcome)
+        else:
+            waiter.set_result(outcome)
+
+
+def _answer(jobs: list[_Job], outcomes: Sequence[Record | BaseException] | BaseException) -> None:
+    """Hand each job its record (or error): futures directly, event loops once per batch."""
+    per_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Record], Any]]] = {}
+    for index, job in enumerate(jobs):
+        outcome = outcomes if isinstance(outcomes, BaseException) else outcomes[index]
+        if job.future is not None:
+            if isinstance(outcome, BaseException):
+                job.future.set_exception(outcome)
+            else:
+                job.future.set_result(outcome)
+        elif job.waiter is not None and job.loop is not None:
+            per_loop.setdefault(job.loop, []).append((job.waiter, outcome))
+    for loop, settled in per_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, settled)
+        except RuntimeError:  # that loop has closed: nobody waits any more
+            log.debug("event loop closed before %d record(s) could be handed over", len(settled))
 
 
 class Recorder:
@@ -120,11 +154,17 @@ class Recorder:
         if self._thread is None:
             future.set_exception(RecordUnavailable("recorder is not running"))
             return future
-        self._queue.put(_Job(draft, future))
+        self._queue.put(_Job(draft, future=future))
         return future
 
     async def record(self, draft: Draft) -> Record:
-        return await asyncio.wrap_future(self.submit(draft))
+        """The durable record of `draft`; the loop is woken once per batch, not per record."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Record] = loop.create_future()
+        if self._thread is None:
+            raise RecordUnavailable("recorder is not running")
+        self._queue.put(_Job(draft, waiter=waiter, loop=loop))
+        return await waiter
 
     def record_sync(self, draft: Draft, timeout: float = 10.0) -> Record:
         return self.submit(draft).result(timeout=timeout)
@@ -162,9 +202,7 @@ class Recorder:
             try:
                 durable = self.ledger.head(self.chain_id)
             except Exception as exc:
-                error = RecordUnavailable(f"record store unavailable: {exc}")
-                for job in jobs:
-                    job.future.set_exception(error)
+                _answer(jobs, RecordUnavailable(f"record store unavailable: {exc}"))
                 return
             if durable is not None and durable.seq > self._head.seq:
                 log.warning(
@@ -185,9 +223,8 @@ class Recorder:
         except Exception as exc:
             written, failure = 0, exc
         self.batches += 1
-        for job, record in zip(jobs[:written], records[:written], strict=True):
-            job.future.set_result(record)
         if failure is None:
+            _answer(jobs, records)
             return
         log.error(
             "cannot persist %d record(s) of chain %s: %s",
@@ -200,8 +237,7 @@ class Recorder:
         self._head = Head(before.chain, last.seq, last.hash) if last else before
         self._head_uncertain = True
         error = RecordUnavailable(f"record store unavailable: {failure}")
-        for job in jobs[written:]:
-            job.future.set_exception(error)
+        _answer(jobs, [*records[:written], *[error] * (len(jobs) - written)])
 
     def _seconds_to_anchor(self) -> float:
         elapsed = time.monotonic() - self._anchored_at
