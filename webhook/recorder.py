@@ -32,6 +32,19 @@ class RecordUnavailable(RuntimeError):
     """The record could not be made durable; the decision must be DENY."""
 
 
+class DuplicateRequest(Exception):
+    """Another writer has already recorded a decision for these drafts' request ids.
+
+    Raised by a ledger shared by several writers before it writes anything; the
+    recorder refuses those drafts and writes the rest, and `requests.Requests` answers
+    the refused callers with the decision the other writer recorded.
+    """
+
+    def __init__(self, indexes: Sequence[int]) -> None:
+        super().__init__(f"request id already decided (drafts {list(indexes)})")
+        self.indexes = list(indexes)
+
+
 class PartialWrite(Exception):
     """The first `written` records of a batch are durable, the rest are not."""
 
@@ -218,6 +231,14 @@ class Recorder:
         written, failure = len(records), None
         try:
             self.ledger.write(records)
+        except DuplicateRequest as taken:  # nothing was written: refuse those, seal the rest again
+            refused = set(taken.indexes)
+            _answer([jobs[i] for i in sorted(refused)], DuplicateRequest(sorted(refused)))
+            self._head = before
+            rest = [job for i, job in enumerate(jobs) if i not in refused]
+            if rest:
+                self._commit(rest)
+            return
         except PartialWrite as partial:
             written, failure = partial.written, partial.cause
         except Exception as exc:

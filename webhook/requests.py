@@ -8,7 +8,9 @@ never become a second decision. This module is the only owner of that rule:
   in this process, instead of deciding in parallel;
 - durably: the backend's `RequestStore` claims the id before a decision is made and
   finds the decision already recorded for it, across restarts and (in Kubernetes)
-  across webhook replicas.
+  across webhook replicas; with several standalone server processes, whose claims are
+  lookups, the shared ledger refuses a second decision at write time (`DuplicateRequest`)
+  and the loser answers the winner's decision.
 
 What a replay answers is the original decision, from its record, never re-evaluated:
 the same action is required (otherwise `request_id_reused`); a PERMIT comes back with
@@ -30,6 +32,7 @@ from typing import Protocol
 from kubewrit.webhook.chain import Record
 from kubewrit.webhook.errors import Unavailable
 from kubewrit.webhook.outcome import Outcome, unrecorded
+from kubewrit.webhook.recorder import DuplicateRequest
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,13 @@ class Requests:
                     return unrecorded(action_hash, exc)
                 if previous is not None:
                     return await replay(previous)
-                outcome = await decide()
+                try:
+                    outcome = await decide()
+                except DuplicateRequest:  # another server process decided it meanwhile
+                    previous = await self.store.claim(key, action_hash)
+                    if previous is None:
+                        return unrecorded(action_hash, "request id claimed but not found")
+                    return await replay(previous)
                 if outcome.record is None:
                     await self.store.release(key)
                 return outcome

@@ -1,19 +1,23 @@
-"""Wiring for `kubewrit serve`: policy files, SQLite, per-agent tokens, one chain."""
+"""Wiring for `kubewrit serve`: policy files, SQLite, per-agent tokens, a chain per process."""
 
 from __future__ import annotations
 
+import fcntl
+import json
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
 from kubewrit.webhook import keys, reload
 from kubewrit.webhook.authority import Authority
 from kubewrit.webhook.backend import Backend
+from kubewrit.webhook.chain import Anchor, Record
 from kubewrit.webhook.identity import Role, TokenFile, write_private_yaml
 from kubewrit.webhook.metrics import Metrics
 from kubewrit.webhook.policy_state import PolicyState
-from kubewrit.webhook.recorder import AnchorPolicy, Recorder
+from kubewrit.webhook.recorder import AnchorPolicy, DuplicateRequest, Ledger, Recorder
 from kubewrit.webhook.server.runtime import Runtime, Tuning
 from kubewrit.webhook.store.sqlite import SQLiteStore
 
@@ -31,6 +35,21 @@ class Config(Tuning):
     watch: bool = True
     bootstrap_tokens: bool = True
     printed: list[str] = field(default_factory=list)
+    # One of several server processes sharing the data directory (`serve --workers N`):
+    # each claims its own chain and serializes its commits with the others'.
+    shared: bool = False
+
+    def to_json(self) -> str:
+        """For the worker processes: every field, paths as strings."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data.update(policies=str(self.policies), data_dir=str(self.data_dir), printed=[])
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str) -> Config:
+        data = json.loads(text)
+        data.update(policies=Path(data["policies"]), data_dir=Path(data["data_dir"]))
+        return cls(**data)
 
     @property
     def database(self) -> Path:
@@ -71,6 +90,104 @@ def bootstrap_tokens(config: Config, tokens: TokenFile, state: PolicyState) -> l
     return created
 
 
+class SharedStoreError(ValueError):
+    """Several server processes cannot serve this configuration."""
+
+
+def limited_policies(state: PolicyState) -> list[str]:
+    """Policies that declare `limits:` (budgets one process must own to count exactly)."""
+    return [p.name for p in state.policies if getattr(p, "limits", ())]
+
+
+def prepare(config: Config, workers: int = 1) -> PolicyState:
+    """What must exist before several workers start at once: key, schema, tokens.
+
+    Refuses several workers while a policy declares limits: their exact counting in
+    standalone mode relies on one process owning each budget.
+    """
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    state = PolicyState()
+    reload.load_into(state, config.policies, Metrics())
+    limited = limited_policies(state)
+    if workers > 1 and limited:
+        raise SharedStoreError(
+            f"--workers {workers}: policies {', '.join(limited)} declare limits, whose exact "
+            "counting needs one server process; run with --workers 1"
+        )
+    keys.load_or_create(config.key_file)
+    SQLiteStore(config.database).close()
+    if not config.tokens_file.exists() and config.bootstrap_tokens:
+        tokens = TokenFile(config.tokens_file)
+        config.printed.extend(bootstrap_tokens(config, tokens, state))
+    return state
+
+
+class ChainSlot:
+    """An exclusive claim (flock) on one of the data directory's chain names.
+
+    A chain has one writer: each server process holds slot 0, 1, ... for its lifetime
+    and writes the chain named for it, so workers never share (or fork) a chain, and a
+    restarted worker continues the chain of the slot it takes. The kernel releases the
+    claim when the process dies, however it dies.
+    """
+
+    def __init__(self, directory: Path, base: str, most: int = 256) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        for slot in range(most):
+            handle = (directory / f"slot-{slot}.lock").open("a")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            self.slot, self._handle = slot, handle
+            self.chain = base if slot == 0 else f"{base}-{slot}"
+            return
+        raise SharedStoreError(f"all {most} chain slots in {directory} are taken")
+
+    def release(self) -> None:
+        self._handle.close()
+
+
+class SharedLedger:
+    """The SQLite ledger for one of several writers: commits serialized across processes.
+
+    A blocking flock hands the write over at once (SQLite's own busy handler sleeps and
+    polls). Holding it, a batch is checked for request ids another worker has decided
+    meanwhile; those are refused (`DuplicateRequest`) before anything is written, so two
+    workers racing on one request id yield one decision and one replay.
+    """
+
+    def __init__(self, store: SQLiteStore, lock_path: Path) -> None:
+        self.store = store
+        self._lock = lock_path.open("a")
+
+    def head(self, chain_id: str) -> Record | None:
+        return self.store.head(chain_id)
+
+    def write(self, records: Sequence[Record]) -> None:
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        try:
+            taken = [
+                index
+                for index, record in enumerate(records)
+                if record.kind == "decision"
+                and record.request_id
+                and self.store.decided(record.agent, record.request_id) is not None
+            ]
+            if taken:
+                raise DuplicateRequest(taken)
+            self.store.write(records)
+        finally:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+
+    def publish_anchor(self, anchor: Anchor) -> None:
+        self.store.publish_anchor(anchor)
+
+    def close(self) -> None:
+        self._lock.close()
+
+
 def build(config: Config) -> Runtime:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     metrics = Metrics()
@@ -82,11 +199,16 @@ def build(config: Config) -> Runtime:
     tokens = TokenFile(config.tokens_file)
     if first_start and config.bootstrap_tokens:
         config.printed.extend(bootstrap_tokens(config, tokens, state))
-    chain_id = config.chain or f"standalone-{signer.key_id[:8]}"
+    base = config.chain or f"standalone-{signer.key_id[:8]}"
+    ledger: Ledger = store
+    slot: ChainSlot | None = None
+    if config.shared:
+        slot = ChainSlot(config.data_dir / "chains", base)
+        ledger = SharedLedger(store, config.data_dir / "chains" / "write.lock")
     recorder = Recorder(
-        store,
+        ledger,
         signer,
-        chain_id,
+        slot.chain if slot else base,
         AnchorPolicy(config.anchor_every, config.anchor_seconds),
         signer.verifier.b64,
     )
@@ -99,6 +221,9 @@ def build(config: Config) -> Runtime:
     runtime = Runtime(authority, tokens, state, metrics, config.max_body)
     runtime.start.append(recorder.start)
     runtime.stop.extend([recorder.stop, store.close])
+    if slot is not None:
+        assert isinstance(ledger, SharedLedger)
+        runtime.stop.extend([ledger.close, slot.release])
     runtime.background.append(authority.approvals.sweep)
     if config.watch:
         runtime.background.append(watch_policies)

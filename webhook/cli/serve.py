@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 import uvicorn
+from fastapi import FastAPI
 from kubewrit.webhook import keys, standalone
 from kubewrit.webhook.cli.output import console, fail
 from kubewrit.webhook.console.standalone import with_console
+from kubewrit.webhook.policy_state import PolicyState
 from kubewrit.webhook.server.app import create_app
 
 
@@ -85,18 +88,78 @@ def start_logging(level: str) -> None:
 )
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Server processes sharing the port, the policies and the store, each writing its "
+    "own chain (e.g. one per core). Not with policies that declare limits; no console.",
+)
 @server_options
 def serve(
-    policies: Path, data_dir: Path, host: str, port: int, log_level: str, **tuning: Any
+    policies: Path,
+    data_dir: Path,
+    host: str,
+    port: int,
+    workers: int,
+    log_level: str,
+    **tuning: Any,
 ) -> None:
     """Run the decision API with policy files and an embedded SQLite store."""
     start_logging(log_level)
     config = standalone.Config(policies=policies, data_dir=data_dir, **tuning)
+    if workers > 1:
+        serve_workers(config, host, port, workers, log_level)
+        return
     try:
         runtime = standalone.build(config)
     except (keys.KeyFileError, ValueError, OSError) as exc:
         fail(str(exc))
-    state = runtime.state
+    describe(config, runtime.state, host, port)
+    uvicorn.run(
+        with_console(create_app(runtime), runtime), host=host, port=port, log_level=log_level
+    )
+
+
+WORKER_CONFIG = "KUBEWRIT_SERVE_WORKER_CONFIG"
+WORKER_LOG_LEVEL = "KUBEWRIT_SERVE_WORKER_LOG_LEVEL"
+
+
+def serve_workers(
+    config: standalone.Config, host: str, port: int, workers: int, log_level: str
+) -> None:
+    """Several uvicorn worker processes on one socket, each building its own runtime."""
+    try:
+        state = standalone.prepare(config, workers)
+    except (keys.KeyFileError, ValueError, OSError) as exc:
+        fail(str(exc))
+    describe(config, state, host, port)
+    console.print(
+        f"  {workers} worker processes, a chain each; the console (/ui) needs --workers 1"
+    )
+    config.shared, config.bootstrap_tokens = True, False
+    os.environ[WORKER_CONFIG] = config.to_json()
+    os.environ[WORKER_LOG_LEVEL] = log_level
+    uvicorn.run(
+        "kubewrit.webhook.cli.serve:worker_app",
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        log_level=log_level,
+    )
+
+
+def worker_app() -> FastAPI:
+    """One worker of `serve --workers N` (uvicorn imports and calls this in each process)."""
+    start_logging(os.environ.get(WORKER_LOG_LEVEL, "info"))
+    config = standalone.Config.from_json(os.environ[WORKER_CONFIG])
+    return create_app(standalone.build(config))
+
+
+def describe(config: standalone.Config, state: PolicyState, host: str, port: int) -> None:
+    policies, data_dir = config.policies, config.data_dir
     console.print(f"[bold]kubewrit[/] serving on http://{host}:{port}  (data: {data_dir})")
     for p in state.policies:
         console.print(
@@ -113,9 +176,6 @@ def serve(
         )
         for line in config.printed:
             console.print(f"  {line}")
-    uvicorn.run(
-        with_console(create_app(runtime), runtime), host=host, port=port, log_level=log_level
-    )
 
 
 @click.command()

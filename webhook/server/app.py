@@ -20,7 +20,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.concurrency import run_in_threadpool
 from kubewrit.webhook import __version__, canonical, errors
 from kubewrit.webhook.approval import Approval
 from kubewrit.webhook.authority import ActionInput, Outcome
@@ -42,6 +41,7 @@ from kubewrit.webhook.server.models import (
 from kubewrit.webhook.server.runtime import Runtime
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 log = logging.getLogger(__name__)
 

@@ -199,11 +199,15 @@ class SQLiteStore:
         a request id in process, so the durable half of a claim is this lookup; the
         unique index refuses a second decision record whatever happens.
         """
+        return self.decided(key.agent, key.request_id)
+
+    def decided(self, agent: str, request_id: str) -> Record | None:
+        """The decision recorded for (agent, request_id), if any."""
         with self._lock:
             row = self._other.execute(
                 "SELECT body FROM records WHERE agent = ? AND request_id = ? AND kind = 'decision' "
                 "ORDER BY time LIMIT 1",
-                (key.agent, key.request_id),
+                (agent, request_id),
             ).fetchone()
         return Record.from_dict(json.loads(row[0])) if row else None
 

@@ -1,0 +1,65 @@
+"""Several standalone server processes: what they may share and what they refuse."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from kubewrit.webhook import policy, standalone
+from kubewrit.webhook.policy_state import PolicyState
+
+REPO = Path(__file__).resolve().parents[2]
+POLICIES = REPO / "examples" / "policies"
+
+
+@dataclasses.dataclass(frozen=True)
+class LimitedPolicy(policy.Policy):
+    """A compiled policy that declares limits (issue 11 adds them to `Policy` itself)."""
+
+    limits: tuple[str, ...] = ("refunds-per-day",)
+
+
+def limited_state() -> PolicyState:
+    state = PolicyState()
+    (compiled,) = policy.load_paths([POLICIES / "support-agent.yaml"])
+    fields = {f.name: getattr(compiled, f.name) for f in dataclasses.fields(compiled)}
+    state.replace([LimitedPolicy(**fields)], {}, 1)
+    return state
+
+
+def test_policies_with_limits_are_named() -> None:
+    assert standalone.limited_policies(limited_state()) == ["support-agent"]
+    plain = PolicyState()
+    plain.replace(policy.load_paths([POLICIES / "support-agent.yaml"]), {}, 1)
+    assert standalone.limited_policies(plain) == []
+
+
+def test_several_workers_refuse_to_start_with_limits(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(
+        standalone.reload,
+        "load_into",
+        lambda state, *_: state.replace(limited_state().policies, {}, 1),
+    )
+    config = standalone.Config(policies=POLICIES, data_dir=tmp_path / "data")
+    with pytest.raises(standalone.SharedStoreError, match="support-agent declare limits"):
+        standalone.prepare(config, workers=2)
+    standalone.prepare(config, workers=1)  # one process owns the budgets: fine
+
+
+def test_each_process_claims_its_own_chain(tmp_path: Path) -> None:
+    first = standalone.ChainSlot(tmp_path, "standalone-abc")
+    second = standalone.ChainSlot(tmp_path, "standalone-abc")
+    assert (first.chain, second.chain) == ("standalone-abc", "standalone-abc-1")
+    first.release()  # a worker that exits frees its chain for the next one
+    third = standalone.ChainSlot(tmp_path, "standalone-abc")
+    assert third.chain == "standalone-abc"
+    second.release()
+    third.release()
+
+
+def test_config_travels_to_workers_unchanged(tmp_path: Path) -> None:
+    config = standalone.Config(
+        policies=POLICIES, data_dir=tmp_path, writ_ttl=30, shared=True, bootstrap_tokens=False
+    )
+    assert standalone.Config.from_json(config.to_json()) == config
