@@ -8,6 +8,7 @@ reordering any record breaks a link a verifier can point at.
 
 from __future__ import annotations
 
+import functools
 import time
 import types
 import typing
@@ -36,6 +37,12 @@ def _accepts(hint: Any, value: Any) -> bool:
     return isinstance(value, hint)
 
 
+@functools.cache
+def _declared(cls: type) -> tuple[dict[str, Any], list[str]]:
+    """A dataclass's field types and names (resolving the hints costs more than a parse)."""
+    return typing.get_type_hints(cls), [f.name for f in fields(cls)]
+
+
 def parse_fields(cls: type[T], data: Any, what: str) -> T:
     """`cls` (a dataclass) from a mapping holding every field, each of its declared type.
 
@@ -44,8 +51,7 @@ def parse_fields(cls: type[T], data: Any, what: str) -> T:
     """
     if not isinstance(data, Mapping):
         raise ValueError(f"{what} must be a JSON object, not {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    hints, names = _declared(cls)
     unknown = sorted(str(key) for key in data if key not in hints)
     if unknown:
         raise ValueError(f"unknown {what} fields: {unknown}")
@@ -109,10 +115,11 @@ class Record(Draft):
     signature: str = ""
 
     def body(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k not in UNSIGNED_FIELDS}
+        return {k: v for k, v in self.to_dict().items() if k not in UNSIGNED_FIELDS}
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every field (a flat record: no deep copy, unlike dataclasses.asdict)."""
+        return {name: getattr(self, name) for name in _declared(type(self))[1]}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Record:
@@ -129,7 +136,12 @@ def seal(
 ) -> Record:
     """Give a draft its place in the chain, its hash and its signature."""
     unsigned = Record(
-        **asdict(draft), chain=chain, seq=seq, prev=prev, time=timestamp(now), key_id=signer.key_id
+        **{name: getattr(draft, name) for name in _declared(Draft)[1]},
+        chain=chain,
+        seq=seq,
+        prev=prev,
+        time=timestamp(now),
+        key_id=signer.key_id,
     )
     digest = record_hash(unsigned.body())
     return replace(unsigned, hash=digest, signature=signer.sign(digest.encode()))

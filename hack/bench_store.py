@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Fill a standalone data directory with valid sealed records, and time `kubewrit verify`.
+
+    hack/bench_store.py fill DATA_DIR --records 1000000
+    hack/bench_store.py verify DATA_DIR
+
+`fill` seals records exactly as the recorder does (chain.Head.seal_next with the data
+directory's own signing key, created if missing) on several chains named
+`prefill-<n>`, one per CPU, and writes them through the SQLite store in large
+transactions, then anchors each chain; the server later writes its own chain beside
+them. `verify` runs `kubewrit verify` on the directory and reports seconds per
+million records. Both print JSON. Used by `bench_decide.py --prefill`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from kubewrit.webhook import chain, keys
+from kubewrit.webhook.chain import Draft, Head
+from kubewrit.webhook.store.sqlite import SQLiteStore
+
+BATCH = 20_000
+
+
+def _fill_chain(args: tuple[str, str, int]) -> int:
+    data_dir, chain_id, count = args
+    directory = Path(data_dir)
+    signer = keys.load_or_create(directory / "signing-key.pem")
+    store = SQLiteStore(directory / "kubewrit.db")
+    head = Head(chain_id)
+    pending = [head.seal_next(chain.genesis_draft(signer.verifier.b64), signer)]
+    for index in range(count - 1):
+        draft = Draft(
+            kind="decision",
+            decision="PERMIT",
+            reason="rule_allow",
+            agent="support-agent",
+            tool="process_refund",
+            action_hash=f"{index:064x}",
+            policy_hash="sha256:" + "ab" * 32,
+            rule="support-agent/small-refunds",
+            risk="low",
+            message="Small refunds auto-approved",
+        )
+        pending.append(head.seal_next(draft, signer))
+        if len(pending) >= BATCH:
+            store.write(pending)
+            pending = []
+    if pending:
+        store.write(pending)
+    store.publish_anchor(chain.sign_anchor(head, signer))
+    store.close()
+    return count
+
+
+def fill(data_dir: Path, records: int, chains: int | None = None) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    keys.load_or_create(data_dir / "signing-key.pem")
+    SQLiteStore(data_dir / "kubewrit.db").close()
+    chains = chains or os.cpu_count() or 1
+    shares = [records // chains + (1 if n < records % chains else 0) for n in range(chains)]
+    jobs = [(str(data_dir), f"prefill-{n}", share) for n, share in enumerate(shares) if share]
+    with multiprocessing.get_context("spawn").Pool(len(jobs)) as pool:
+        pool.map(_fill_chain, jobs)
+
+
+def verify_seconds(data_dir: Path) -> dict[str, object]:
+    kubewrit = shutil.which("kubewrit") or "kubewrit"
+    started = time.perf_counter()
+    result = subprocess.run(
+        [kubewrit, "verify", "--data-dir", str(data_dir), "-o", "json"],
+        capture_output=True,
+        text=True,
+    )
+    elapsed = time.perf_counter() - started
+    report = json.loads(result.stdout)
+    total = report["records"]
+    return {
+        "verify_ok": report["ok"],
+        "verify_records": total,
+        "verify_seconds": round(elapsed, 2),
+        "verify_seconds_per_million": round(elapsed * 1_000_000 / max(1, total), 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("action", choices=["fill", "verify"])
+    parser.add_argument("data_dir", type=Path)
+    parser.add_argument("--records", type=int, default=1_000_000)
+    args = parser.parse_args()
+    if args.action == "fill":
+        started = time.perf_counter()
+        fill(args.data_dir, args.records)
+        elapsed = time.perf_counter() - started
+        size = sum(p.stat().st_size for p in args.data_dir.glob("kubewrit.db*"))
+        print(
+            json.dumps(
+                {
+                    "records": args.records,
+                    "seconds": round(elapsed, 1),
+                    "store_bytes": size,
+                    "bytes_per_record": round(size / args.records, 1),
+                }
+            )
+        )
+    else:
+        print(json.dumps(verify_seconds(args.data_dir)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
