@@ -222,7 +222,9 @@ def verify(
         ]
     scope = namespace if kubeconfig is not None else None
     problems.extend(anchor_history.rollbacks(seen, anchors, scope))
-    report = verification.verify(records, anchors, trusted, cuts, trailer, problems, lines)
+    report = verification.verify(
+        records, anchors, trusted, cuts, trailer, problems, lines, parallel=True
+    )
     if state_file is not None:
         anchor_history.advance(state_file, seen, report, anchors, namespace_of)
     print_report(report, output)
