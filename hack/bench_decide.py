@@ -78,8 +78,9 @@ def process(command: list[str], url: str, what: str, scratch: Path) -> Iterator[
 
 
 @contextmanager
-def kubewrit_serve(workers: int, scratch: Path, data_dir: Path) -> Iterator[Server]:
-    policy_dir = scratch / f"policies-{workers}"
+def kubewrit_serve(workers: int, scratch: Path, data_dir: Path, name: str = "") -> Iterator[Server]:
+    name = name or f"decide/w{workers}"
+    policy_dir = scratch / f"policies-{name.replace('/', '-')}"
     shutil.copytree(REPO / "examples" / "policies", policy_dir)
     port = free_port()
     command = [
@@ -99,11 +100,11 @@ def kubewrit_serve(workers: int, scratch: Path, data_dir: Path) -> Iterator[Serv
     if workers > 1:
         command += ["--workers", str(workers)]
     url = f"http://127.0.0.1:{port}"
-    with process(command, url, f"kubewrit serve w{workers}", scratch) as pid:
+    with process(command, url, f"kubewrit serve {name.replace('/', ' ')}", scratch) as pid:
         credentials = yaml.safe_load((data_dir / "credentials.yaml").read_text())
         token = credentials["credentials"]["support-agent"]["token"]
         yield Server(
-            f"decide/w{workers}",
+            name,
             url,
             pid,
             {"Authorization": f"Bearer {token}"},
@@ -185,20 +186,17 @@ def floors(scratch: Path) -> dict[str, float]:
     }
 
 
-def prefill(data_dir: Path, records: int) -> dict[str, float]:
+def prefill(data_dir: Path, records: int) -> dict[str, object]:
     """Fill a fresh data dir's store with valid sealed records (see bench_store.py)."""
     import bench_store
 
     started = time.perf_counter()
     bench_store.fill(data_dir, records)
     filled = time.perf_counter() - started
-    database = data_dir / "kubewrit.db"
-    size = sum(p.stat().st_size for p in data_dir.glob("kubewrit.db*"))
     return {
         "prefilled_records": records,
         "prefill_seconds": round(filled, 1),
-        "store_bytes_per_record": round(size / records, 1),
-        "database": str(database),
+        **bench_store.bytes_per_record(data_dir),
     }
 
 
@@ -216,17 +214,22 @@ def standalone(args: argparse.Namespace) -> dict[str, object]:
             "load_generator": f"hey {bench_load.HEY_VERSION} (Go), separate process",
             "floors": floors(scratch),
         }
-        data_dirs = {w: scratch / f"data-w{w}" for w in args.workers}
+        stores = [(f"decide/w{w}", w, scratch / f"data-w{w}") for w in args.workers]
         if args.prefill:
-            for workers, data_dir in data_dirs.items():
+            label = (
+                f"{args.prefill // 1000}k" if args.prefill < 10**6 else f"{args.prefill / 1e6:g}M"
+            )
+            for workers in args.workers:
+                data_dir = scratch / f"data-w{workers}-prefilled"
                 report[f"prefill_w{workers}"] = prefill(data_dir, args.prefill)
+                stores.append((f"decide/w{workers}+{label}", workers, data_dir))
         with contextlib.ExitStack() as stack:
             servers = []
-            for workers in args.workers:
+            for name, workers, data_dir in stores:
                 servers.append(
-                    stack.enter_context(kubewrit_serve(workers, scratch, data_dirs[workers]))
+                    stack.enter_context(kubewrit_serve(workers, scratch, data_dir, name))
                 )
-                servers.append(stack.enter_context(floor_server(workers, scratch)))
+            servers += [stack.enter_context(floor_server(w, scratch)) for w in args.workers]
             before = {s.name: decisions_in(s.database) for s in servers if s.database}
             report["results"] = rounds(servers, args.concurrency, args.requests, args.repeats)
             sent = args.repeats * sum(max(1, args.requests // c) * c for c in args.concurrency)
@@ -238,6 +241,12 @@ def standalone(args: argparse.Namespace) -> dict[str, object]:
                 if recorded != sent:
                     raise RuntimeError(f"{server.name}: {sent} answers but {recorded} records")
             report["every_answer_recorded"] = True
+        if args.prefill:
+            import bench_store
+
+            for workers in args.workers:
+                data_dir = scratch / f"data-w{workers}-prefilled"
+                report[f"prefill_w{workers}"].update(bench_store.verify_seconds(data_dir))
         return report
 
 
