@@ -8,7 +8,6 @@ reordering any record breaks a link a verifier can point at.
 
 from __future__ import annotations
 
-import functools
 import time
 import types
 import typing
@@ -37,10 +36,16 @@ def _accepts(hint: Any, value: Any) -> bool:
     return isinstance(value, hint)
 
 
-@functools.cache
+_DECLARED: dict[type, tuple[dict[str, Any], list[str]]] = {}
+
+
 def _declared(cls: type) -> tuple[dict[str, Any], list[str]]:
     """A dataclass's field types and names (resolving the hints costs more than a parse)."""
-    return typing.get_type_hints(cls), [f.name for f in fields(cls)]
+    found = _DECLARED.get(cls)
+    if found is None:
+        names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+        found = _DECLARED[cls] = (typing.get_type_hints(cls), names)
+    return found
 
 
 def parse_fields(cls: type[T], data: Any, what: str) -> T:
