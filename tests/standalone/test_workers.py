@@ -96,6 +96,56 @@ def test_kill_9_under_load_loses_no_answered_decision(tmp_path: Path, workers: i
     assert verdict["records"] == len(records)
 
 
+def listening_workers(server: Server) -> list[int]:
+    return [pid for pid in process_tree(server.process.pid)[1:] if "spawn_main" in cmdline(pid)]
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_a_worker_killed_under_load_is_replaced_and_loses_nothing(tmp_path: Path) -> None:
+    server = start_server(tmp_path, "--workers", "2")
+    answered: list[dict] = []
+    stop = threading.Event()
+    threads = [threading.Thread(target=hammer, args=(server, stop, answered)) for _ in range(16)]
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(1.5)
+        victim = listening_workers(server)[0]
+        os.kill(victim, signal.SIGKILL)
+        time.sleep(1.0)
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
+
+        def replaced() -> list[int]:
+            workers = listening_workers(server)
+            return workers if victim not in workers and len(workers) == 2 else []
+
+        deadline = time.monotonic() + 20
+        while not replaced() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert replaced(), "the killed worker was not replaced"
+        fresh = [server.decide(tool="send_email", args={}) for _ in range(20)]
+        assert {answer.status_code for answer in fresh} == {200}
+    finally:
+        stop.set()
+        server.stop()
+    records = stored(server.data_dir)
+    acknowledged = {
+        (a["record"]["chain"], a["record"]["seq"]): a["record"]["hash"] for a in answered
+    }
+    assert not {key for key, digest in acknowledged.items() if records.get(key) != digest}
+    assert len({chain for chain, _ in records}) == 2  # the replacement continued a chain
+    report = run_cli("verify", "--data-dir", str(server.data_dir), "-o", "json", check=False)
+    assert json.loads(report.stdout)["ok"], report.stdout
+
+
 def test_a_request_id_is_decided_once_across_workers(tmp_path: Path) -> None:
     server = start_server(tmp_path, "--workers", "2")
     try:

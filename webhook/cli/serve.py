@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 import uvicorn
-from fastapi import FastAPI
 from kubewrit.webhook import keys, standalone
 from kubewrit.webhook.cli.output import console, fail
 from kubewrit.webhook.console.standalone import with_console
 from kubewrit.webhook.policy_state import PolicyState
 from kubewrit.webhook.server.app import create_app
+from kubewrit.webhook.server.workers import WorkersFailed, reuseport_socket, supervise
 
 
 def server_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -122,16 +121,13 @@ def serve(
     )
 
 
-WORKER_CONFIG = "KUBEWRIT_SERVE_WORKER_CONFIG"
-WORKER_LOG_LEVEL = "KUBEWRIT_SERVE_WORKER_LOG_LEVEL"
-
-
 def serve_workers(
     config: standalone.Config, host: str, port: int, workers: int, log_level: str
 ) -> None:
-    """Several uvicorn worker processes on one socket, each building its own runtime."""
+    """Several server processes, each with its own runtime, chain and socket on the port."""
     try:
         state = standalone.prepare(config, workers)
+        reuseport_socket(host, port).close()  # the port is free (else: say so now, once)
     except (keys.KeyFileError, ValueError, OSError) as exc:
         fail(str(exc))
     describe(config, state, host, port)
@@ -139,23 +135,18 @@ def serve_workers(
         f"  {workers} worker processes, a chain each; the console (/ui) needs --workers 1"
     )
     config.shared, config.bootstrap_tokens = True, False
-    os.environ[WORKER_CONFIG] = config.to_json()
-    os.environ[WORKER_LOG_LEVEL] = log_level
-    uvicorn.run(
-        "kubewrit.webhook.cli.serve:worker_app",
-        factory=True,
-        workers=workers,
-        host=host,
-        port=port,
-        log_level=log_level,
-    )
+    try:
+        supervise(run_worker, (config.to_json(), host, port, log_level), workers)
+    except WorkersFailed as exc:
+        fail(str(exc))
 
 
-def worker_app() -> FastAPI:
-    """One worker of `serve --workers N` (uvicorn imports and calls this in each process)."""
-    start_logging(os.environ.get(WORKER_LOG_LEVEL, "info"))
-    config = standalone.Config.from_json(os.environ[WORKER_CONFIG])
-    return create_app(standalone.build(config))
+def run_worker(spec: str, host: str, port: int, log_level: str) -> None:
+    """One worker of `serve --workers N` (a spawned process)."""
+    start_logging(log_level)
+    app = create_app(standalone.build(standalone.Config.from_json(spec)))
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level))
+    server.run(sockets=[reuseport_socket(host, port)])
 
 
 def describe(config: standalone.Config, state: PolicyState, host: str, port: int) -> None:
