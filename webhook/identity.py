@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -45,6 +46,9 @@ def new_token(role: Role) -> str:
     return f"kw{role.value[:2]}_" + secrets.token_urlsafe(32)
 
 
+RECHECK_SECONDS = 0.1  # how long a token removed from the file may still be honoured
+
+
 class TokenFile:
     """Per-principal tokens from a YAML file: {agents: {name: {token_sha256}}, approvers: {...}}."""
 
@@ -54,6 +58,7 @@ class TokenFile:
         self.path = path
         self._by_hash: dict[str, Principal] = {}
         self._mtime: float | None = None
+        self._checked = time.monotonic()
         self.reload()
 
     def _stamp(self) -> float | None:
@@ -87,9 +92,26 @@ class TokenFile:
         return data
 
     def authenticate(self, token: str) -> Principal | None:
+        """The token's principal. A new token works at once; a removed one within RECHECK.
+
+        The file's mtime is checked at most every RECHECK seconds for tokens already
+        known, and always for a token not known: a stat on every decision costs far more
+        than its few microseconds (the event loop gives up the GIL to the recorder thread
+        and waits to get it back).
+        """
+        now = time.monotonic()
+        if now - self._checked >= RECHECK_SECONDS:
+            self._refresh(now)
+        principal = self._by_hash.get(token_hash(token))
+        if principal is None and self._checked != now:
+            self._refresh(now)
+            principal = self._by_hash.get(token_hash(token))
+        return principal
+
+    def _refresh(self, now: float) -> None:
+        self._checked = now
         if self._stamp() != self._mtime:
             self.reload()
-        return self._by_hash.get(token_hash(token))
 
     def add(self, name: str, role: Role, groups: tuple[str, ...] = ()) -> str:
         """Create (or rotate) a token; returns the plaintext, which is not stored."""
