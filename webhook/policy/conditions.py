@@ -20,6 +20,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from functools import cached_property
 from typing import Any
 
 CLEAN_DECIMAL = re.compile(r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?$")
@@ -127,7 +128,7 @@ class Condition:
     pattern: re.Pattern[str] | None = None
     fold: bool = False  # compare strings case-insensitively (Unicode case folding)
 
-    @property
+    @cached_property
     def dotted(self) -> str:
         return ".".join(self.path)
 
@@ -139,7 +140,8 @@ class Condition:
         if self.fold:
             value = as_string(value, path).casefold()
         if self.op in NUMERIC_OPS:
-            number = as_number(value, path)
+            # An int compares exactly with a Decimal operand; everything else is converted.
+            number = value if type(value) is int else as_number(value, path)
             if self.op == "gt":
                 return bool(number > self.operand)
             if self.op == "gte":
