@@ -30,6 +30,7 @@ class Reason(StrEnum):
     APPROVED = "approved"
     APPROVAL_DENIED = "approval_denied"
     APPROVAL_EXPIRED = "approval_expired"
+    LIMIT_EXCEEDED = "limit_exceeded"
     MONITOR = "monitor"
 
 
