@@ -10,6 +10,10 @@ grants ConfigMap writes in that namespace only.
   `<chain>.cut`  where retention cut the chain, a signed Cut as JSON (the operator).
 `kubewrit-keys`: `<key id>` = a public key, base64url (each webhook replica's and each
   operator replica's; `kubewrit verify` trusts these, or the keys the auditor supplies).
+`kubewrit-budget-<digest>`, one per (limit, scope) in use: `state` is the shared budget
+  (`BudgetState` as JSON: what was spent when, and the slices leased to replicas), and
+  `limit`, `scope`, `used`, `bound`, `window` say the same for people (label
+  `kubewrit.io/budget`, so `kubectl get cm -l kubewrit.io/budget` lists them).
 
 Every writer changes them through `update`: compare-and-swap on resourceVersion (read,
 change, replace; re-read on 409 Conflict), so none clobbers another's keys, and a write
@@ -18,10 +22,12 @@ that cannot be made raises instead of being dropped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -125,6 +131,7 @@ def update(
     namespace: str,
     name: str,
     change: Callable[[dict[str, str]], dict[str, str] | None],
+    labels: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Apply `change` to a ConfigMap's data by compare-and-swap; return the data stored.
 
@@ -152,7 +159,7 @@ def update(
                         metadata=client.V1ObjectMeta(
                             name=name,
                             namespace=namespace,
-                            labels={"app.kubernetes.io/part-of": "kubewrit"},
+                            labels={"app.kubernetes.io/part-of": "kubewrit", **(labels or {})},
                         ),
                         data=wanted,
                     ),
@@ -169,6 +176,82 @@ def update(
     raise ConfigMapConflict(
         f"could not update ConfigMap {namespace}/{name}: {CAS_ATTEMPTS} attempts lost a race"
     )
+
+
+BUDGET_PREFIX = "kubewrit-budget-"
+BUDGET_LABEL = "kubewrit.io/budget"
+
+
+def budget_name(limit: str, scope: str) -> str:
+    digest = hashlib.sha256(json.dumps([limit, scope]).encode()).hexdigest()[:32]
+    return f"{BUDGET_PREFIX}{digest}"
+
+
+@dataclass
+class BudgetState:
+    """One (limit, scope) budget shared by the webhook replicas.
+
+    `spent`: [time, amount] pairs, each dated no earlier than the spends it stands for;
+    `leases`: replica -> {amount, expires}, slices a replica may spend without asking.
+    """
+
+    limit: str
+    scope: str
+    spent: list[tuple[float, Decimal]] = field(default_factory=list)
+    leases: dict[str, tuple[Decimal, float]] = field(default_factory=dict)
+
+    def settle_expired(self, now: float) -> None:
+        """A lease past its expiry counts in full, dated at its expiry: its holder may have
+        spent all of it, at any moment up to then (it never spends after)."""
+        for replica, (amount, expires) in list(self.leases.items()):
+            if expires <= now:
+                del self.leases[replica]
+                if amount > 0:
+                    self.spent.append((expires, amount))
+
+    def used(self, now: float, window: int) -> Decimal:
+        """Spent within the window plus every live lease (counted in full)."""
+        self.spent = [(t, a) for t, a in self.spent if t > now - window]
+        return sum((a for _, a in self.spent), Decimal(0)) + sum(
+            (a for a, _ in self.leases.values()), Decimal(0)
+        )
+
+    def to_data(self, now: float, window: int, bound: Decimal) -> dict[str, str]:
+        used = self.used(now, window)
+        state = {
+            "limit": self.limit,
+            "scope": self.scope,
+            "spent": [[t, str(a)] for t, a in self.spent],
+            "leases": {r: {"amount": str(a), "expires": e} for r, (a, e) in self.leases.items()},
+        }
+        return {
+            "state": _json(state),
+            "limit": self.limit,
+            "scope": self.scope,
+            "used": str(used),
+            "bound": str(bound),
+            "window": str(window),
+        }
+
+
+def parse_budget(data: Mapping[str, str], limit: str, scope: str) -> BudgetState:
+    """A budget ConfigMap's state; empty when it does not exist yet. Raises ValueError for
+    one that is not a budget, or another limit's (a digest collision or a forgery)."""
+    raw = data.get("state")
+    if raw is None:
+        return BudgetState(limit, scope)
+    state = _loads(raw)
+    try:
+        if state["limit"] != limit or state["scope"] != scope:
+            raise ValueError(f"holds the budget of {state['limit']} {state['scope']}")
+        return BudgetState(
+            limit,
+            scope,
+            [(float(t), Decimal(a)) for t, a in state["spent"]],
+            {r: (Decimal(v["amount"]), float(v["expires"])) for r, v in state["leases"].items()},
+        )
+    except (KeyError, TypeError, AttributeError, ArithmeticError) as exc:
+        raise ValueError(f"not a budget: {exc}") from None
 
 
 def merge(entries: Mapping[str, str]) -> Callable[[dict[str, str]], dict[str, str]]:
