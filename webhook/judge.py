@@ -90,7 +90,8 @@ class Judge:
         if verdict.decision is Decision.DEFER:
             # Held for a human: nothing is counted yet, but a deny-limit that could never
             # grant it is said now rather than after somebody approved.
-            peek = await self.budgets.reserve(drawn, now, _denies)
+            denying = [d for d in drawn if d.limit.denies]
+            peek = await self.budgets.reserve(denying, now)
             self.budgets.release(peek)
             if peek.fits:
                 return Judgement(verdict, policies)

@@ -65,9 +65,7 @@ def test_the_bulk_attack_is_held_at_exactly_the_budget_across_a_kill(tmp_path: P
         assert held["limits"][0]["exceeded"] is True
 
         # The records say the same, and a recount from them finds no overspend.
-        verified = run_cli(
-            "verify", "--limits", "--data-dir", str(server.data_dir), "-o", "json"
-        )
+        verified = run_cli("verify", "--limits", "--data-dir", str(server.data_dir), "-o", "json")
         report = json.loads(verified.stdout)
         assert report["ok"] is True and report["limits"]["overspends"] == []
         budget = {

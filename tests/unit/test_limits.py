@@ -134,9 +134,7 @@ def run(coroutine: Any) -> Any:
 def test_the_bulk_attack_gets_exactly_the_budget_and_the_rest_waits_for_a_human() -> None:
     async def attack() -> list[Any]:
         w = World()
-        outcomes = await asyncio.gather(
-            *(w.refund(100, customer=f"c-{i}") for i in range(1470))
-        )
+        outcomes = await asyncio.gather(*(w.refund(100, customer=f"c-{i}") for i in range(1470)))
         return [w, outcomes]
 
     w, outcomes = run(attack())
@@ -332,9 +330,7 @@ def test_counts_are_rebuilt_from_the_records_after_a_restart() -> None:
         for i in range(9):
             await w.refund(100, customer=f"c-{i}")
         # A new authority over the same records: the budgets reload from them.
-        restarted = Authority(
-            lambda: w.policies, w.store.backend(), w.signer, clock=w.clock
-        )
+        restarted = Authority(lambda: w.policies, w.store.backend(), w.signer, clock=w.clock)
         first = await restarted.decide(
             AGENT, ActionInput("process_refund", {"amount": 100, "customer_id": "z"})
         )

@@ -110,7 +110,7 @@ class LeasedBudgets:
                 if current is None or not current.covers(demand.amount, now):
                     used = self._seen.get(key, demand.limit.bound)
                     exceeded.append(entry(demand, used, exceeded=True))
-                    continue
+                    break  # nothing will be taken: the other limits need not be asked
                 used = current.used_elsewhere + current.granted - current.left
                 current.left -= demand.amount
                 current.touched = time.monotonic()
