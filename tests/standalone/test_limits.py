@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import REPO, Server, run_cli, start_server
+from tests.conftest import REPO, run_cli, start_server
 
 CLIENTS = 16
 REFUNDS = 1470

@@ -200,7 +200,10 @@ def test_a_session_limit_counts_within_the_session_and_the_agent_limit_across_th
         seen.append((await w.act("lookup", session="s3")).decision)  # 4th of the agent's hour
         return seen
 
-    assert run(scenario()) == [Decision.PERMIT, Decision.PERMIT, Decision.DEFER] + [
+    assert run(scenario()) == [
+        Decision.PERMIT,
+        Decision.PERMIT,
+        Decision.DEFER,
         Decision.PERMIT,
         Decision.DENY,
     ]

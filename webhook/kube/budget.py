@@ -170,7 +170,8 @@ class LeasedBudgets:
 
     def _lease(self, demand: Demand, key: tuple[str, str]) -> Slice | None:
         """Settle this replica's slice and lease a new one (None if nothing is left)."""
-        limit, granted = demand.limit, []
+        limit = demand.limit
+        granted: list[Slice] = []
 
         def change(state: configmaps.BudgetState, now: float) -> None:
             self._settle_into(state, key, now)
