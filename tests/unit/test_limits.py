@@ -372,3 +372,33 @@ def test_a_malformed_limit_is_refused_with_where_and_what(limit: dict, problem: 
     with pytest.raises(policy.PolicyError) as refused:
         policy.compile_document(document, "p.yaml")
     assert "limit 1 (l)" in str(refused.value) and problem in str(refused.value)
+
+
+def test_policy_status_shows_each_limits_fullest_scope_from_the_budgets() -> None:
+    from decimal import Decimal as D
+
+    from kubewrit.operator.policies import limit_usage, usage_summary
+    from kubewrit.webhook.kube.configmaps import BudgetState
+
+    manifest = {
+        "apiVersion": "kubewrit.io/v1alpha1",
+        "kind": "AgentPolicy",
+        "metadata": {"name": "refunds", "namespace": "shop"},
+        "spec": yaml.safe_load(POLICY),
+    }
+    manifest["spec"].pop("name")
+    compiled = policy.compile_document(manifest, "AgentPolicy shop/refunds")
+    now = 1_000_000.0
+    busy = BudgetState("shop/refunds/per-customer", "c-1", [(now - 10, D(2))])
+    quiet = BudgetState("shop/refunds/per-customer", "c-2", [(now - 10, D(1))])
+    leased = BudgetState(
+        "shop/refunds/auto-refund-budget", "a", [(now - 5, D(600))], {"r1": (D(200), now + 20)}
+    )
+    stale = BudgetState("shop/refunds/auto-refund-budget", "b", [(now - 90000, D(900))])
+    budgets = [b.to_data(now, 86400, D(1000)) for b in (busy, quiet, leased, stale)]
+    usage = {u["name"]: u for u in limit_usage(compiled, budgets, now)}
+    assert usage["per-customer"]["used"] == "2" and usage["per-customer"]["scopes"] == 2
+    assert usage["auto-refund-budget"]["used"] == "800"  # a live slice counts in full
+    assert usage["auto-refund-budget"]["scopes"] == 1  # yesterday's spend has left the window
+    assert usage["pings-per-hour"]["used"] == "0"
+    assert "auto-refund-budget 800/1000 per 24h" in usage_summary(list(usage.values()))
