@@ -402,3 +402,17 @@ def test_policy_status_shows_each_limits_fullest_scope_from_the_budgets() -> Non
     assert usage["auto-refund-budget"]["scopes"] == 1  # yesterday's spend has left the window
     assert usage["pings-per-hour"]["used"] == "0"
     assert "auto-refund-budget 800/1000 per 24h" in usage_summary(list(usage.values()))
+
+
+def test_the_console_preview_knows_no_history_and_says_so() -> None:
+    from kubewrit.webhook import canonical
+    from kubewrit.webhook.console.explain import explain
+    from kubewrit.webhook.console.routes import preview
+
+    policies = World().policies
+    action = canonical.build_action("support-agent", "send_email", {"to": "x@evil.example"})
+    assert preview(policies, action).rule_id == "refunds/email"
+    traced = explain(policies, action).selecting[0]
+    sequence = next(r for r in traced.rules if r.label == "email-after-reading")
+    assert not sequence.matched
+    assert sequence.checks[-1].outcome == "failed" and "no history" in sequence.checks[-1].detail

@@ -78,6 +78,11 @@ class Facts:
 NO_HISTORY = Facts()
 
 
+def no_history_for(questions: Any) -> Facts:
+    """Every question answered 0: a preview that knows no past (the console's playground)."""
+    return Facts(dict.fromkeys(questions, 0))
+
+
 def compile_after(spec: Any) -> Recent:
     """`after: {tool: [read_inbox, export_customers], within: 10m, per: session}`."""
     if not isinstance(spec, Mapping):
