@@ -213,7 +213,7 @@ def limit_usage(
 ) -> list[dict[str, Any]]:
     """`status.limits`: per limit, its scopes in use and the fullest one's count.
 
-    Read from the budget ConfigMaps the decision webhook keeps (`configmaps.BudgetState`);
+    Read from the budget ConfigMaps the decision webhook keeps (`slices.BudgetState`);
     slices leased to replicas count in full, as they do for deciding.
     """
     found = []

@@ -419,6 +419,7 @@ def test_a_policys_limits_show_their_usage_in_status_and_kubectl_wide(
     from decimal import Decimal
 
     from kubewrit.webhook.kube import configmaps
+    from kubewrit.webhook.slices import BudgetState
 
     spec = yaml.safe_load((EXAMPLE_POLICY.parent.parent / "limits/refund-budget.yaml").read_text())
     spec.pop("name")
@@ -428,13 +429,13 @@ def test_a_policys_limits_show_their_usage_in_status_and_kubectl_wide(
     # What the decision webhook keeps for one budget: $700 spent, a $200 slice leased.
     now = datetime.now(UTC).timestamp()
     limit = f"{shop}/refund-budget/auto-refund-budget"
-    state = configmaps.BudgetState(
+    state = BudgetState(
         limit,
         '[["agent","shop/support-agent"]]',
         [(now - 60, Decimal(700))],
         {"webhook-0": (Decimal(200), now + 3600)},
     )
-    data = state.to_data(now, 86400, Decimal(1000))
+    data = configmaps.budget_data(state, now, 86400, Decimal(1000))
     control_plane.kubectl("create", "namespace", "kubewrit-system", check=False)
     control_plane.kubectl(
         "apply",

@@ -378,7 +378,8 @@ def test_policy_status_shows_each_limits_fullest_scope_from_the_budgets() -> Non
     from decimal import Decimal as D
 
     from kubewrit.operator.policies import limit_usage, usage_summary
-    from kubewrit.webhook.kube.configmaps import BudgetState
+    from kubewrit.webhook.kube.configmaps import budget_data
+    from kubewrit.webhook.slices import BudgetState
 
     manifest = {
         "apiVersion": "kubewrit.io/v1alpha1",
@@ -395,7 +396,7 @@ def test_policy_status_shows_each_limits_fullest_scope_from_the_budgets() -> Non
         "shop/refunds/auto-refund-budget", "a", [(now - 5, D(600))], {"r1": (D(200), now + 20)}
     )
     stale = BudgetState("shop/refunds/auto-refund-budget", "b", [(now - 90000, D(900))])
-    budgets = [b.to_data(now, 86400, D(1000)) for b in (busy, quiet, leased, stale)]
+    budgets = [budget_data(b, now, 86400, D(1000)) for b in (busy, quiet, leased, stale)]
     usage = {u["name"]: u for u in limit_usage(compiled, budgets, now)}
     assert usage["per-customer"]["used"] == "2" and usage["per-customer"]["scopes"] == 2
     assert usage["auto-refund-budget"]["used"] == "800"  # a live slice counts in full

@@ -34,6 +34,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from kubernetes import client
 from kubewrit.webhook import keys
 from kubewrit.webhook.chain import Anchor, Cut
+from kubewrit.webhook.slices import BudgetState
 
 log = logging.getLogger(__name__)
 
@@ -187,71 +188,22 @@ def budget_name(limit: str, scope: str) -> str:
     return f"{BUDGET_PREFIX}{digest}"
 
 
-@dataclass
-class BudgetState:
-    """One (limit, scope) budget shared by the webhook replicas.
-
-    `spent`: [time, amount] pairs, each dated no earlier than the spends it stands for;
-    `leases`: replica -> {amount, expires}, slices a replica may spend without asking.
-    """
-
-    limit: str
-    scope: str
-    spent: list[tuple[float, Decimal]] = field(default_factory=list)
-    leases: dict[str, tuple[Decimal, float]] = field(default_factory=dict)
-
-    def settle_expired(self, now: float) -> None:
-        """A lease past its expiry counts in full, dated at its expiry: its holder may have
-        spent all of it, at any moment up to then (it never spends after)."""
-        for replica, (amount, expires) in list(self.leases.items()):
-            if expires <= now:
-                del self.leases[replica]
-                if amount > 0:
-                    self.spent.append((expires, amount))
-
-    def used(self, now: float, window: int) -> Decimal:
-        """Spent within the window plus every live lease (counted in full)."""
-        self.spent = [(t, a) for t, a in self.spent if t > now - window]
-        return sum((a for _, a in self.spent), Decimal(0)) + sum(
-            (a for a, _ in self.leases.values()), Decimal(0)
-        )
-
-    def to_data(self, now: float, window: int, bound: Decimal) -> dict[str, str]:
-        used = self.used(now, window)
-        state = {
-            "limit": self.limit,
-            "scope": self.scope,
-            "spent": [[t, str(a)] for t, a in self.spent],
-            "leases": {r: {"amount": str(a), "expires": e} for r, (a, e) in self.leases.items()},
-        }
-        return {
-            "state": _json(state),
-            "limit": self.limit,
-            "scope": self.scope,
-            "used": str(used),
-            "bound": str(bound),
-            "window": str(window),
-        }
+def budget_data(state: BudgetState, now: float, window: int, bound: Decimal) -> dict[str, str]:
+    """A budget ConfigMap's data: the state, and the same for people."""
+    return {
+        "state": state.to_json(),
+        "limit": state.limit,
+        "scope": state.scope,
+        "used": str(state.used(now, window)),
+        "bound": str(bound),
+        "window": str(window),
+    }
 
 
 def parse_budget(data: Mapping[str, str], limit: str, scope: str) -> BudgetState:
     """A budget ConfigMap's state; empty when it does not exist yet. Raises ValueError for
     one that is not a budget, or another limit's (a digest collision or a forgery)."""
-    raw = data.get("state")
-    if raw is None:
-        return BudgetState(limit, scope)
-    state = _loads(raw)
-    try:
-        if state["limit"] != limit or state["scope"] != scope:
-            raise ValueError(f"holds the budget of {state['limit']} {state['scope']}")
-        return BudgetState(
-            limit,
-            scope,
-            [(float(t), Decimal(a)) for t, a in state["spent"]],
-            {r: (Decimal(v["amount"]), float(v["expires"])) for r, v in state["leases"].items()},
-        )
-    except (KeyError, TypeError, AttributeError, ArithmeticError) as exc:
-        raise ValueError(f"not a budget: {exc}") from None
+    return BudgetState.from_json(data.get("state"), limit, scope)
 
 
 def merge(entries: Mapping[str, str]) -> Callable[[dict[str, str]], dict[str, str]]:

@@ -15,7 +15,7 @@ from kubewrit.webhook.chain import Record
 from kubewrit.webhook.errors import Unsupported
 from kubewrit.webhook.kube import api as kube_api
 from kubewrit.webhook.kube.approvals import ActionApprovalStore
-from kubewrit.webhook.kube.budget import LeasedBudgets
+from kubewrit.webhook.kube.budget import ConfigMapBudgets
 from kubewrit.webhook.kube.history import RecordHistory
 from kubewrit.webhook.kube.identity import (
     DEFAULT_AUDIENCE,
@@ -31,6 +31,7 @@ from kubewrit.webhook.metrics import Metrics
 from kubewrit.webhook.policy_state import PolicyState
 from kubewrit.webhook.recorder import AnchorPolicy
 from kubewrit.webhook.server.runtime import Runtime, Tuning
+from kubewrit.webhook.slices import LeasedBudgets
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,9 @@ def build(config: Config) -> Runtime:
         api, config.namespace, config.replica_name(), ttl=config.request_id_ttl
     )
     policies = PolicyCache(api, state, metrics)
-    budgets = LeasedBudgets(kube_api.core(api), config.namespace, config.replica_name())
+    budgets = LeasedBudgets(
+        ConfigMapBudgets(kube_api.core(api), config.namespace), config.replica_name()
+    )
     backend = Backend(
         records=recorders,
         approvals=approvals,

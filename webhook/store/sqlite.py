@@ -15,7 +15,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
@@ -28,7 +28,9 @@ from kubewrit.webhook.canonical import Action
 from kubewrit.webhook.chain import Anchor, Record
 from kubewrit.webhook.decision import Phase
 from kubewrit.webhook.policy.history import Facts, Recent
+from kubewrit.webhook.policy.limits import Limit
 from kubewrit.webhook.requests import RequestKey
+from kubewrit.webhook.slices import BudgetState
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,12 @@ CREATE TABLE IF NOT EXISTS charges (
     seq INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS charges_by_limit ON charges (limit_id, scope, time);
+CREATE TABLE IF NOT EXISTS budgets (
+    limit_id TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (limit_id, scope)
+);
 """
 ONE_DECISION_PER_REQUEST = """
 CREATE UNIQUE INDEX IF NOT EXISTS records_one_decision_per_request
@@ -302,3 +310,50 @@ class SQLiteStore:
                 sql + " ORDER BY created_at LIMIT ?", (*params, limit)
             ).fetchall()
         return [Approval.from_dict(json.loads(body)) for (body,) in rows]
+
+
+class SQLiteBudgets:
+    """`slices.SharedBudgets` in the SQLite file, for server processes sharing it
+    (`kubewrit serve --workers N`): each update is one write transaction, which SQLite
+    serializes across processes."""
+
+    def __init__(self, path: Path | str) -> None:
+        self._connection = connect(path)
+        self._connection.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def update(
+        self,
+        limit: Limit,
+        scope: str,
+        change: Callable[[BudgetState, float], None],
+        clock: Callable[[], float],
+    ) -> None:
+        with self._lock:
+            connection = self._connection
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                row = connection.execute(
+                    "SELECT state FROM budgets WHERE limit_id = ? AND scope = ?", (limit.id, scope)
+                ).fetchone()
+                state = BudgetState.from_json(row[0] if row else None, limit.id, scope)
+                change(state, clock())
+                connection.execute(
+                    "INSERT INTO budgets VALUES (?,?,?) ON CONFLICT(limit_id, scope) "
+                    "DO UPDATE SET state = excluded.state",
+                    (limit.id, scope, state.to_json()),
+                )
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+
+    def read(self, limit: Limit, scope: str) -> BudgetState | None:
+        with self._lock:
+            row = self._connection.execute(
+                "SELECT state FROM budgets WHERE limit_id = ? AND scope = ?", (limit.id, scope)
+            ).fetchone()
+        return BudgetState.from_json(row[0], limit.id, scope) if row else None
+
+    def close(self) -> None:
+        self._connection.close()
