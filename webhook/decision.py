@@ -31,6 +31,7 @@ class Reason(StrEnum):
     APPROVAL_DENIED = "approval_denied"
     APPROVAL_EXPIRED = "approval_expired"
     LIMIT_EXCEEDED = "limit_exceeded"
+    LIMIT_UNAVAILABLE = "limit_unavailable"
     MONITOR = "monitor"
 
 

@@ -18,11 +18,12 @@ only makes the limit stricter, never looser.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from kubewrit.webhook.backend import HistoryReader
-from kubewrit.webhook.budget import Budgets, LimitEntry, Reservation
+from kubewrit.webhook.budget import Bounded, Budgets, LimitEntry, Reservation, every_limit
 from kubewrit.webhook.canonical import Action
 from kubewrit.webhook.chain import Record, epoch
 from kubewrit.webhook.decision import Decision, Reason, Verdict
@@ -34,6 +35,7 @@ from kubewrit.webhook.policy.limits import Demand, Limit, demands
 from kubewrit.webhook.policy.model import Policy
 
 PolicySource = Callable[[], Sequence[Policy]]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -91,12 +93,16 @@ class Judge:
             # Held for a human: nothing is counted yet, but a deny-limit that could never
             # grant it is said now rather than after somebody approved.
             denying = [d for d in drawn if d.limit.denies]
-            peek = await self.budgets.reserve(denying, now)
+            peek = await self._reserve(denying, now)
+            if isinstance(peek, Verdict):
+                return Judgement(peek, policies)
             self.budgets.release(peek)
             if peek.fits:
                 return Judgement(verdict, policies)
             return Judgement(exceeded(verdict, peek.exceeded, policies), policies, peek)
-        reservation = await self.budgets.reserve(drawn, now)
+        reservation = await self._reserve(drawn, now)
+        if isinstance(reservation, Verdict):
+            return Judgement(reservation, policies)
         if reservation.fits:
             return Judgement(verdict, policies, reservation)
         return Judgement(exceeded(verdict, reservation.exceeded, policies), policies, reservation)
@@ -110,10 +116,29 @@ class Judge:
         drawn = self._demands(policies, action)
         if isinstance(drawn, Verdict):
             return Judgement(drawn, policies)
-        reservation = await self.budgets.reserve(drawn, now, _denies)
+        reservation = await self._reserve(drawn, now, _denies)
+        if isinstance(reservation, Verdict):
+            return Judgement(reservation, policies)
         if reservation.fits:
             return Judgement(verdict, policies, reservation)
         return Judgement(exceeded(verdict, reservation.exceeded, policies), policies, reservation)
+
+    async def _reserve(
+        self, drawn: list[Demand], now: float, bounded: Bounded = every_limit
+    ) -> Reservation | Verdict:
+        """The reservation, or DENY `limit_unavailable` when the count cannot be established
+        (the shared budget cannot be reached): nothing is permitted on an unknown count."""
+        try:
+            return await self.budgets.reserve(drawn, now, bounded)
+        except Exception as exc:
+            log.warning("cannot reserve from limits %s: %s", [d.limit.id for d in drawn], exc)
+            return Verdict(
+                Decision.DENY,
+                Reason.LIMIT_UNAVAILABLE,
+                "limits",
+                message=f"the count of a limit could not be established ({exc}); nothing is "
+                "permitted on an unknown count",
+            )
 
     def _demands(self, policies: Sequence[Policy], action: Action) -> list[Demand] | Verdict:
         try:
@@ -128,7 +153,7 @@ class Judge:
 
     def settle(self, judgement: Judgement, record: Record | None) -> None:
         """The record is durable: the reservation's charges now date from it."""
-        if record is not None and judgement.reservation.fits:
+        if record is not None and judgement.reservation.entries:
             self.budgets.commit(judgement.reservation, epoch(record.time))
 
 

@@ -116,7 +116,8 @@ class SharedBudgets(Protocol):
         clock: Callable[[], float],
     ) -> None:
         """Read the state, `change(state, now)` it, write it back if nobody wrote between;
-        else again. Raises when it cannot be written."""
+        else again. A change that changes nothing writes nothing. Raises when it cannot
+        be written."""
         ...
 
     def read(self, limit: Limit, scope: str) -> BudgetState | None: ...

@@ -417,3 +417,20 @@ def test_the_console_preview_knows_no_history_and_says_so() -> None:
     sequence = next(r for r in traced.rules if r.label == "email-after-reading")
     assert not sequence.matched
     assert sequence.checks[-1].outcome == "failed" and "no history" in sequence.checks[-1].detail
+
+
+def test_a_count_that_cannot_be_established_permits_nothing() -> None:
+    class Unreachable:
+        async def reserve(self, *args: Any, **kwargs: Any) -> Any:
+            raise ConnectionError("the shared budget cannot be reached")
+
+    async def scenario() -> list[Any]:
+        w = World()
+        w.authority.judge.budgets = Unreachable()  # type: ignore[assignment]
+        return [await w.act("ping"), await w.act("read_inbox")]
+
+    limited, unlimited = run(scenario())
+    assert limited.decision is Decision.DENY
+    assert limited.verdict.reason is Reason.LIMIT_UNAVAILABLE
+    assert limited.record is not None  # recorded, like every decision
+    assert unlimited.decision is Decision.PERMIT  # actions no limit counts are unaffected

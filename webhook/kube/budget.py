@@ -25,10 +25,13 @@ class ConfigMapBudgets:
         change: Callable[[BudgetState, float], None],
         clock: Callable[[], float],
     ) -> None:
-        def apply(data: dict[str, str]) -> dict[str, str]:
+        def apply(data: dict[str, str]) -> dict[str, str] | None:
             now = clock()
             state = configmaps.parse_budget(data, limit.id, scope)
+            before = state.to_json()
             change(state, now)
+            if state.to_json() == before:
+                return None  # nothing to settle or grant: no write, no conflict for others
             return configmaps.budget_data(state, now, limit.window, limit.bound)
 
         configmaps.update(

@@ -337,7 +337,11 @@ class SQLiteBudgets:
                     "SELECT state FROM budgets WHERE limit_id = ? AND scope = ?", (limit.id, scope)
                 ).fetchone()
                 state = BudgetState.from_json(row[0] if row else None, limit.id, scope)
+                before = state.to_json()
                 change(state, clock())
+                if state.to_json() == before:
+                    connection.execute("ROLLBACK")
+                    return
                 connection.execute(
                     "INSERT INTO budgets VALUES (?,?,?) ON CONFLICT(limit_id, scope) "
                     "DO UPDATE SET state = excluded.state",
