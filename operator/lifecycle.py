@@ -37,6 +37,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
 
     api = kube.load(config.kubeconfig)
     approvals.API["client"] = api
+    memo.api = api
     if config.retention.enabled:
         retention = Retention(api, config.retention, config.namespaces)
         elector = LeaderElector(api, config.leader)

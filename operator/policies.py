@@ -14,13 +14,18 @@ describing what is enforced.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import kopf
+from kubernetes import client
 from kubewrit.webhook.kube import api as kube
+from kubewrit.webhook.kube import configmaps
 from kubewrit.webhook.policy import Policy, PolicyError, compile_document
+from kubewrit.webhook.policy.history import format_window
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +154,11 @@ def desired_status(body: Mapping[str, Any]) -> dict[str, Any]:
 
 def _same(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
     def strip(status: Mapping[str, Any]) -> dict[str, Any]:
-        out = {k: v for k, v in status.items() if k != "conditions" and v is not None}
+        out = {
+            k: v
+            for k, v in status.items()
+            if k != "conditions" and v is not None and k in desired  # limits: the timer's
+        }
         out["conditions"] = [
             {k: v for k, v in c.items() if k != "lastTransitionTime"}
             for c in status.get("conditions") or []
@@ -197,3 +206,71 @@ def approvers_of(namespace: str, name: str, body: Mapping[str, Any] | None) -> P
     if body is not None and status.get("policyHash") not in (None, served.policy.hash):
         return None
     return served.policy
+
+
+def limit_usage(
+    policy: Policy, budgets: Iterable[Mapping[str, str]], now: float
+) -> list[dict[str, Any]]:
+    """`status.limits`: per limit, its scopes in use and the fullest one's count.
+
+    Read from the budget ConfigMaps the decision webhook keeps (`slices.BudgetState`);
+    slices leased to replicas count in full, as they do for deciding.
+    """
+    found = []
+    for limit in policy.limits:
+        used: list[Decimal] = []
+        for data in budgets:
+            if data.get("limit") != limit.id:
+                continue
+            try:
+                state = configmaps.parse_budget(data, limit.id, data.get("scope", ""))
+            except ValueError:
+                continue
+            state.settle_expired(now)
+            used.append(state.used(now, limit.window))
+        found.append(
+            {
+                "name": limit.name,
+                "window": format_window(limit.window),
+                "bound": str(limit.bound),
+                "used": str(max(used, default=Decimal(0))),
+                "scopes": sum(1 for u in used if u > 0),
+                "exceeded": limit.exceeded,
+            }
+        )
+    return found
+
+
+def usage_summary(limits: list[dict[str, Any]]) -> str:
+    """The printer column: `auto-refund-budget 1000/1000 per 24h, ...` (fullest scope)."""
+    return ", ".join(
+        f"{u['name']} {u['used']}/{u['bound']} per {u['window']}"
+        + (f" ({u['scopes']} scopes)" if u["scopes"] > 1 else "")
+        for u in limits
+    )
+
+
+@kopf.timer(
+    kube.GROUP,
+    kube.VERSION,
+    kube.POLICIES,
+    id="limit-usage",
+    interval=10,
+    when=lambda spec, **_: bool(spec.get("limits")),
+)
+def limit_status(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    """Each limit's current count in the policy's status, every 10 s while it has limits."""
+    try:
+        policy = compile_manifest(body)
+    except PolicyError:
+        return
+    core = client.CoreV1Api(memo.api)
+    listed = core.list_namespaced_config_map(
+        memo.config.retention.home, label_selector=configmaps.BUDGET_LABEL
+    )
+    budgets = [dict(cm.data or {}) for cm in listed.items]
+    limits = limit_usage(policy, budgets, time.time())
+    status = body.get("status") or {}
+    if status.get("limits") != limits:
+        patch.status["limits"] = limits
+        patch.status["limitUsage"] = usage_summary(limits)

@@ -50,6 +50,7 @@ class Server:
     process: subprocess.Popen[bytes]
     log: Path
     tokens: dict[str, str] = field(default_factory=dict)
+    command: list[str] = field(default_factory=list)
 
     def headers(self, name: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[name]}"}
@@ -68,6 +69,24 @@ class Server:
         return run_cli(
             *args, "--data-dir", str(self.data_dir), check=check, cwd=self.data_dir.parent
         )
+
+    def restart(self, kill: bool = False) -> None:
+        """Stop (SIGKILL when `kill`: nothing is flushed or closed) and start again, same
+        port, same data directory."""
+        if kill:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        else:
+            self.stop()
+        self.process = subprocess.Popen(
+            self.command,
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+            cwd=self.data_dir.parent,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+        process = self.process
+        wait_healthy(self.url, lambda: process.poll() is None, "kubewrit serve", log=self.log)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -104,20 +123,21 @@ def start_server(tmp: Path, *extra: str, policies: Path = EXAMPLE_POLICIES) -> S
     data_dir = tmp / "data"
     port = free_port()
     log = tmp / "serve.log"
+    command = [
+        shutil.which("kubewrit") or "kubewrit",
+        "serve",
+        "--policies",
+        str(policy_dir),
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        *extra,
+    ]
     process = subprocess.Popen(
-        [
-            shutil.which("kubewrit") or "kubewrit",
-            "serve",
-            "--policies",
-            str(policy_dir),
-            "--data-dir",
-            str(data_dir),
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            *extra,
-        ],
+        command,
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         cwd=tmp,
@@ -137,6 +157,7 @@ def start_server(tmp: Path, *extra: str, policies: Path = EXAMPLE_POLICIES) -> S
         process,
         log,
         {name: entry["token"] for name, entry in credentials.items()},
+        command,
     )
     return server
 

@@ -32,12 +32,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
-from kubewrit.webhook import canonical, chain, policy, writ
+from kubewrit.webhook import canonical, chain, writ
 from kubewrit.webhook.canonical import Action
 from kubewrit.webhook.chain import Record
 from kubewrit.webhook.decision import Decision, Phase, Reason, Verdict
 from kubewrit.webhook.errors import Conflict, Forbidden, NotFound, Unavailable
 from kubewrit.webhook.identity import Principal, Role
+from kubewrit.webhook.judge import Judge, Judgement
 from kubewrit.webhook.keys import Verifier
 from kubewrit.webhook.outcome import Outcome, Recording
 from kubewrit.webhook.policy.model import Policy
@@ -245,7 +246,7 @@ class ApprovalWorkflow:
         self,
         store: ApprovalStore,
         recording: Recording,
-        policies: PolicySource,
+        judge: Judge,
         writs: writ.Issuer,
         ttl: float = DEFAULT_TTL_SECONDS,
         clock: Callable[[], float] = time.time,
@@ -256,7 +257,7 @@ class ApprovalWorkflow:
         own = writs.signer.verifier
         self.trusted_keys = trusted_keys or (lambda key_id: [own] if key_id == own.key_id else [])
         self.recording = recording
-        self.policies = policies
+        self.judge = judge
         self.writs = writs
         self.ttl = ttl
         self.clock = clock
@@ -397,8 +398,23 @@ class ApprovalWorkflow:
             raise Conflict("already_decided", f"approval {approval_id} was decided concurrently")
         action = approval.held_action()
         by = f"{approver.name}" + (f": {reason}" if reason else "")
+        judgement: Judgement | None = None
         if approve:
-            current = policy.evaluate(self.policies(), action)
+            judgement = await self.judge.approve(action)
+            current = judgement.verdict
+            if not judgement.reservation.fits:
+                self._move(
+                    Phase.DECIDING,
+                    claimed.moved(
+                        Phase.PENDING, decided_by=None, decided_at=None, decision_reason=None
+                    ),
+                )
+                await self._notify()
+                raise Conflict(
+                    "limit_exceeded",
+                    f"approval {approval_id} cannot be granted now: {current.message}; it stays "
+                    "Pending and can be approved once the limit allows it",
+                )
             if current.decision is Decision.DENY:
                 final, phase, kind = current, Phase.DENIED, "denial"
             else:
@@ -410,8 +426,15 @@ class ApprovalWorkflow:
             final = self._held_verdict(approval, Reason.APPROVAL_DENIED, f"denied by {by}")
             phase, kind = Phase.DENIED, "denial"
         outcome = await self.recording.record(
-            kind, action, final, approver=approver.name, approval=approval.id
+            kind,
+            action,
+            final,
+            approver=approver.name,
+            approval=approval.id,
+            limits=judgement.limits if judgement and phase is Phase.APPROVED else None,
         )
+        if judgement is not None and phase is Phase.APPROVED:
+            self.judge.settle(judgement, outcome.record)
         if outcome.record is None:
             failed = claimed.moved(
                 Phase.DENIED, decision_reason="record_unavailable", outcome=outcome_summary(outcome)
@@ -567,7 +590,7 @@ class ApprovalWorkflow:
         record = self._genuine_approval_record(approval)
         if approval.expired(self.clock()):
             return await self.expire(approval), None
-        current = policy.evaluate(self.policies(), approval.held_action())
+        current, _, _ = await self.judge.evaluate(approval.held_action())
         if current.decision is Decision.DENY:
             return await self._revoke(approval, current), None
         now = self.clock()

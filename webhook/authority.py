@@ -4,6 +4,7 @@ Nothing is answered before its record is durable. Every path that cannot
 record, or cannot tell who is asking, ends in DENY. The authority composes the
 owners of each invariant and adds none of its own:
 
+- `judge.Judge`: the policies' verdict, with the history and the limits it depends on;
 - `requests.Requests`: one decision per (agent, request_id), and what a replay means;
 - `outcome.Recording`: no outcome without its durable record;
 - `approval.ApprovalWorkflow`: every approval transition;
@@ -14,12 +15,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from kubewrit.webhook import approval as approvals
-from kubewrit.webhook import canonical, policy, writ
+from kubewrit.webhook import canonical, writ
 from kubewrit.webhook.approval import ApprovalWorkflow, ApproverSet, KeySource, PolicySource
 from kubewrit.webhook.backend import Backend
 from kubewrit.webhook.canonical import Action, InvalidToolName
@@ -27,9 +28,9 @@ from kubewrit.webhook.chain import Record
 from kubewrit.webhook.decision import Decision, Reason, Verdict
 from kubewrit.webhook.errors import Conflict, Forbidden, Unavailable
 from kubewrit.webhook.identity import Principal, Role
+from kubewrit.webhook.judge import Judge, Judgement
 from kubewrit.webhook.keys import Signer
 from kubewrit.webhook.outcome import Outcome, Recording, verdict_from_record
-from kubewrit.webhook.policy.model import Policy
 from kubewrit.webhook.requests import RequestKey, Requests
 
 log = logging.getLogger(__name__)
@@ -87,10 +88,11 @@ class Authority:
         self.recording = Recording(backend.records)
         self.writs = writ.Issuer(signer, writ_ttl)
         self.requests = Requests(backend.requests)
+        self.judge = Judge(policies, backend.budgets, backend.history, clock)
         self.approvals = ApprovalWorkflow(
             backend.approvals,
             self.recording,
-            policies,
+            self.judge,
             self.writs,
             approval_ttl,
             clock,
@@ -156,11 +158,13 @@ class Authority:
         raise Forbidden("identity_mismatch", verdict.message, outcome)
 
     async def _decide(self, action: Action, request_id: str | None) -> Outcome:
-        policies = self.policies()
-        verdict = policy.evaluate(policies, action)
-        if verdict.decision is Decision.DEFER:
-            return await self._hold(action, verdict, request_id, policies)
-        outcome = await self.recording.record("decision", action, verdict, request_id=request_id)
+        judgement = await self.judge.decide(action)
+        if judgement.verdict.decision is Decision.DEFER:
+            return await self._hold(action, judgement, request_id)
+        outcome = await self.recording.record(
+            "decision", action, judgement.verdict, request_id=request_id, limits=judgement.limits
+        )
+        self.judge.settle(judgement, outcome.record)
         if outcome.record is None or outcome.decision is not Decision.PERMIT:
             return outcome
         token = self.writs.for_decision(outcome.record)
@@ -168,13 +172,17 @@ class Authority:
             raise Unavailable("writ_unavailable", "the decision took longer than a writ lives")
         return Outcome(outcome.verdict, outcome.action_hash, outcome.record, token)
 
-    async def _hold(
-        self, action: Action, verdict: Verdict, request_id: str | None, policies: Sequence[Policy]
-    ) -> Outcome:
+    async def _hold(self, action: Action, judgement: Judgement, request_id: str | None) -> Outcome:
         """A DEFER: its record names the approval it opens, and who may decide it."""
+        verdict, policies = judgement.verdict, judgement.policies
         approval_id = approvals.new_id()
         outcome = await self.recording.record(
-            "decision", action, verdict, request_id=request_id, approval=approval_id
+            "decision",
+            action,
+            verdict,
+            request_id=request_id,
+            approval=approval_id,
+            limits=judgement.limits,
         )
         if outcome.record is None:
             return outcome

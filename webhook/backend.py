@@ -8,10 +8,14 @@ never a `None` that silently switches a check off.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from kubewrit.webhook.budget import Budgets, LimitEntry
+from kubewrit.webhook.canonical import Action
 from kubewrit.webhook.chain import Record
+from kubewrit.webhook.policy.history import Facts, Recent
 
 if TYPE_CHECKING:
     from kubewrit.webhook.approval import ApprovalStore
@@ -34,9 +38,26 @@ class RecordReader(Protocol):
     def query(self, q: RecordQuery) -> list[Record]: ...
 
 
+class HistoryReader(Protocol):
+    async def facts(self, questions: Sequence[Recent], action: Action, now: float) -> Facts:
+        """How many of each question's tools were permitted to this agent (or session)
+        within its window before `now`, from the durable records."""
+        ...
+
+
+def counted(record: Record) -> list[LimitEntry]:
+    """The limit entries a record adds to its budgets: a PERMIT's, never an exceeded one."""
+    if record.decision != "PERMIT" or not record.limits:
+        return []
+    entries = [LimitEntry.from_dict(item) for item in record.limits]
+    return [e for e in entries if not e.exceeded]
+
+
 @dataclass(frozen=True)
 class Backend:
     records: RecordWriter
     approvals: ApprovalStore
     requests: RequestStore
     queries: RecordReader
+    budgets: Budgets
+    history: HistoryReader

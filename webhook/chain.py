@@ -21,6 +21,9 @@ from kubewrit.webhook.keys import Signer, Verifier
 
 GENESIS_PREV = "0" * 64
 UNSIGNED_FIELDS = ("hash", "signature")
+# Fields added after records were first written: absent when unset, so a record
+# that does not use them has exactly the bytes (and hash) it always had.
+EXTENSION_FIELDS = ("limits", "session")
 
 T = TypeVar("T")
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -33,6 +36,9 @@ def _accepts(hint: Any, value: Any) -> bool:
         return value is None
     if hint is int:  # a JSON integer that survives RFC 8785 (IEEE 754 doubles)
         return type(value) is int and abs(value) <= MAX_SAFE_INTEGER
+    origin = typing.get_origin(hint)
+    if origin is not None:  # list[...]: the entries are checked by whoever reads them
+        return isinstance(value, origin)
     return isinstance(value, hint)
 
 
@@ -60,16 +66,16 @@ def parse_fields(cls: type[T], data: Any, what: str) -> T:
     unknown = sorted(str(key) for key in data if key not in hints)
     if unknown:
         raise ValueError(f"unknown {what} fields: {unknown}")
-    missing = [name for name in names if name not in data]
+    missing = [name for name in names if name not in data and name not in EXTENSION_FIELDS]
     if missing:
         raise ValueError(f"{what} lacks {', '.join(missing)}")
     for name in names:
-        if not _accepts(hints[name], data[name]):
+        if name in data and not _accepts(hints[name], data[name]):
             raise ValueError(
                 f"{what} field {name!r} must be {_type_name(hints[name])}, "
                 f"not {type(data[name]).__name__} {data[name]!r:.40}"
             )
-    return cls(**{name: data[name] for name in names})
+    return cls(**{name: data[name] for name in names if name in data})
 
 
 def _type_name(hint: Any) -> str:
@@ -107,6 +113,9 @@ class Draft:
     request_id: str | None = None
     message: str = ""
     namespace: str | None = None
+    # What this decision drew from (or found exceeded in) each limit: budget.LimitEntry dicts.
+    limits: list[dict[str, Any]] | None = None
+    session: str | None = None  # the agent's `context.session`, for per-session history
 
 
 @dataclass(frozen=True)
@@ -124,7 +133,11 @@ class Record(Draft):
 
     def to_dict(self) -> dict[str, Any]:
         """Every field (a flat record: no deep copy, unlike dataclasses.asdict)."""
-        return {name: getattr(self, name) for name in _declared(type(self))[1]}
+        data = {name: getattr(self, name) for name in _declared(type(self))[1]}
+        for name in EXTENSION_FIELDS:
+            if data[name] is None:
+                del data[name]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Record:
@@ -287,7 +300,7 @@ class Head:
     seq: int = -1
     hash: str = GENESIS_PREV
 
-    def seal_next(self, draft: Draft, signer: Signer) -> Record:
-        record = seal(draft, self.chain, self.seq + 1, self.hash, signer)
+    def seal_next(self, draft: Draft, signer: Signer, now: float | None = None) -> Record:
+        record = seal(draft, self.chain, self.seq + 1, self.hash, signer, now)
         self.seq, self.hash = record.seq, record.hash
         return record

@@ -30,6 +30,8 @@ class Reason(StrEnum):
     APPROVED = "approved"
     APPROVAL_DENIED = "approval_denied"
     APPROVAL_EXPIRED = "approval_expired"
+    LIMIT_EXCEEDED = "limit_exceeded"
+    LIMIT_UNAVAILABLE = "limit_unavailable"
     MONITOR = "monitor"
 
 

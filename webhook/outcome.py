@@ -77,6 +77,7 @@ class Recording:
 
     async def record(self, kind: str, action: Action, verdict: Verdict, **extra: Any) -> Outcome:
         action_hash = canonical.action_hash(action)
+        session = action.context.get("session")
         draft = Draft(
             kind=kind,
             decision=verdict.decision.value,
@@ -89,6 +90,7 @@ class Recording:
             risk=verdict.risk,
             message=verdict.message[:500],
             namespace=action.namespace,
+            session=session if isinstance(session, str) and session else None,
             **extra,
         )
         try:

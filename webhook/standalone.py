@@ -13,6 +13,7 @@ import yaml
 from kubewrit.webhook import keys, reload
 from kubewrit.webhook.authority import Authority
 from kubewrit.webhook.backend import Backend
+from kubewrit.webhook.budget import LocalBudgets
 from kubewrit.webhook.chain import Anchor, Record
 from kubewrit.webhook.identity import Role, TokenFile, write_private_yaml
 from kubewrit.webhook.metrics import Metrics
@@ -212,7 +213,14 @@ def build(config: Config) -> Runtime:
         AnchorPolicy(config.anchor_every, config.anchor_seconds),
         signer.verifier.b64,
     )
-    backend = Backend(records=recorder, approvals=store, requests=store, queries=store)
+    backend = Backend(
+        records=recorder,
+        approvals=store,
+        requests=store,
+        queries=store,
+        budgets=LocalBudgets(store),
+        history=store,
+    )
     authority = Authority(state.current, backend, signer, config.writ_ttl, config.approval_ttl)
 
     async def watch_policies() -> None:

@@ -56,8 +56,13 @@ SCRIPT = [
     {"name": "process_refund", "args": {"order_id": "A-1001", "amount": 45}},
     {"name": "process_refund", "args": {"order_id": "A-1002", "amount": 400}},
     {"name": "process_refund", "args": {"order_id": "A-1003", "amount": 5000}},
-    {"name": "send_email", "args": {"to": "dana@example.com",
-                                    "body": "Two refunds are done; the third needs finance."}},
+    {
+        "name": "send_email",
+        "args": {
+            "to": "dana@example.com",
+            "body": "Two refunds are done; the third needs finance.",
+        },
+    },
 ]
 
 
@@ -71,8 +76,9 @@ class ScriptedModel(BaseChatModel):
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> ScriptedModel:
         return self
 
-    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None,
-                  **kwargs: Any) -> ChatResult:
+    def _generate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> ChatResult:
         results = [m for m in messages if isinstance(m, ToolMessage)]
         if results:
             last = results[-1]
@@ -81,11 +87,14 @@ class ScriptedModel(BaseChatModel):
         if len(results) < len(SCRIPT):
             call = SCRIPT[len(results)]
             console.print(f"\n[bold]model calls[/] {call['name']}({escape(str(call['args']))})")
-            message = AIMessage("", tool_calls=[{**call, "id": f"call-{len(results)}",
-                                                 "type": "tool_call"}])
+            message = AIMessage(
+                "", tool_calls=[{**call, "id": f"call-{len(results)}", "type": "tool_call"}]
+            )
         else:
-            message = AIMessage("I refunded A-1001 and A-1002 (after manager approval); "
-                                "A-1003 needs the finance team. I emailed the customer.")
+            message = AIMessage(
+                "I refunded A-1001 and A-1002 (after manager approval); "
+                "A-1003 needs the finance team. I emailed the customer."
+            )
         return ChatResult(generations=[ChatGeneration(message=message)])
 
 
@@ -121,27 +130,41 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="a running `kubewrit serve` (default: start one)")
     parser.add_argument("--data-dir", default=".kubewrit", help="its --data-dir (for tokens)")
-    parser.add_argument("--auto-approve", action="store_true",
-                        help="approve the deferred refund automatically (default when the "
-                             "example starts its own server)")
+    parser.add_argument(
+        "--auto-approve",
+        action="store_true",
+        help="approve the deferred refund automatically (default when the "
+        "example starts its own server)",
+    )
     options = parser.parse_args()
     with server_from(options) as server:
-        tools = wrap_tools([process_refund, send_email], agent_id="support-agent",
-                           url=server.url, token=server.tokens["support-agent"],
-                           public_key=server.public_key, approval_timeout=120)
+        tools = wrap_tools(
+            [process_refund, send_email],
+            agent_id="support-agent",
+            url=server.url,
+            token=server.tokens["support-agent"],
+            public_key=server.public_key,
+            approval_timeout=120,
+        )
         if options.auto_approve or options.url is None:
-            threading.Thread(target=approve_when_pending,
-                             args=(server.url, server.tokens["approver"]), daemon=True).start()
+            threading.Thread(
+                target=approve_when_pending,
+                args=(server.url, server.tokens["approver"]),
+                daemon=True,
+            ).start()
         else:
             console.print("[dim]approve the $400 refund with: kubewrit approvals approve <id>[/]")
         agent = create_agent(ScriptedModel(), tools)
-        state = agent.invoke({"messages": [{"role": "user", "content":
-                                            "Please refund my three orders."}]})
+        state = agent.invoke(
+            {"messages": [{"role": "user", "content": "Please refund my three orders."}]}
+        )
         console.print(f"\n[bold]agent:[/] {state['messages'][-1].content}\n")
         with Client(server.url, server.tokens["approver"]) as client:
             for record in client.records(agent="support-agent")["items"][-5:]:
-                console.print(f"[dim]record {record['chain']}/{record['seq']}: "
-                              f"{record['tool']} {record['decision']} ({record['reason']})[/]")
+                console.print(
+                    f"[dim]record {record['chain']}/{record['seq']}: "
+                    f"{record['tool']} {record['decision']} ({record['reason']})[/]"
+                )
 
 
 if __name__ == "__main__":

@@ -411,3 +411,65 @@ def test_an_approval_naming_no_valid_policy_cannot_be_decided(control_plane, ope
     name = approval(control_plane, shop, rule="no-such-policy/some-rule")
     r = annotate(control_plane, shop, name, "kubewrit.io/decision=approve")
     refused(r, f"no valid AgentPolicy {shop}/no-such-policy selects this approval")
+
+
+def test_a_policys_limits_show_their_usage_in_status_and_kubectl_wide(
+    control_plane, operator, shop
+):
+    from decimal import Decimal
+
+    from kubewrit.webhook.kube import configmaps
+    from kubewrit.webhook.slices import BudgetState
+
+    spec = yaml.safe_load((EXAMPLE_POLICY.parent.parent / "limits/refund-budget.yaml").read_text())
+    spec.pop("name")
+    control_plane.kubectl(
+        "apply", "-f", "-", input=yaml.safe_dump(policy(shop, "refund-budget", spec))
+    )
+    # What the decision webhook keeps for one budget: $700 spent, a $200 slice leased.
+    now = datetime.now(UTC).timestamp()
+    limit = f"{shop}/refund-budget/auto-refund-budget"
+    state = BudgetState(
+        limit,
+        '[["agent","shop/support-agent"]]',
+        [(now - 60, Decimal(700))],
+        {"webhook-0": (Decimal(200), now + 3600)},
+    )
+    data = configmaps.budget_data(state, now, 86400, Decimal(1000))
+    control_plane.kubectl("create", "namespace", "kubewrit-system", check=False)
+    control_plane.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {
+                    "name": configmaps.budget_name(limit, state.scope),
+                    "namespace": "kubewrit-system",
+                    "labels": {configmaps.BUDGET_LABEL: "test"},
+                },
+                "data": data,
+            }
+        ),
+    )
+
+    def shown() -> dict[str, Any] | None:
+        obj = get(control_plane, "agentpolicy", shop, "refund-budget")
+        usage = {u["name"]: u for u in (obj.get("status") or {}).get("limits") or []}
+        budget = usage.get("auto-refund-budget")
+        return usage if budget and budget["used"] == "900" else None
+
+    usage = wait_until(shown, timeout=40, what="the budget's usage in the policy's status")
+    assert usage["auto-refund-budget"] == {
+        "name": "auto-refund-budget",
+        "window": "24h",
+        "bound": "1000",
+        "used": "900",
+        "scopes": 1,
+        "exceeded": "require_approval",
+    }
+    assert usage["refunds-per-customer"]["used"] == "0"
+    wide = control_plane.kubectl("get", "agentpolicy", "refund-budget", "-n", shop, "-o", "wide")
+    assert "auto-refund-budget 900/1000 per 24h" in wide.stdout

@@ -2,8 +2,8 @@
 
 What a user relies on: every decision that was answered has its record, durable, even
 when the server is killed mid-load; the chains still verify; a request id is decided
-once even when its retries land on different worker processes; and each worker
-writes its own chain.
+once even when its retries land on different worker processes; each worker
+writes its own chain; and policies with limits refuse several workers.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import httpx
 import pytest
 
 from tests.conftest import Server, run_cli, start_server
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def process_tree(pid: int) -> list[int]:
@@ -183,3 +185,19 @@ def test_a_request_id_is_decided_once_across_workers(tmp_path: Path) -> None:
     assert sorted(r for r, _, _ in decisions) == sorted(ids)
     assert all(count == 1 for _, count, _ in decisions)
     assert len(chains) == 2  # both workers decided some of them
+
+
+def test_workers_refuse_to_start_with_policies_that_declare_limits(tmp_path: Path) -> None:
+    result = run_cli(
+        "serve",
+        "--policies",
+        str(EXAMPLES / "limits"),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--workers",
+        "2",
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "declare limits" in result.stdout + result.stderr
+    assert "--workers 1" in result.stdout + result.stderr

@@ -74,3 +74,38 @@ def test_canonical_refuses_duplicate_keys(tmp_path: Path) -> None:
 def test_verify_without_a_store_fails_clearly(tmp_path: Path) -> None:
     result = run_cli("verify", "--data-dir", str(tmp_path / "none"), check=False)
     assert result.returncode == 1 and "no record store" in result.stderr
+
+
+def test_a_sequence_step_that_decides_otherwise_fails_the_suite(tmp_path: Path) -> None:
+    suite = write(
+        tmp_path / "suite.yaml",
+        f"""
+policies: [{REPO / "examples" / "limits" / "refund-budget.yaml"}]
+tests:
+  - name: budget
+    agent: support-agent
+    sequence:
+      - action: {{tool: process_refund, args: {{amount: 100, customer_id: c}}}}
+        expect: {{decision: PERMIT}}
+        repeat: 3
+      - action: {{tool: process_refund, args: {{amount: 100, customer_id: c}}}}
+        expect: {{decision: PERMIT}}
+""",
+    )
+    result = run_cli("test", str(suite), "-o", "json", check=False)
+    assert result.returncode == 1
+    steps = json.loads(result.stdout)
+    assert [s["passed"] for s in steps] == [True, False]
+    assert "reason=" not in steps[1]["got"] and steps[1]["got"] == "decision=DENY"
+
+
+def test_check_with_history_counts_the_past_as_permitted(tmp_path: Path) -> None:
+    policies = str(REPO / "examples" / "limits" / "refund-budget.yaml")
+    action = write(tmp_path / "a.yaml", "{tool: send_email, args: {to: x@elsewhere.example}}")
+    history = write(tmp_path / "h.yaml", "- {action: {tool: read_inbox}, ago: 2m}\n")
+    old = write(tmp_path / "old.yaml", "- {action: {tool: read_inbox}, ago: 20m}\n")
+    common = ["check", str(action), "-p", policies, "--agent", "support-agent", "-o", "json"]
+    held = run_cli(*common, "--history", str(history), check=False)
+    assert held.returncode == 2 and json.loads(held.stdout)["decision"] == "DEFER"
+    free = run_cli(*common, "--history", str(old), check=False)
+    assert free.returncode == 0 and json.loads(free.stdout)["decision"] == "PERMIT"

@@ -44,3 +44,17 @@ def test_action_approval_schema_holds_every_spec_field() -> None:
         namespace="ns",
     )
     assert set(to_object(approval)["spec"]) <= spec_properties("actionapprovals")
+
+
+def test_action_record_schema_keeps_every_limit_entry_field() -> None:
+    """A field the schema lacks is pruned by the API server, and the record's hash breaks."""
+    from decimal import Decimal
+
+    from kubewrit.webhook.budget import LimitEntry
+
+    document = yaml.safe_load((CRDS / "actionrecords.kubewrit.io.yaml").read_text())
+    spec = document["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    item = spec["properties"]["limits"]["items"]["properties"]
+    one = Decimal(1)
+    written = LimitEntry("p/l", "[]", one, one, one, 60, "deny", exceeded=True).to_dict()
+    assert set(written) == set(item)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import socket
 import sys
 import time
@@ -17,36 +16,24 @@ REPO = Path(__file__).resolve().parents[2]
 POLICIES = REPO / "examples" / "policies"
 
 
-@dataclasses.dataclass(frozen=True)
-class LimitedPolicy(policy.Policy):
-    """A compiled policy that declares limits (issue 11 adds them to `Policy` itself)."""
-
-    limits: tuple[str, ...] = ("refunds-per-day",)
+LIMITED = REPO / "examples" / "limits"
 
 
-def limited_state() -> PolicyState:
+def state_of(directory: Path) -> PolicyState:
     state = PolicyState()
-    (compiled,) = policy.load_paths([POLICIES / "support-agent.yaml"])
-    fields = {f.name: getattr(compiled, f.name) for f in dataclasses.fields(compiled)}
-    state.replace([LimitedPolicy(**fields)], {}, 1)
+    state.replace(policy.load_paths(sorted(directory.glob("*.yaml"))), {}, 1)
     return state
 
 
 def test_policies_with_limits_are_named() -> None:
-    assert standalone.limited_policies(limited_state()) == ["support-agent"]
-    plain = PolicyState()
-    plain.replace(policy.load_paths([POLICIES / "support-agent.yaml"]), {}, 1)
-    assert standalone.limited_policies(plain) == []
+    limited = standalone.limited_policies(state_of(LIMITED))
+    assert limited and all(isinstance(name, str) for name in limited)
+    assert standalone.limited_policies(state_of(POLICIES)) == []
 
 
-def test_several_workers_refuse_to_start_with_limits(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(
-        standalone.reload,
-        "load_into",
-        lambda state, *_: state.replace(limited_state().policies, {}, 1),
-    )
-    config = standalone.Config(policies=POLICIES, data_dir=tmp_path / "data")
-    with pytest.raises(standalone.SharedStoreError, match="support-agent declare limits"):
+def test_several_workers_refuse_to_start_with_limits(tmp_path: Path) -> None:
+    config = standalone.Config(policies=LIMITED, data_dir=tmp_path / "data")
+    with pytest.raises(standalone.SharedStoreError, match="declare limits"):
         standalone.prepare(config, workers=2)
     standalone.prepare(config, workers=1)  # one process owns the budgets: fine
 

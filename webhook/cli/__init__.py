@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 from kubewrit.webhook import __version__
-from kubewrit.webhook.cli import approvals, audit, console, policies, serve, watch
+from kubewrit.webhook.cli import approvals, audit, console, limits, policies, serve, watch
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -27,6 +27,7 @@ main.add_command(audit.records)
 main.add_command(audit.keys_group)
 main.add_command(audit.tokens)
 main.add_command(approvals.approvals)
+main.add_command(limits.limits)
 main.add_command(watch.watch)
 main.add_command(console.console)
 

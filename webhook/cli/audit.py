@@ -5,13 +5,15 @@ from __future__ import annotations
 import heapq
 import json
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import click
-from kubewrit.webhook import anchor_history, export, keys, standalone
+from kubewrit.webhook import anchor_history, export, keys, recount, standalone
 from kubewrit.webhook import verify as verification
+from kubewrit.webhook.budget import readable_scope
 from kubewrit.webhook.chain import Cut
 from kubewrit.webhook.cli.output import (
     LIST_OUTPUT,
@@ -83,11 +85,54 @@ def _problem_json(problem: verification.Problem) -> dict[str, Any]:
     }
 
 
-def print_report(report: verification.Report, output: str) -> None:
+def limits_json(counted: recount.Recount) -> dict[str, Any]:
+    return {
+        "ok": counted.ok,
+        "charges": counted.charges,
+        "budgets": [
+            {"limit": limit, "scope": scope, "used_now": str(used)}
+            for (limit, scope), used in sorted(counted.now_used.items())
+        ],
+        "overspends": [
+            {
+                "record": f"{o.chain}/{o.seq}",
+                "limit": o.limit,
+                "scope": o.scope,
+                "counted": str(o.counted),
+                "bound": str(o.bound),
+            }
+            for o in counted.overspends
+        ],
+        "problems": counted.problems,
+    }
+
+
+def print_limits(counted: recount.Recount) -> None:
+    for (limit, scope), used in sorted(counted.now_used.items()):
+        console.print(f"limit {limit} ({readable_scope(scope)}): {used} now", highlight=False)
+    for o in counted.overspends:
+        console.print(
+            f"[bold red]overspent:[/] record {o.chain}/{o.seq} took {o.limit} "
+            f"({readable_scope(o.scope)}) to {o.counted} of {o.bound}",
+            highlight=False,
+        )
+    for problem in counted.problems:
+        console.print(f"[bold red]bad limit entry:[/] {escape(problem)}", highlight=False)
+    if counted.ok:
+        console.print(
+            f"[bold green]recounted[/] {counted.charges} charges in {counted.budgets} "
+            "budget(s): none overspent"
+        )
+
+
+def print_report(
+    report: verification.Report, output: str, counted: recount.Recount | None = None
+) -> None:
     if output == "json":
         print_json(
             {
-                "ok": report.ok,
+                "ok": report.ok and (counted is None or counted.ok),
+                "limits": limits_json(counted) if counted is not None else None,
                 "complete": report.complete,
                 "records": report.total,
                 "trailer": report.trailer,
@@ -132,6 +177,8 @@ def print_report(report: verification.Report, output: str) -> None:
             f"[bold green]verified[/] {report.total} records in {len(report.chains)} chain(s)"
             + ("" if report.complete else "; a cut tail cannot be ruled out for some (above)")
         )
+    if counted is not None:
+        print_limits(counted)
 
 
 @click.command()
@@ -169,6 +216,12 @@ def print_report(report: verification.Report, output: str) -> None:
     help="Remember each chain's newest verified anchor in this file (kept by the auditor), "
     "and report an anchor that went back or vanished since the last run (rolled_back).",
 )
+@click.option(
+    "--limits",
+    "recount_limits",
+    is_flag=True,
+    help="Also recount every limit from the records and check no budget was overspent.",
+)
 @DATA_DIR
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
 def verify(
@@ -178,6 +231,7 @@ def verify(
     namespace: str | None,
     trust_namespace: str,
     state_file: Path | None,
+    recount_limits: bool,
     data_dir: Path,
     output: str,
 ) -> None:
@@ -227,8 +281,9 @@ def verify(
     )
     if state_file is not None:
         anchor_history.advance(state_file, seen, report, anchors, namespace_of)
-    print_report(report, output)
-    raise SystemExit(0 if report.ok else 1)
+    counted = recount.recount(records, time.time()) if recount_limits else None
+    print_report(report, output, counted)
+    raise SystemExit(0 if report.ok and (counted is None or counted.ok) else 1)
 
 
 @click.group()

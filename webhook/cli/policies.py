@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
-from kubewrit.webhook import authority, canonical, policy
+from kubewrit.webhook import canonical, policy
 from kubewrit.webhook.cli.output import console, fail, print_json, read_document, styled
 from kubewrit.webhook.decision import Decision, Verdict
+from kubewrit.webhook.outcome import Outcome
+from kubewrit.webhook.policy.history import parse_window
 from kubewrit.webhook.policy.model import Policy
+from kubewrit.webhook.simulation import Simulation
 from rich.table import Table
 
-ACTION_KEYS = {"agent", "tool", "args", "operation", "context"}
+T = TypeVar("T")
 
 
 def load_policies(paths: Sequence[Path]) -> list[Policy]:
@@ -24,26 +28,23 @@ def load_policies(paths: Sequence[Path]) -> list[Policy]:
         fail(str(exc))
 
 
-def evaluate_document(
-    document: Any, policies: Sequence[Policy], default_agent: str | None
-) -> tuple[Verdict, str]:
-    """Decide an action document offline, exactly as the server would (minus recording)."""
-    if not isinstance(document, dict):
-        raise ValueError("an action must be a mapping with tool and args")
-    unknown = set(document) - ACTION_KEYS
-    if unknown:
-        raise ValueError(f"unknown action keys {sorted(unknown)}; allowed: {sorted(ACTION_KEYS)}")
-    agent = document.get("agent") or default_agent
-    if not agent:
-        raise ValueError("no agent: put `agent:` in the action or pass --agent")
-    action, refusal = authority.admit(
-        agent,
-        document.get("tool", ""),
-        document.get("args"),
-        document.get("operation"),
-        document.get("context"),
-    )
-    return refusal or policy.evaluate(policies, action), canonical.action_hash(action)
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coroutine)
+
+
+async def remember_history(
+    sim: Simulation, entries: Any, where: str, agent: str | None = None
+) -> None:
+    """`history:` entries: `{action: {...}, ago: 5m}`, oldest first or not."""
+    if not isinstance(entries, list):
+        raise ValueError(f"{where}: history must be a list of {{action, ago}}")
+    timed = []
+    for index, item in enumerate(entries, start=1):
+        if not isinstance(item, dict) or set(item) - {"action", "ago"} or "action" not in item:
+            raise ValueError(f"{where}: history entry {index} needs `action` (and `ago`)")
+        timed.append((parse_window(item.get("ago", 1), f"history entry {index} ago"), item))
+    for ago, item in sorted(timed, key=lambda pair: -pair[0]):
+        await sim.remember(item["action"], ago, agent)
 
 
 def verdict_json(verdict: Verdict, action_hash: str) -> dict[str, Any]:
@@ -72,16 +73,37 @@ def verdict_json(verdict: Verdict, action_hash: str) -> dict[str, Any]:
     help="Policy file or directory (repeatable).",
 )
 @click.option("--agent", help="Agent identity, if the action file does not name one.")
+@click.option(
+    "--history",
+    "history_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Past actions that count as permitted (YAML list of {action, ago}).",
+)
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
 def check(
-    action_file: Path, policy_paths: tuple[Path, ...], agent: str | None, output: str
+    action_file: Path,
+    policy_paths: tuple[Path, ...],
+    agent: str | None,
+    history_file: Path | None,
+    output: str,
 ) -> None:
-    """Decide the action in ACTION_FILE (JSON or YAML) offline. Exit 0 on PERMIT, 2 on DEFER, 3 on DENY."""
-    policies = load_policies(policy_paths)
+    """Decide the action in ACTION_FILE (JSON or YAML) offline. Exit 0 on PERMIT, 2 on DEFER, 3 on DENY.
+
+    With --history, the actions in that file (`- {action: {...}, ago: 10m}`) count as
+    permitted that long ago: limits and sequence rules see them as the server would.
+    """
+    sim = Simulation(load_policies(policy_paths))
+
+    async def decide() -> Outcome:
+        if history_file is not None:
+            await remember_history(sim, read_document(history_file), str(history_file), agent)
+        return await sim.decide(read_document(action_file), agent)
+
     try:
-        verdict, action_hash = evaluate_document(read_document(action_file), policies, agent)
+        outcome = run(decide())
     except (ValueError, canonical.CanonicalError) as exc:
         fail(f"{action_file}: {exc}")
+    verdict, action_hash = outcome.verdict, outcome.action_hash
     if output == "json":
         print_json(verdict_json(verdict, action_hash))
     else:
@@ -104,6 +126,76 @@ class CaseResult:
     got: str
 
 
+EXPECT_KEYS = {"decision", "reason", "rule", "risk"}
+CASE_KEYS = {"name", "agent", "action", "expect", "history", "sequence"}
+STEP_KEYS = {"action", "expect", "repeat", "advance", "name"}
+
+
+def _expected(expect: Any, where: str) -> dict[str, Any]:
+    if not isinstance(expect, dict) or "decision" not in expect:
+        raise ValueError(f"{where}: expect needs at least `decision`")
+    bad = set(expect) - EXPECT_KEYS
+    if bad:
+        raise ValueError(f"{where}: unknown expect keys {sorted(bad)}")
+    return expect
+
+
+def _result(name: str, expect: dict[str, Any], verdict: Verdict) -> CaseResult:
+    got = {
+        "decision": verdict.decision.value,
+        "reason": verdict.reason.value,
+        "rule": verdict.rule_id,
+        "risk": verdict.risk,
+    }
+    passed = all(str(got[key]) == str(value) for key, value in expect.items())
+    return CaseResult(
+        name,
+        passed,
+        " ".join(f"{k}={v}" for k, v in expect.items()),
+        " ".join(f"{k}={got[k]}" for k in expect),
+    )
+
+
+async def run_case(
+    case: dict[str, Any], policies: Sequence[Policy], where: str
+) -> list[CaseResult]:
+    """One test: a single action, or a `sequence` of steps on one clock and one history."""
+    name = str(case.get("name", where))
+    agent = case.get("agent")
+    sim = Simulation(policies)
+    if "history" in case:
+        await remember_history(sim, case["history"], where, agent)
+    if "sequence" not in case:
+        if "action" not in case or "expect" not in case:
+            raise ValueError(f"{where}: a test needs `action` and `expect` (or a `sequence`)")
+        outcome = await sim.decide(case["action"], agent)
+        return [_result(name, _expected(case["expect"], where), outcome.verdict)]
+    steps = case["sequence"]
+    if not isinstance(steps, list) or not steps:
+        raise ValueError(f"{where}: sequence must be a non-empty list of steps")
+    results = []
+    for number, step in enumerate(steps, start=1):
+        at = f"{where} step {number}"
+        if not isinstance(step, dict) or set(step) - STEP_KEYS:
+            raise ValueError(f"{at}: a step is {{action, expect, repeat}} or {{advance: 10m}}")
+        if "advance" in step:
+            sim.advance(parse_window(step["advance"], f"{at} advance"))
+            if "action" not in step:
+                continue
+        repeat = step.get("repeat", 1)
+        if not isinstance(repeat, int) or isinstance(repeat, bool) or not 1 <= repeat <= 10000:
+            raise ValueError(f"{at}: repeat must be a whole number from 1 to 10000")
+        expect = _expected(step.get("expect"), at)
+        label = f"{name} / " + str(step.get("name", f"step {number}"))
+        outcomes = [await sim.decide(step["action"], agent) for _ in range(repeat)]
+        failing = next(
+            (o for o in outcomes if not _result(label, expect, o.verdict).passed), outcomes[-1]
+        )
+        result = _result(label + (f" (x{repeat})" if repeat > 1 else ""), expect, failing.verdict)
+        results.append(result)
+    return results
+
+
 def run_suite(path: Path) -> list[CaseResult]:
     suite = read_document(path)
     if not isinstance(suite, dict) or not isinstance(suite.get("tests"), list):
@@ -115,27 +207,10 @@ def run_suite(path: Path) -> list[CaseResult]:
     policies = load_policies(paths)
     results = []
     for index, case in enumerate(suite["tests"], start=1):
-        if not isinstance(case, dict) or "action" not in case or "expect" not in case:
-            raise ValueError(f"{path}: test {index} needs `action` and `expect`")
-        name = str(case.get("name", f"test {index}"))
-        expect = case["expect"]
-        if not isinstance(expect, dict) or "decision" not in expect:
-            raise ValueError(f"{path}: test {name!r}: expect needs at least `decision`")
-        bad = set(expect) - {"decision", "reason", "rule", "risk"}
-        if bad:
-            raise ValueError(f"{path}: test {name!r}: unknown expect keys {sorted(bad)}")
-        verdict, _ = evaluate_document(case["action"], policies, case.get("agent"))
-        got = {
-            "decision": verdict.decision.value,
-            "reason": verdict.reason.value,
-            "rule": verdict.rule_id,
-            "risk": verdict.risk,
-        }
-        passed = all(str(got[key]) == str(value) for key, value in expect.items())
-        shown = " ".join(f"{k}={got[k]}" for k in expect)
-        results.append(
-            CaseResult(name, passed, " ".join(f"{k}={v}" for k, v in expect.items()), shown)
-        )
+        where = f"{path}: test {index}"
+        if not isinstance(case, dict) or set(case) - CASE_KEYS:
+            raise ValueError(f"{where}: a test has {sorted(CASE_KEYS)}")
+        results.extend(run(run_case(case, policies, where)))
     return results
 
 

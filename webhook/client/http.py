@@ -273,6 +273,9 @@ class Client(_Base):
             self._call("GET", "/v1/records", params=_params(**filters), retry=Retry.IDEMPOTENT)
         )
 
+    def limits(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/v1/limits", retry=Retry.IDEMPOTENT))
+
 
 class AsyncClient(_Base):
     """The same API for event loops. Bound to the loop it is first used on (httpx's rule)."""

@@ -14,6 +14,7 @@ from typing import Any
 
 from kubewrit.webhook.canonical import Action
 from kubewrit.webhook.policy.conditions import ABSENT, Condition, TypeMismatch, lookup
+from kubewrit.webhook.policy.history import no_history_for
 from kubewrit.webhook.policy.model import Matcher, Policy
 
 OPERATORS = {
@@ -111,10 +112,26 @@ def trace_matcher(matcher: Matcher, action: Action) -> tuple[tuple[Check, ...], 
     checks.extend(check_condition(c, action) for c in matcher.conditions)
     if matcher.cel is not None:
         try:
-            result = matcher.cel.matches(action.agent, action.tool, action.operation, action.args)
+            result = matcher.cel.matches(
+                action.agent,
+                action.tool,
+                action.operation,
+                action.args,
+                no_history_for(matcher.recent),
+            )
             checks.append(Check(f"when: {matcher.cel.source}", "matched" if result else "failed"))
         except TypeMismatch as exc:
             checks.append(Check(f"when: {matcher.cel.source}", "type_mismatch", str(exc)))
+    if matcher.after is not None:
+        after = matcher.after.describe()
+        checks.append(
+            Check(
+                f"after {' or '.join(after['tools'])} within {after['within']}",
+                "failed",
+                "a preview knows no history: on the server this depends on what the agent "
+                "was permitted recently",
+            )
+        )
     return tuple(checks), all(c.outcome == "matched" for c in checks)
 
 

@@ -14,7 +14,7 @@ import json
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from kubewrit.webhook import canonical, policy
 from kubewrit.webhook.approval import Approval
 from kubewrit.webhook.authority import admit
-from kubewrit.webhook.canonical import CanonicalError
+from kubewrit.webhook.canonical import Action, CanonicalError
 from kubewrit.webhook.chain import Record
 from kubewrit.webhook.console import display, explain
 from kubewrit.webhook.console.backend import (
@@ -45,6 +45,9 @@ from kubewrit.webhook.console.sessions import (
     token_matches,
 )
 from kubewrit.webhook.decision import Decision, Phase, Verdict
+from kubewrit.webhook.policy.evaluator import history_needed
+from kubewrit.webhook.policy.history import no_history_for
+from kubewrit.webhook.policy.model import Policy
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -86,6 +89,11 @@ def templates() -> Environment:
     )
     env.globals.update(prefix=PREFIX, condition_text=explain.condition_text)
     return env
+
+
+def preview(policies: Sequence[Policy], action: Action) -> Verdict:
+    """The policies' verdict as if the agent had no history (sequence rules see none)."""
+    return policy.evaluate(policies, action, no_history_for(history_needed(policies, action)))
 
 
 class Refusal(Exception):
@@ -193,7 +201,7 @@ class Console:
         """What the policies in force say now (the risk rule; what approval would re-check)."""
         try:
             view = await self.backend.policies()
-            return policy.evaluate(view.policies, approval.held_action())
+            return preview(view.policies, approval.held_action())
         except (ActionRefused, CanonicalError):  # no right to read policies; an odd action
             return None
 
@@ -276,7 +284,7 @@ class Console:
         except CanonicalError as exc:
             return {"error": exc.message}
         view = await self.backend.policies()
-        verdict = refusal or policy.evaluate(view.policies, action)
+        verdict = refusal or preview(view.policies, action)
         return {
             "verdict": verdict,
             "action": action,

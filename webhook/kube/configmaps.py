@@ -10,6 +10,10 @@ grants ConfigMap writes in that namespace only.
   `<chain>.cut`  where retention cut the chain, a signed Cut as JSON (the operator).
 `kubewrit-keys`: `<key id>` = a public key, base64url (each webhook replica's and each
   operator replica's; `kubewrit verify` trusts these, or the keys the auditor supplies).
+`kubewrit-budget-<digest>`, one per (limit, scope) in use: `state` is the shared budget
+  (`BudgetState` as JSON: what was spent when, and the slices leased to replicas), and
+  `limit`, `scope`, `used`, `bound`, `window` say the same for people (label
+  `kubewrit.io/budget`, so `kubectl get cm -l kubewrit.io/budget` lists them).
 
 Every writer changes them through `update`: compare-and-swap on resourceVersion (read,
 change, replace; re-read on 409 Conflict), so none clobbers another's keys, and a write
@@ -18,16 +22,19 @@ that cannot be made raises instead of being dropped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from kubernetes import client
 from kubewrit.webhook import keys
 from kubewrit.webhook.chain import Anchor, Cut
+from kubewrit.webhook.slices import BudgetState
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +132,7 @@ def update(
     namespace: str,
     name: str,
     change: Callable[[dict[str, str]], dict[str, str] | None],
+    labels: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Apply `change` to a ConfigMap's data by compare-and-swap; return the data stored.
 
@@ -152,7 +160,7 @@ def update(
                         metadata=client.V1ObjectMeta(
                             name=name,
                             namespace=namespace,
-                            labels={"app.kubernetes.io/part-of": "kubewrit"},
+                            labels={"app.kubernetes.io/part-of": "kubewrit", **(labels or {})},
                         ),
                         data=wanted,
                     ),
@@ -169,6 +177,33 @@ def update(
     raise ConfigMapConflict(
         f"could not update ConfigMap {namespace}/{name}: {CAS_ATTEMPTS} attempts lost a race"
     )
+
+
+BUDGET_PREFIX = "kubewrit-budget-"
+BUDGET_LABEL = "kubewrit.io/budget"
+
+
+def budget_name(limit: str, scope: str) -> str:
+    digest = hashlib.sha256(json.dumps([limit, scope]).encode()).hexdigest()[:32]
+    return f"{BUDGET_PREFIX}{digest}"
+
+
+def budget_data(state: BudgetState, now: float, window: int, bound: Decimal) -> dict[str, str]:
+    """A budget ConfigMap's data: the state, and the same for people."""
+    return {
+        "state": state.to_json(),
+        "limit": state.limit,
+        "scope": state.scope,
+        "used": str(state.used(now, window)),
+        "bound": str(bound),
+        "window": str(window),
+    }
+
+
+def parse_budget(data: Mapping[str, str], limit: str, scope: str) -> BudgetState:
+    """A budget ConfigMap's state; empty when it does not exist yet. Raises ValueError for
+    one that is not a budget, or another limit's (a digest collision or a forgery)."""
+    return BudgetState.from_json(data.get("state"), limit, scope)
 
 
 def merge(entries: Mapping[str, str]) -> Callable[[dict[str, str]], dict[str, str]]:

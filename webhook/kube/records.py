@@ -45,6 +45,8 @@ SPEC_FIELDS = {
     "request_id": "requestId",
     "message": "message",
     "namespace": "namespace",
+    "limits": "limits",
+    "session": "session",
     "key_id": "keyId",
     "hash": "hash",
     "signature": "signature",

@@ -15,6 +15,8 @@ from kubewrit.webhook.chain import Record
 from kubewrit.webhook.errors import Unsupported
 from kubewrit.webhook.kube import api as kube_api
 from kubewrit.webhook.kube.approvals import ActionApprovalStore
+from kubewrit.webhook.kube.budget import ConfigMapBudgets
+from kubewrit.webhook.kube.history import RecordHistory
 from kubewrit.webhook.kube.identity import (
     DEFAULT_AUDIENCE,
     DEFAULT_TTL_SECONDS,
@@ -29,6 +31,7 @@ from kubewrit.webhook.metrics import Metrics
 from kubewrit.webhook.policy_state import PolicyState
 from kubewrit.webhook.recorder import AnchorPolicy
 from kubewrit.webhook.server.runtime import Runtime, Tuning
+from kubewrit.webhook.slices import LeasedBudgets
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +82,16 @@ def build(config: Config) -> Runtime:
         api, config.namespace, config.replica_name(), ttl=config.request_id_ttl
     )
     policies = PolicyCache(api, state, metrics)
+    budgets = LeasedBudgets(
+        ConfigMapBudgets(kube_api.core(api), config.namespace), config.replica_name()
+    )
     backend = Backend(
-        records=recorders, approvals=approvals, requests=requests, queries=KubectlRecordQueries()
+        records=recorders,
+        approvals=approvals,
+        requests=requests,
+        queries=KubectlRecordQueries(),
+        budgets=budgets,
+        history=RecordHistory(api),
     )
     authority = Authority(
         state.current,
@@ -105,8 +116,8 @@ def build(config: Config) -> Runtime:
 
     runtime = Runtime(authority, authenticator, state, metrics, config.max_body)
     runtime.start.append(start)
-    runtime.stop.extend([policies.stop, approvals.stop, recorders.stop])
+    runtime.stop.extend([policies.stop, approvals.stop, budgets.settle_all, recorders.stop])
     runtime.background.extend(
-        [watch_approvals, authority.approvals.sweep, requests.collect_garbage]
+        [watch_approvals, authority.approvals.sweep, requests.collect_garbage, budgets.return_idle]
     )
     return runtime

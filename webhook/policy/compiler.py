@@ -15,6 +15,8 @@ from typing import Any
 from kubewrit.webhook import canonical
 from kubewrit.webhook.policy import cel
 from kubewrit.webhook.policy.conditions import Condition, compile_condition, split_shorthand
+from kubewrit.webhook.policy.history import Recent, compile_after
+from kubewrit.webhook.policy.limits import Limit, compile_limit
 from kubewrit.webhook.policy.model import (
     RISK_LEVELS,
     Approvers,
@@ -26,13 +28,13 @@ from kubewrit.webhook.policy.model import (
     Rule,
 )
 
-POLICY_KEYS = ("name", "agents", "mode", "rules", "risk", "approvers")
+POLICY_KEYS = ("name", "agents", "mode", "rules", "risk", "approvers", "limits")
 MANIFEST_KEYS = ("apiVersion", "kind", "metadata", "spec", "status")
 RULE_KEYS = ("id", "match", "when", "allow", "require_approval", "deny", "description", "reason")
 RISK_KEYS = ("rules",)
 RISK_RULE_KEYS = ("name", "when", "risk_level")
 APPROVER_KEYS = ("users", "groups")
-MATCH_RESERVED = ("tool", "operation", "args")
+MATCH_RESERVED = ("tool", "operation", "args", "after")
 RULE_ID = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,62}[A-Za-z0-9])?$")
 GLOB_CHARS = set("*?[")
 
@@ -74,6 +76,7 @@ def compile_matcher(match: Any, when: Any = None) -> Matcher:
     tools: tuple[str, ...] = ()
     operations: tuple[str, ...] = ()
     conditions: list[Condition] = []
+    after: Recent | None = None
     for key, operand in match.items():
         if not isinstance(key, str):
             raise ValueError(f"match key {key!r} must be a string")
@@ -84,6 +87,8 @@ def compile_matcher(match: Any, when: Any = None) -> Matcher:
                     canonical.normalize_tool(tool)
         elif key == "operation":
             operations = _string_list(operand, "match.operation")
+        elif key == "after":
+            after = compile_after(operand)
         elif key == "args":
             if not isinstance(operand, Mapping):
                 raise ValueError("match.args must map argument paths to conditions")
@@ -100,7 +105,7 @@ def compile_matcher(match: Any, when: Any = None) -> Matcher:
             path, op = split_shorthand(key)
             conditions.append(compile_condition(path, op, operand))
     expression = cel.compile_expression(when) if when is not None else None
-    return Matcher(tools, operations, tuple(conditions), expression)
+    return Matcher(tools, operations, tuple(conditions), expression, after)
 
 
 def _entry(raw: Any, allowed: tuple[str, ...], shape: str) -> Mapping[str, Any]:
@@ -271,15 +276,23 @@ def compile_document(document: Any, source: str, default_name: str | None = None
     except ValueError as exc:
         raise PolicyError(source, "approvers", str(exc)) from None
 
+    limits = _compile_limits(source, spec.get("limits"), name, namespace)
+
     frozen_rules = tuple(rules)
     frozen_risk = tuple(risk_rules)
-    content = {
+    content: dict[str, Any] = {
         "agents": sorted(agents),
         "mode": mode.value,
         "rules": [rule.describe() for rule in frozen_rules],
         "risk": [rule.describe() for rule in frozen_risk],
         "approvers": {"users": sorted(approvers.users), "groups": sorted(approvers.groups)},
     }
+    if limits:  # only when used: policies without limits keep their hashes
+        content["limits"] = [limit.describe() for limit in limits]
+    matchers = [r.matcher for r in frozen_rules] + [r.matcher for r in frozen_risk]
+    recent = tuple(
+        dict.fromkeys(q for m in matchers + [lim.matcher for lim in limits] for q in m.recent)
+    )
     by_tool, other_rules = _index_by_tool(frozen_rules)
     return Policy(
         name=name,
@@ -293,4 +306,28 @@ def compile_document(document: Any, source: str, default_name: str | None = None
         namespace=namespace,
         by_tool=by_tool,
         other_rules=other_rules,
+        limits=limits,
+        recent=recent,
     )
+
+
+def _compile_limits(source: str, raw: Any, policy: str, namespace: str | None) -> tuple[Limit, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise PolicyError(source, "limits", "limits must be a list")
+    limits: list[Limit] = []
+    for index, entry in enumerate(raw, start=1):
+        label = f"limit {index}"
+        if isinstance(entry, Mapping) and isinstance(entry.get("name"), str):
+            label += f" ({entry['name']})"
+        try:
+            if isinstance(entry, Mapping):
+                _identifier(entry.get("name"), "name")
+            limit = compile_limit(entry, policy, namespace, compile_matcher)
+        except ValueError as exc:
+            raise PolicyError(source, label, str(exc)) from None
+        if any(limit.name == seen.name for seen in limits):
+            raise PolicyError(source, label, f"name {limit.name!r} is used by an earlier limit")
+        limits.append(limit)
+    return tuple(limits)

@@ -14,6 +14,7 @@ from kubewrit.webhook import canonical
 from kubewrit.webhook.canonical import Action
 from kubewrit.webhook.decision import DEFAULT_DENY_RULE, Decision, Reason, Verdict
 from kubewrit.webhook.policy.conditions import TypeMismatch
+from kubewrit.webhook.policy.history import NO_HISTORY, Facts, Recent
 from kubewrit.webhook.policy.model import (
     ESCALATING_RISK,
     Effect,
@@ -44,7 +45,7 @@ class Match:
     rule: Rule
 
 
-def matcher_matches(matcher: Matcher, action: Action) -> bool:
+def matcher_matches(matcher: Matcher, action: Action, facts: Facts = NO_HISTORY) -> bool:
     """All conditions are evaluated (no short-circuit) so a wrong type is never hidden."""
     if matcher.tools and not any(fnmatchcase(action.tool, tool) for tool in matcher.tools):
         return False
@@ -53,28 +54,47 @@ def matcher_matches(matcher: Matcher, action: Action) -> bool:
     results = [condition.matches(action.args) for condition in matcher.conditions]
     if matcher.cel is not None:
         results.append(
-            matcher.cel.matches(action.agent, action.tool, action.operation, action.args)
+            matcher.cel.matches(action.agent, action.tool, action.operation, action.args, facts)
         )
+    if matcher.after is not None:
+        try:
+            results.append(facts.count(matcher.after) > 0)
+        except LookupError as exc:
+            raise TypeMismatch("after", "history", str(exc)) from None
     return all(results)
 
 
-def first_match(policy: Policy, action: Action) -> Rule | None:
+def history_needed(policies: Sequence[Policy], action: Action) -> tuple[Recent, ...]:
+    """The history facts evaluating `action` reads: look these up, then evaluate."""
+    return tuple(
+        dict.fromkeys(
+            question
+            for p in policies
+            if p.recent and p.selects(action.agent, action.namespace)
+            for question in p.recent
+        )
+    )
+
+
+def first_match(policy: Policy, action: Action, facts: Facts = NO_HISTORY) -> Rule | None:
     for rule in policy.candidate_rules(action.tool):
         try:
-            if matcher_matches(rule.matcher, action):
+            if matcher_matches(rule.matcher, action, facts):
                 return rule
         except TypeMismatch as exc:
             raise RuleTypeMismatch(f"{policy.name}/{rule.id}", policy, exc) from None
     return None
 
 
-def risk_level(policies: Sequence[Policy], action: Action) -> tuple[str, str | None]:
+def risk_level(
+    policies: Sequence[Policy], action: Action, facts: Facts = NO_HISTORY
+) -> tuple[str, str | None]:
     """Highest matching risk level across policies, and the risk rule that set it."""
     level, source = "low", None
     for policy in policies:
         for risk_rule in policy.risk_rules:
             try:
-                matched = matcher_matches(risk_rule.matcher, action)
+                matched = matcher_matches(risk_rule.matcher, action, facts)
             except TypeMismatch as exc:
                 raise RuleTypeMismatch(f"{policy.name}/{risk_rule.name}", policy, exc) from None
             if matched and risk_rank(risk_rule.level) > risk_rank(level):
@@ -89,12 +109,14 @@ def set_hash(policies: Sequence[Policy]) -> str:
     return "sha256:" + canonical.content_hash(sorted(policy.hash for policy in policies))
 
 
-def _combine(policies: Sequence[Policy], action: Action) -> Verdict:
+def _combine(policies: Sequence[Policy], action: Action, facts: Facts) -> Verdict:
     try:
         matches = [
-            Match(policy, rule) for policy in policies if (rule := first_match(policy, action))
+            Match(policy, rule)
+            for policy in policies
+            if (rule := first_match(policy, action, facts))
         ]
-        risk, risk_source = risk_level(policies, action)
+        risk, risk_source = risk_level(policies, action, facts)
     except RuleTypeMismatch as exc:
         return Verdict(
             Decision.DENY,
@@ -137,7 +159,7 @@ def _combine(policies: Sequence[Policy], action: Action) -> Verdict:
     )
 
 
-def evaluate(policies: Sequence[Policy], action: Action) -> Verdict:
+def evaluate(policies: Sequence[Policy], action: Action, facts: Facts = NO_HISTORY) -> Verdict:
     """Decide one action against every policy that selects its agent.
 
     Only enforcing policies decide. Monitor-mode policies are evaluated beside them and
@@ -150,7 +172,7 @@ def evaluate(policies: Sequence[Policy], action: Action) -> Verdict:
     )
     enforcing = [p for p in selecting if p.mode is Mode.ENFORCE]
     monitoring = [p for p in selecting if p.mode is Mode.MONITOR]
-    verdict = _combine(enforcing, action)
+    verdict = _combine(enforcing, action, facts)
     if monitoring:
-        verdict = verdict.but(monitored=_combine(monitoring, action))
+        verdict = verdict.but(monitored=_combine(monitoring, action, facts))
     return verdict

@@ -8,6 +8,8 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from kubewrit.webhook.policy.conditions import Condition
+from kubewrit.webhook.policy.history import Recent
+from kubewrit.webhook.policy.limits import Limit
 
 
 class Effect(StrEnum):
@@ -42,13 +44,20 @@ class Matcher:
     operations: tuple[str, ...] = ()
     conditions: tuple[Condition, ...] = ()
     cel: Any = None  # a compiled CEL program (kubewrit.webhook.policy.cel.Expression)
+    after: Recent | None = None  # matches only after one of these tools was permitted
+
+    @property
+    def recent(self) -> tuple[Recent, ...]:
+        """The history facts this matcher reads."""
+        asked = (self.after,) if self.after is not None else ()
+        return asked + (self.cel.recent if self.cel is not None else ())
 
     def admits_tool(self, tool: str) -> bool:
         """Whether `tool` is one of the tools this matcher names (exactly or by glob)."""
         return not self.tools or any(fnmatchcase(tool, pattern) for pattern in self.tools)
 
     def describe(self) -> dict[str, Any]:
-        return {
+        described: dict[str, Any] = {
             "tools": sorted(self.tools),
             "operations": sorted(self.operations),
             "conditions": sorted(
@@ -56,6 +65,9 @@ class Matcher:
             ),
             "cel": self.cel.source if self.cel is not None else None,
         }
+        if self.after is not None:  # only when used: older policies keep their hashes
+            described["after"] = self.after.describe()
+        return described
 
 
 @dataclass(frozen=True)
@@ -114,6 +126,9 @@ class Policy:
     _other_cache: dict[str, tuple[Rule, ...]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    limits: tuple[Limit, ...] = ()
+    # Every history fact a rule, risk rule or limit of this policy reads.
+    recent: tuple[Recent, ...] = ()
 
     def selects(self, agent: str, namespace: str | None = None) -> bool:
         """A namespaced policy (Kubernetes) selects only agents of its own namespace."""

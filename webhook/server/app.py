@@ -34,6 +34,8 @@ from kubewrit.webhook.server.models import (
     DecideRequest,
     DecisionResponse,
     ErrorResponse,
+    LimitEntryView,
+    LimitUsageView,
     MonitoredVerdict,
     RecordPage,
     RecordRef,
@@ -110,6 +112,9 @@ def decision_response(outcome: Outcome) -> DecisionResponse:
         if verdict.monitored
         else None,
         replayed=bool(outcome.extra.get("replayed")),
+        limits=[LimitEntryView.model_validate(e) for e in record.limits]
+        if record and record.limits
+        else None,
     )
 
 
@@ -385,6 +390,34 @@ def approvals_router(runtime: Runtime) -> APIRouter:
     return router
 
 
+def limits_router(runtime: Runtime) -> APIRouter:
+    router = APIRouter(responses=ERRORS, tags=["limits"])
+    budgets = runtime.authority.backend.budgets
+
+    @router.get(
+        "/v1/limits",
+        response_model=list[LimitUsageView],
+        summary="Each limit's current count, per scope (approvers only)",
+    )
+    async def limits(principal: Caller) -> list[LimitUsageView]:
+        if principal.role is not Role.APPROVER:
+            raise errors.Forbidden("not_an_approver", "limit usage spans agents: approvers only")
+        usage = await asyncio.to_thread(budgets.usage, time.time())
+        return [
+            LimitUsageView(
+                limit=u.limit,
+                scope=u.scope,
+                used=str(u.used),
+                bound=str(u.bound),
+                window=u.window,
+                effect=u.effect,
+            )
+            for u in usage
+        ]
+
+    return router
+
+
 def records_router(runtime: Runtime) -> APIRouter:
     router = APIRouter(responses=ERRORS, tags=["records"])
     queries = runtime.authority.backend.queries
@@ -433,6 +466,8 @@ def health_router(runtime: Runtime) -> APIRouter:
     async def metrics_endpoint() -> PlainTextResponse:
         pending = runtime.authority.backend.approvals.list(Phase.PENDING, 10000)
         runtime.metrics.approvals_pending.set(len(pending))
+        usage = await asyncio.to_thread(runtime.authority.backend.budgets.usage, time.time())
+        runtime.metrics.observe_limits(usage)
         return PlainTextResponse(
             generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST
         )
@@ -465,7 +500,13 @@ def create_app(runtime: Runtime) -> FastAPI:
     )
     app.state.runtime = runtime
     install_error_handlers(app)
-    for router in (decisions_router, approvals_router, records_router, health_router):
+    for router in (
+        decisions_router,
+        approvals_router,
+        limits_router,
+        records_router,
+        health_router,
+    ):
         app.include_router(router(runtime))
     return app
 

@@ -53,6 +53,28 @@ class MonitoredVerdict(BaseModel):
     rule_id: str
 
 
+class LimitEntryView(BaseModel):
+    """What the decision drew from (or found exceeded in) one limit; the record says the same."""
+
+    limit: str
+    scope: str = Field(description="The bucket: the agent, and per tool/session/argument if set")
+    amount: str
+    used: str = Field(description="Counted in the window before this decision")
+    bound: str
+    window: int = Field(description="Seconds")
+    effect: Literal["require_approval", "deny"]
+    exceeded: bool = False
+
+
+class LimitUsageView(BaseModel):
+    limit: str
+    scope: str
+    used: str
+    bound: str
+    window: int
+    effect: str
+
+
 class DecisionResponse(BaseModel):
     decision: Literal["PERMIT", "DEFER", "DENY"]
     reason: str
@@ -68,6 +90,7 @@ class DecisionResponse(BaseModel):
     approval: ApprovalRef | None = None
     monitored: MonitoredVerdict | None = None
     replayed: bool = False
+    limits: list[LimitEntryView] | None = None
 
 
 class ErrorBody(BaseModel):

@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import builtins
 import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from decimal import Decimal
 
 from kubewrit.webhook.approval import Approval, Sealer
-from kubewrit.webhook.backend import Backend, RecordQuery
-from kubewrit.webhook.chain import Anchor, Draft, Head, Record
+from kubewrit.webhook.backend import Backend, RecordQuery, counted
+from kubewrit.webhook.budget import LocalBudgets
+from kubewrit.webhook.canonical import Action
+from kubewrit.webhook.chain import Anchor, Draft, Head, Record, epoch
 from kubewrit.webhook.decision import Phase
 from kubewrit.webhook.keys import Signer
+from kubewrit.webhook.policy.history import Facts, Recent
 from kubewrit.webhook.recorder import RecordUnavailable
 from kubewrit.webhook.requests import RequestKey
 
@@ -23,8 +29,11 @@ from kubewrit.webhook.requests import RequestKey
 class MemoryStore:
     """records (a RecordWriter sealing one chain), approvals, requests and queries."""
 
-    def __init__(self, signer: Signer, chain: str = "memory") -> None:
+    def __init__(
+        self, signer: Signer, chain: str = "memory", clock: Callable[[], float] = time.time
+    ) -> None:
         self.signer = signer
+        self.clock = clock
         self.head = Head(chain)
         self.records: list[Record] = []
         self.anchors: list[Anchor] = []
@@ -33,7 +42,14 @@ class MemoryStore:
         self._lock = threading.Lock()
 
     def backend(self) -> Backend:
-        return Backend(records=self, approvals=self, requests=self, queries=self)
+        return Backend(
+            records=self,
+            approvals=self,
+            requests=self,
+            queries=self,
+            budgets=LocalBudgets(self),
+            history=self,
+        )
 
     # -- RecordWriter -------------------------------------------------------------
 
@@ -47,7 +63,7 @@ class MemoryStore:
                 and self._decision(draft.agent, draft.request_id)
             ):
                 raise RecordUnavailable(f"a decision for request {draft.request_id} exists")
-            record = self.head.seal_next(draft, self.signer)
+            record = self.head.seal_next(draft, self.signer, self.clock())
             self.records.append(record)
             return record
 
@@ -60,6 +76,36 @@ class MemoryStore:
             ),
             None,
         )
+
+    # -- budget.ChargeSource and HistoryReader --------------------------------------
+
+    def charges(self, limit: str, scope: str, since: float) -> builtins.list[tuple[float, Decimal]]:
+        with self._lock:
+            return [
+                (epoch(r.time), e.amount)
+                for r in self.records
+                for e in counted(r)
+                if e.limit == limit and e.scope == scope and epoch(r.time) > since
+            ]
+
+    async def facts(self, questions: Sequence[Recent], action: Action, now: float) -> Facts:
+        session = action.context.get("session")
+        with self._lock:
+            return Facts(
+                {
+                    q: sum(
+                        1
+                        for r in self.records
+                        if r.agent == action.agent
+                        and r.namespace == action.namespace
+                        and r.tool in q.tools
+                        and r.decision == "PERMIT"
+                        and epoch(r.time) > now - q.window
+                        and (not q.per_session or r.session == session)
+                    )
+                    for q in questions
+                }
+            )
 
     # -- RequestStore -------------------------------------------------------------
 

@@ -1,6 +1,9 @@
 """The embedded store: records, anchors and approvals in one SQLite file.
 
 WAL journal with synchronous=FULL, so a commit is durable when it returns.
+What a permitted record drew from each limit is also written to `charges`, in the
+record's own transaction: the budgets are reloaded from there (see `budget`), and
+`kubewrit verify --limits` recounts them from the signed records themselves.
 The recorder thread owns the write connection for records (group commit);
 approvals and reads use their own connections. A unique index allows one
 decision record per (agent, request_id): the database itself refuses a second.
@@ -12,16 +15,22 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from kubewrit.webhook import chain
 from kubewrit.webhook.approval import Approval, Sealer
-from kubewrit.webhook.backend import RecordQuery
+from kubewrit.webhook.backend import RecordQuery, counted
+from kubewrit.webhook.canonical import Action
 from kubewrit.webhook.chain import Anchor, Record
 from kubewrit.webhook.decision import Phase
+from kubewrit.webhook.policy.history import Facts, Recent
+from kubewrit.webhook.policy.limits import Limit
 from kubewrit.webhook.requests import RequestKey
+from kubewrit.webhook.slices import BudgetState
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +65,22 @@ CREATE TABLE IF NOT EXISTS approvals (
     body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS approvals_by_phase ON approvals (phase, created_at);
+CREATE INDEX IF NOT EXISTS records_by_agent_tool ON records (agent, tool, time);
+CREATE TABLE IF NOT EXISTS charges (
+    limit_id TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    time REAL NOT NULL,
+    amount TEXT NOT NULL,
+    chain TEXT NOT NULL,
+    seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS charges_by_limit ON charges (limit_id, scope, time);
+CREATE TABLE IF NOT EXISTS budgets (
+    limit_id TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (limit_id, scope)
+);
 """
 ONE_DECISION_PER_REQUEST = """
 CREATE UNIQUE INDEX IF NOT EXISTS records_one_decision_per_request
@@ -122,10 +147,17 @@ class SQLiteStore:
             )
             for r in records
         ]
+        charges = [
+            (item.limit, item.scope, chain.epoch(r.time), str(item.amount), r.chain, r.seq)
+            for r in records
+            for item in counted(r)
+        ]
         connection = self._writer
         connection.execute("BEGIN IMMEDIATE")
         try:
             connection.executemany("INSERT INTO records VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+            if charges:
+                connection.executemany("INSERT INTO charges VALUES (?,?,?,?,?,?)", charges)
             connection.execute("COMMIT")
         except BaseException:
             connection.execute("ROLLBACK")
@@ -138,6 +170,32 @@ class SQLiteStore:
                 "seq = excluded.seq, body = excluded.body WHERE excluded.seq >= anchors.seq",
                 (anchor.chain, anchor.seq, json.dumps(anchor.to_dict())),
             )
+
+    # -- budget.ChargeSource and HistoryReader ----------------------------------
+
+    def charges(self, limit: str, scope: str, since: float) -> list[tuple[float, Decimal]]:
+        with self._lock:
+            rows = self._other.execute(
+                "SELECT time, amount FROM charges WHERE limit_id = ? AND scope = ? AND time > ?",
+                (limit, scope, since),
+            ).fetchall()
+        return [(t, Decimal(amount)) for t, amount in rows]
+
+    async def facts(self, questions: Sequence[Recent], action: Action, now: float) -> Facts:
+        counts = {}
+        for q in questions:
+            marks = ",".join("?" * len(q.tools))
+            sql = (
+                f"SELECT count(*) FROM records WHERE agent = ? AND tool IN ({marks}) "
+                "AND decision = 'PERMIT' AND time > ?"
+            )
+            params: list[Any] = [action.agent, *q.tools, chain.timestamp(now - q.window)]
+            if q.per_session:
+                sql += " AND json_extract(body, '$.session') IS ?"
+                params.append(action.context.get("session"))
+            with self._lock:
+                (counts[q],) = self._other.execute(sql, params).fetchone()
+        return Facts(counts)
 
     # -- reading ------------------------------------------------------------
 
@@ -256,3 +314,54 @@ class SQLiteStore:
                 sql + " ORDER BY created_at LIMIT ?", (*params, limit)
             ).fetchall()
         return [Approval.from_dict(json.loads(body)) for (body,) in rows]
+
+
+class SQLiteBudgets:
+    """`slices.SharedBudgets` in the SQLite file, for server processes sharing it
+    (`kubewrit serve --workers N`): each update is one write transaction, which SQLite
+    serializes across processes."""
+
+    def __init__(self, path: Path | str) -> None:
+        self._connection = connect(path)
+        self._connection.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def update(
+        self,
+        limit: Limit,
+        scope: str,
+        change: Callable[[BudgetState, float], None],
+        clock: Callable[[], float],
+    ) -> None:
+        with self._lock:
+            connection = self._connection
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                row = connection.execute(
+                    "SELECT state FROM budgets WHERE limit_id = ? AND scope = ?", (limit.id, scope)
+                ).fetchone()
+                state = BudgetState.from_json(row[0] if row else None, limit.id, scope)
+                before = state.to_json()
+                change(state, clock())
+                if state.to_json() == before:
+                    connection.execute("ROLLBACK")
+                    return
+                connection.execute(
+                    "INSERT INTO budgets VALUES (?,?,?) ON CONFLICT(limit_id, scope) "
+                    "DO UPDATE SET state = excluded.state",
+                    (limit.id, scope, state.to_json()),
+                )
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+
+    def read(self, limit: Limit, scope: str) -> BudgetState | None:
+        with self._lock:
+            row = self._connection.execute(
+                "SELECT state FROM budgets WHERE limit_id = ? AND scope = ?", (limit.id, scope)
+            ).fetchone()
+        return BudgetState.from_json(row[0], limit.id, scope) if row else None
+
+    def close(self) -> None:
+        self._connection.close()

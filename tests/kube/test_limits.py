@@ -1,0 +1,175 @@
+"""The bulk attack against two webhook replicas on a real API server, one replica
+restarted in the middle: the replicas together permit exactly the budget, never more.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from kubewrit.webhook.client.testing import wait_healthy
+
+from tests.conftest import REPO, poll, run_cli
+from tests.kube.decision_webhook import (
+    DecisionWebhook,
+    apply_crds,
+    policy_manifest,
+    start_webhook,
+)
+
+pytestmark = pytest.mark.kube
+
+CLIENTS = 16
+REFUNDS = 1470
+POLICY = yaml.safe_load((REPO / "examples" / "limits" / "refund-budget.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def shop(control_plane: Any) -> Iterator[str]:
+    apply_crds(control_plane)
+    namespace = f"limits-{uuid.uuid4().hex[:6]}"
+    control_plane.kubectl("create", "namespace", namespace)
+    control_plane.kubectl("create", "serviceaccount", "support-agent", "-n", namespace)
+    spec = {k: v for k, v in POLICY.items() if k != "name"}
+    control_plane.kubectl(
+        "apply", "-f", "-", input=policy_manifest(namespace, "refund-budget", spec)
+    )
+    yield namespace
+    control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def restart(webhook: DecisionWebhook) -> DecisionWebhook:
+    webhook.stop()  # SIGTERM: the replica returns its unused slices on the way out
+    process = subprocess.Popen(
+        webhook.args, stdout=webhook.log.open("ab"), stderr=subprocess.STDOUT
+    )
+    wait_healthy(webhook.url, lambda: process.poll() is None, "kubewrit webhook", 60, webhook.log)
+    webhook.process = process
+    return webhook
+
+
+def test_two_replicas_permit_exactly_the_budget_across_a_restart(
+    control_plane: Any, shop: str, tmp_path: Path
+) -> None:
+    replicas = [start_webhook(control_plane, tmp_path, f"limits-{i}") for i in range(2)]
+    token = control_plane.kubectl(
+        "create", "token", "support-agent", "-n", shop, "--audience", "kubewrit"
+    ).stdout.strip()
+    try:
+        answers: dict[str, dict[str, Any]] = {}
+        lock = threading.Lock()
+        work = iter(range(REFUNDS))
+
+        def client(n: int) -> None:
+            headers = {"Authorization": f"Bearer {token}"}
+            with httpx.Client(headers=headers, timeout=60) as http:
+                for i in work:
+                    body = {
+                        "tool": "process_refund",
+                        "args": {"amount": 100, "customer_id": f"c-{i}"},
+                        "request_id": f"refund-{i}",
+                    }
+                    target = (n + i) % 2
+                    while True:  # a Service would send the retry to whichever is up
+                        try:
+                            reply = http.post(f"{replicas[target].url}/v1/decide", json=body)
+                        except httpx.TransportError:
+                            target = 1 - target
+                            continue
+                        if reply.status_code == 200:
+                            break
+                        assert reply.status_code in (502, 503), reply.text
+                        target = 1 - target
+                    with lock:
+                        answers[body["request_id"]] = reply.json()
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
+        for t in threads:
+            t.start()
+        poll(lambda: len(answers), lambda n: n >= 5, timeout=120)
+        restart(replicas[1])
+        for t in threads:
+            t.join(timeout=600)
+        assert len(answers) == REFUNDS
+        decisions = Counter(a["decision"] for a in answers.values())
+        assert decisions == {"PERMIT": 10, "DEFER": REFUNDS - 10}
+        reasons = Counter(a["reason"] for a in answers.values() if a["decision"] == "DEFER")
+        assert reasons == {"limit_exceeded": REFUNDS - 10}
+
+        permits = json.loads(
+            control_plane.kubectl(
+                "get",
+                "actionrecords",
+                "-n",
+                shop,
+                "-l",
+                "kubewrit.io/decision=PERMIT,kubewrit.io/kind=decision",
+                "-o",
+                "json",
+            ).stdout
+        )["items"]
+        assert len(permits) == 10
+        assert (
+            sum(
+                int(e["amount"])
+                for p in permits
+                for e in p["spec"]["limits"]
+                if e["limit"].endswith("auto-refund-budget")
+            )
+            == 1000
+        )
+
+        # The shared budget, once idle slices are back: all of it spent, none leased.
+        def budget() -> dict[str, str]:
+            listed = json.loads(
+                control_plane.kubectl(
+                    "get",
+                    "configmaps",
+                    "-n",
+                    "kubewrit-system",
+                    "-l",
+                    "kubewrit.io/budget",
+                    "-o",
+                    "json",
+                ).stdout
+            )["items"]
+            return next(
+                cm["data"]
+                for cm in listed
+                if cm["data"]["limit"].endswith("auto-refund-budget")
+                and cm["data"]["limit"].startswith(shop)
+            )
+
+        settled = poll(budget, lambda d: json.loads(d["state"])["leases"] == {}, timeout=30)
+        assert settled["used"] == "1000" and settled["bound"] == "1000"
+
+        # Recounted from the signed records alone: no budget was overspent.
+        report = json.loads(
+            run_cli(
+                "verify",
+                "--kubeconfig",
+                str(control_plane.kubeconfig_for("admin")),
+                "-n",
+                shop,
+                "--limits",
+                "-o",
+                "json",
+                check=False,
+            ).stdout
+        )
+        assert report["ok"] is True, report
+        assert report["limits"]["overspends"] == []
+        used = {b["limit"]: b["used_now"] for b in report["limits"]["budgets"]}
+        assert used[f"{shop}/refund-budget/auto-refund-budget"] == "1000"
+    finally:
+        for replica in replicas:
+            replica.stop()
