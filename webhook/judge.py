@@ -81,44 +81,32 @@ class Judge:
 
     async def decide(self, action: Action) -> Judgement:
         """A fresh decision: evaluate, then hold the limits it draws on."""
-        verdict, policies, now = await self.evaluate(action)
-        if verdict.decision is Decision.DENY:
-            return Judgement(verdict, policies)
-        drawn = self._demands(policies, action)
-        if isinstance(drawn, Verdict):
-            return Judgement(drawn, policies)
-        if not drawn:
-            return Judgement(verdict, policies)
-        if verdict.decision is Decision.DEFER:
-            # Held for a human: nothing is counted yet, but a deny-limit that could never
-            # grant it is said now rather than after somebody approved.
-            denying = [d for d in drawn if d.limit.denies]
-            peek = await self._reserve(denying, now)
-            if isinstance(peek, Verdict):
-                return Judgement(peek, policies)
-            self.budgets.release(peek)
-            if peek.fits:
-                return Judgement(verdict, policies)
-            return Judgement(exceeded(verdict, peek.exceeded, policies), policies, peek)
-        reservation = await self._reserve(drawn, now)
-        if isinstance(reservation, Verdict):
-            return Judgement(reservation, policies)
-        if reservation.fits:
-            return Judgement(verdict, policies, reservation)
-        return Judgement(exceeded(verdict, reservation.exceeded, policies), policies, reservation)
+        return await self._judge(action, approving=False)
 
     async def approve(self, action: Action) -> Judgement:
         """A human approves a held action: it counts toward every limit it draws on; only a
         deny-limit can refuse it (`Judgement.reservation.fits` is then False)."""
+        return await self._judge(action, approving=True)
+
+    async def _judge(self, action: Action, approving: bool) -> Judgement:
         verdict, policies, now = await self.evaluate(action)
         if verdict.decision is Decision.DENY:
             return Judgement(verdict, policies)
         drawn = self._demands(policies, action)
-        if isinstance(drawn, Verdict):
-            return Judgement(drawn, policies)
-        reservation = await self._reserve(drawn, now, _denies)
+        if isinstance(drawn, Verdict) or not drawn:
+            return Judgement(drawn if isinstance(drawn, Verdict) else verdict, policies)
+        holding = verdict.decision is Decision.DEFER and not approving
+        if holding:
+            # Held for a human: nothing is counted yet, but a deny-limit that could never
+            # grant it is said now rather than after somebody approved.
+            drawn = [d for d in drawn if d.limit.denies]
+        reservation = await self._reserve(drawn, now, _denies if approving else every_limit)
         if isinstance(reservation, Verdict):
             return Judgement(reservation, policies)
+        if holding:
+            self.budgets.release(reservation)
+            if reservation.fits:
+                return Judgement(verdict, policies)
         if reservation.fits:
             return Judgement(verdict, policies, reservation)
         return Judgement(exceeded(verdict, reservation.exceeded, policies), policies, reservation)
