@@ -2,8 +2,9 @@
 """Benchmark `POST /v1/decide` with a compiled load generator; JSON on stdout.
 
     hack/bench_decide.py standalone [--requests N] [--concurrency 1,16,32] [--workers 1,2]
-                                    [--repeats R] [--prefill M]
+                                    [--repeats R] [--prefill M] [--limits 0,1,3]
     hack/bench_decide.py kubernetes --kubeconfig PATH [--requests N] [--concurrency 1,16]
+                                    [--limits 0,1,3]
 
 The client is `hey` (Go; built from its module on first use, see bench_load.py), a
 separate process, so the figures are the server's, not a Python client's. Every
@@ -16,6 +17,10 @@ Configurations (server x concurrency) are interleaved round by round and repeate
 each is reported as the median and range over the rounds, beside floors measured in
 the same run on the same machine: one fsync'd SQLite commit, one Ed25519 signature,
 and a constant-answer endpoint on the same FastAPI/uvicorn stack driven the same way.
+
+`--limits 0,1,3` serves the same policy with that many limits on the refund (a count
+per hour, a sum per day, a count per order: bounds no run reaches, so every decision
+draws on every limit and none is exceeded), side by side: what limits cost.
 
 `--prefill M` first fills the store with M valid sealed records (other chains, by
 direct inserts) and reports the same runs against it, with bytes per record and the
@@ -77,11 +82,46 @@ def process(command: list[str], url: str, what: str, scratch: Path) -> Iterator[
                 child.wait()
 
 
+LIMITS = [
+    {
+        "name": "refunds-per-hour",
+        "match": {"tool": "process_refund"},
+        "max": 10**12,
+        "window": "1h",
+    },
+    {
+        "name": "refunded-per-day",
+        "match": {"tool": "process_refund"},
+        "sum": "amount",
+        "max": 10**15,
+        "window": "24h",
+    },
+    {
+        "name": "refunds-per-order",
+        "match": {"tool": "process_refund"},
+        "max": 10**12,
+        "window": "24h",
+        "per": ["args.order"],
+    },
+]
+
+
+def walkthrough_spec(limits: int) -> dict[str, object]:
+    """The walkthrough policy, with the first `limits` of LIMITS."""
+    spec = yaml.safe_load((REPO / "examples" / "policies" / "support-agent.yaml").read_text())
+    if limits:
+        spec["limits"] = LIMITS[:limits]
+    return spec
+
+
 @contextmanager
-def kubewrit_serve(workers: int, scratch: Path, data_dir: Path, name: str = "") -> Iterator[Server]:
+def kubewrit_serve(
+    workers: int, scratch: Path, data_dir: Path, name: str = "", limits: int = 0
+) -> Iterator[Server]:
     name = name or f"decide/w{workers}"
     policy_dir = scratch / f"policies-{name.replace('/', '-')}"
-    shutil.copytree(REPO / "examples" / "policies", policy_dir)
+    policy_dir.mkdir()
+    (policy_dir / "support-agent.yaml").write_text(yaml.safe_dump(walkthrough_spec(limits)))
     port = free_port()
     command = [
         sys.executable,
@@ -214,7 +254,13 @@ def standalone(args: argparse.Namespace) -> dict[str, object]:
             "load_generator": f"hey {bench_load.HEY_VERSION} (Go), separate process",
             "floors": floors(scratch),
         }
-        stores = [(f"decide/w{w}", w, scratch / f"data-w{w}") for w in args.workers]
+        stores = [(f"decide/w{w}", w, scratch / f"data-w{w}", 0) for w in args.workers]
+        stores += [
+            (f"decide/w{w}+{n}limits", w, scratch / f"data-w{w}-l{n}", n)
+            for w in args.workers
+            for n in args.limits
+            if n
+        ]
         if args.prefill:
             label = (
                 f"{args.prefill // 1000}k" if args.prefill < 10**6 else f"{args.prefill / 1e6:g}M"
@@ -222,12 +268,12 @@ def standalone(args: argparse.Namespace) -> dict[str, object]:
             for workers in args.workers:
                 data_dir = scratch / f"data-w{workers}-prefilled"
                 report[f"prefill_w{workers}"] = prefill(data_dir, args.prefill)
-                stores.append((f"decide/w{workers}+{label}", workers, data_dir))
+                stores.append((f"decide/w{workers}+{label}", workers, data_dir, 0))
         with contextlib.ExitStack() as stack:
             servers = []
-            for name, workers, data_dir in stores:
+            for name, workers, data_dir, limits in stores:
                 servers.append(
-                    stack.enter_context(kubewrit_serve(workers, scratch, data_dir, name))
+                    stack.enter_context(kubewrit_serve(workers, scratch, data_dir, name, limits))
                 )
             servers += [stack.enter_context(floor_server(w, scratch)) for w in args.workers]
             before = {s.name: decisions_in(s.database) for s in servers if s.database}
@@ -272,23 +318,33 @@ def etcd_bytes_per_record(kubeconfig: str, namespace: str) -> tuple[int, float |
 
 def kubernetes(args: argparse.Namespace) -> dict[str, object]:
     kubeconfig = args.kubeconfig
-    namespace = f"bench-{uuid.uuid4().hex[:6]}"
+    run = uuid.uuid4().hex[:6]
     kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    kubectl(kubeconfig, "create", "namespace", namespace)
     if "namespace/kubewrit-system" not in kubectl(kubeconfig, "get", "ns", "-o", "name"):
         kubectl(kubeconfig, "create", "namespace", "kubewrit-system")
-    kubectl(kubeconfig, "create", "serviceaccount", "support-agent", "-n", namespace)
-    spec = yaml.safe_load((REPO / "examples" / "policies" / "support-agent.yaml").read_text())
-    manifest = {
-        "apiVersion": "kubewrit.io/v1alpha1",
-        "kind": "AgentPolicy",
-        "metadata": {"name": "support-agent", "namespace": namespace},
-        "spec": spec,
-    }
-    kubectl(kubeconfig, "apply", "-f", "-", input=yaml.safe_dump(manifest))
-    token = kubectl(
-        kubeconfig, "create", "token", "support-agent", "-n", namespace, "--audience", "kubewrit"
-    ).strip()
+    tokens: dict[int, tuple[str, str]] = {}
+    for limits in sorted({0, *args.limits}):
+        namespace = f"bench-{run}-l{limits}"
+        kubectl(kubeconfig, "create", "namespace", namespace)
+        kubectl(kubeconfig, "create", "serviceaccount", "support-agent", "-n", namespace)
+        manifest = {
+            "apiVersion": "kubewrit.io/v1alpha1",
+            "kind": "AgentPolicy",
+            "metadata": {"name": "support-agent", "namespace": namespace},
+            "spec": walkthrough_spec(limits),
+        }
+        kubectl(kubeconfig, "apply", "-f", "-", input=yaml.safe_dump(manifest))
+        token = kubectl(
+            kubeconfig,
+            "create",
+            "token",
+            "support-agent",
+            "-n",
+            namespace,
+            "--audience",
+            "kubewrit",
+        ).strip()
+        tokens[limits] = (namespace, token)
     with tempfile.TemporaryDirectory(prefix="kubewrit-bench-") as tmp:
         scratch = Path(tmp)
         report: dict[str, object] = {
@@ -324,19 +380,31 @@ def kubernetes(args: argparse.Namespace) -> dict[str, object]:
             process(command, url, "kubewrit webhook", scratch) as pid,
             floor_server(1, scratch) as floor,
         ):
-            webhook = Server("decide", url, pid, {"Authorization": f"Bearer {token}"})
+            webhooks = [
+                Server(
+                    "decide" + (f"+{n}limits" if n else ""),
+                    url,
+                    pid,
+                    {"Authorization": f"Bearer {token}"},
+                )
+                for n, (_, token) in sorted(tokens.items())
+            ]
             report["results"] = rounds(
-                [webhook, floor], args.concurrency, args.requests, args.repeats
+                [*webhooks, floor], args.concurrency, args.requests, args.repeats
             )
     sent = args.repeats * sum(max(1, args.requests // c) * c for c in args.concurrency)
     sent += 50 * max(args.concurrency)
-    count, size = etcd_bytes_per_record(kubeconfig, namespace)
-    kubectl(kubeconfig, "delete", "namespace", namespace, "--wait=false")
-    report["records_found"] = count
+    counts, sizes = [], []
+    for namespace, _ in tokens.values():
+        count, size = etcd_bytes_per_record(kubeconfig, namespace)
+        counts.append(count)
+        sizes.append(size)
+        kubectl(kubeconfig, "delete", "namespace", namespace, "--wait=false")
+    report["records_found"] = min(counts)
     report["answers"] = sent
-    report["etcd_bytes_per_record"] = size
-    if count < sent:
-        raise RuntimeError(f"{sent} answers but {count} ActionRecords")
+    report["etcd_bytes_per_record"] = sizes[0]
+    if min(counts) < sent:
+        raise RuntimeError(f"{sent} answers but only {min(counts)} ActionRecords in a namespace")
     report["every_answer_recorded"] = True
     return report
 
@@ -355,6 +423,9 @@ def main() -> None:
     parser.add_argument("--workers", type=integers, default=[1, 2], help="standalone only")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--prefill", type=int, default=0, help="standalone only")
+    parser.add_argument(
+        "--limits", type=integers, default=[0], help="limits on the refund: e.g. 0,1,3"
+    )
     parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG", ""))
     args = parser.parse_args()
     if args.mode == "kubernetes" and not args.kubeconfig:

@@ -20,7 +20,8 @@ from kubewrit.webhook.metrics import Metrics
 from kubewrit.webhook.policy_state import PolicyState
 from kubewrit.webhook.recorder import AnchorPolicy, DuplicateRequest, Ledger, Recorder
 from kubewrit.webhook.server.runtime import Runtime, Tuning
-from kubewrit.webhook.store.sqlite import SQLiteStore
+from kubewrit.webhook.slices import LeasedBudgets
+from kubewrit.webhook.store.sqlite import SQLiteBudgets, SQLiteStore
 
 log = logging.getLogger(__name__)
 
@@ -95,26 +96,11 @@ class SharedStoreError(ValueError):
     """Several server processes cannot serve this configuration."""
 
 
-def limited_policies(state: PolicyState) -> list[str]:
-    """Policies that declare `limits:` (budgets one process must own to count exactly)."""
-    return [p.name for p in state.policies if getattr(p, "limits", ())]
-
-
 def prepare(config: Config, workers: int = 1) -> PolicyState:
-    """What must exist before several workers start at once: key, schema, tokens.
-
-    Refuses several workers while a policy declares limits: their exact counting in
-    standalone mode relies on one process owning each budget.
-    """
+    """What must exist before several workers start at once: key, schema, tokens."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
     state = PolicyState()
     reload.load_into(state, config.policies, Metrics())
-    limited = limited_policies(state)
-    if workers > 1 and limited:
-        raise SharedStoreError(
-            f"--workers {workers}: policies {', '.join(limited)} declare limits, whose exact "
-            "counting needs one server process; run with --workers 1"
-        )
     keys.load_or_create(config.key_file)
     SQLiteStore(config.database).close()
     if not config.tokens_file.exists() and config.bootstrap_tokens:
@@ -213,12 +199,17 @@ def build(config: Config) -> Runtime:
         AnchorPolicy(config.anchor_every, config.anchor_seconds),
         signer.verifier.b64,
     )
+    # One process owns its budgets outright; processes sharing the file lease slices of
+    # each from a table in it (`slices`), each under its chain's name.
+    budgets: LocalBudgets | LeasedBudgets = LocalBudgets(store)
+    if slot is not None:
+        budgets = LeasedBudgets(SQLiteBudgets(config.database), slot.chain)
     backend = Backend(
         records=recorder,
         approvals=store,
         requests=store,
         queries=store,
-        budgets=LocalBudgets(store),
+        budgets=budgets,
         history=store,
     )
     authority = Authority(state.current, backend, signer, config.writ_ttl, config.approval_ttl)
@@ -230,8 +221,10 @@ def build(config: Config) -> Runtime:
     runtime.start.append(recorder.start)
     runtime.stop.extend([recorder.stop, store.close])
     if slot is not None:
-        assert isinstance(ledger, SharedLedger)
+        assert isinstance(ledger, SharedLedger) and isinstance(budgets, LeasedBudgets)
+        runtime.stop.insert(0, budgets.settle_all)  # unused slices go back first
         runtime.stop.extend([ledger.close, slot.release])
+        runtime.background.append(budgets.return_idle)
     runtime.background.append(authority.approvals.sweep)
     if config.watch:
         runtime.background.append(watch_policies)

@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -187,17 +188,30 @@ def test_a_request_id_is_decided_once_across_workers(tmp_path: Path) -> None:
     assert len(chains) == 2  # both workers decided some of them
 
 
-def test_workers_refuse_to_start_with_policies_that_declare_limits(tmp_path: Path) -> None:
-    result = run_cli(
-        "serve",
-        "--policies",
-        str(EXAMPLES / "limits"),
-        "--data-dir",
-        str(tmp_path / "data"),
-        "--workers",
-        "2",
-        check=False,
-    )
-    assert result.returncode != 0
-    assert "declare limits" in result.stdout + result.stderr
-    assert "--workers 1" in result.stdout + result.stderr
+def test_workers_share_a_budget_and_permit_exactly_it_together(tmp_path: Path) -> None:
+    server = start_server(tmp_path, "--workers", "2", policies=EXAMPLES / "limits")
+    try:
+
+        def refund(i: int) -> str:
+            body = {
+                "tool": "process_refund",
+                "args": {"amount": 100, "customer_id": f"c-{i}"},
+                "request_id": f"r-{i}",
+            }
+            with httpx.Client(headers=server.headers("support-agent"), timeout=30) as http:
+                reply = http.post(f"{server.url}/v1/decide", json=body)
+            assert reply.status_code == 200, reply.text
+            return str(reply.json()["decision"])
+
+        with ThreadPoolExecutor(16) as pool:
+            decisions = Counter(pool.map(refund, range(400)))
+        assert decisions == {"PERMIT": 10, "DEFER": 390}
+        listed = run_cli(
+            "records", "list", "--data-dir", str(server.data_dir), "--limit", "1000", "-o", "json"
+        )
+        decided = [r for r in json.loads(listed.stdout) if r["kind"] == "decision"]
+        assert len(decided) == 400
+        assert sum(1 for r in decided if r["decision"] == "PERMIT") == 10
+        assert len({r["chain"] for r in decided}) == 2  # both workers drew on the one budget
+    finally:
+        server.stop()

@@ -16,26 +16,10 @@ REPO = Path(__file__).resolve().parents[2]
 POLICIES = REPO / "examples" / "policies"
 
 
-LIMITED = REPO / "examples" / "limits"
-
-
 def state_of(directory: Path) -> PolicyState:
     state = PolicyState()
     state.replace(policy.load_paths(sorted(directory.glob("*.yaml"))), {}, 1)
     return state
-
-
-def test_policies_with_limits_are_named() -> None:
-    limited = standalone.limited_policies(state_of(LIMITED))
-    assert limited and all(isinstance(name, str) for name in limited)
-    assert standalone.limited_policies(state_of(POLICIES)) == []
-
-
-def test_several_workers_refuse_to_start_with_limits(tmp_path: Path) -> None:
-    config = standalone.Config(policies=LIMITED, data_dir=tmp_path / "data")
-    with pytest.raises(standalone.SharedStoreError, match="declare limits"):
-        standalone.prepare(config, workers=2)
-    standalone.prepare(config, workers=1)  # one process owns the budgets: fine
 
 
 def test_each_process_claims_its_own_chain(tmp_path: Path) -> None:

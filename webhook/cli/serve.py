@@ -93,7 +93,8 @@ def start_logging(level: str) -> None:
     show_default=True,
     type=click.IntRange(1, 64),
     help="Server processes sharing the port, the policies and the store, each writing its "
-    "own chain (e.g. one per core). Not with policies that declare limits; no console.",
+    "own chain (e.g. one per core); they share limits by leasing slices of each budget. "
+    "No console.",
 )
 @server_options
 def serve(
