@@ -97,7 +97,7 @@ class Limit:
         """The bucket this action counts in: canonical JSON, so no value can forge another."""
         agent = f"{action.namespace}/{action.agent}" if action.namespace else action.agent
         parts: list[list[str]] = [["agent", agent]]
-        for dimension in sorted(self.per):
+        for dimension in self.per:  # sorted when compiled
             parts.append([dimension, _scope_value(dimension, action, self.id)])
         return json.dumps(parts, separators=(",", ":"), ensure_ascii=False)
 
@@ -138,7 +138,9 @@ def demands(policies: Sequence[Policy], action: Action, matches: Any) -> list[De
     """
     from kubewrit.webhook.policy.model import Mode
 
-    found = []
+    found: list[Demand] = []
+    if not any(policy.limits for policy in policies):
+        return found
     for policy in sorted(policies, key=lambda p: p.name):
         if policy.mode is not Mode.ENFORCE or not policy.selects(action.agent, action.namespace):
             continue
