@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 from pathlib import Path
@@ -93,7 +94,8 @@ def test_an_approver_decides_the_refund_from_the_console(served: Server, pages: 
     page.keyboard.press("Enter")  # focus is on Approve
     result = card_of(page, approval_id).locator(".result")
     result.wait_for()
-    assert "Approved by approver" in result.inner_text()
+    # The agent may collect its writ before the card is read: Approved, or already Consumed.
+    assert re.search(r"(Approved|Consumed) by approver", result.inner_text())
     assert "customer verified" in result.inner_text()
     assert "PERMIT" in result.inner_text()
     poll.join(timeout=40)
