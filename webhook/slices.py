@@ -241,12 +241,20 @@ class LeasedBudgets:
         return result[0]
 
     def _settle_into(self, state: BudgetState, key: tuple[str, str], now: float) -> None:
-        """This replica's slice leaves the lease table; what it used of it becomes spent."""
+        """This holder's slice leaves the lease table; what it used of it becomes spent.
+
+        No lease in the state: it expired and already counts in full (settle_expired). A
+        lease this process does not know was taken by a predecessor under the same name
+        (a restarted worker or replica): how much of it was spent is unknown, so all of
+        it counts.
+        """
         held = state.leases.pop(self.replica, None)
+        if held is None:
+            return
         mine = self._slices.get(key)
-        # No lease in the state: it expired and already counts in full (settle_expired).
-        if held is not None and mine is not None and mine.granted - mine.left > 0:
-            state.spent.append((now, mine.granted - mine.left))
+        used = mine.granted - mine.left if mine is not None else held[0]
+        if used > 0:
+            state.spent.append((now, used))
 
     def _lease(self, demand: Demand, key: tuple[str, str]) -> Slice | None:
         """Settle this replica's slice and lease a new one (None if nothing is left)."""

@@ -80,3 +80,18 @@ def test_a_slice_whose_holder_died_counts_in_full_until_the_window_passes(tmp_pa
         return seen
 
     assert asyncio.run(scenario()) == [False, False, True, True]
+
+
+def test_a_restarted_holder_counts_its_predecessors_slice_in_full(tmp_path: Path) -> None:
+    clock = Clock()
+    (before,) = deciders(tmp_path / "s.db", clock, 1)
+
+    async def scenario() -> list[bool]:
+        await before.reserve([demand()], clock())  # leases 200, spends 100, then is killed
+        (after,) = deciders(tmp_path / "s.db", clock, 1)  # same holder name, new process
+        return [
+            (await after.reserve([demand(900)], clock())).fits,  # the 200 may all be spent
+            (await after.reserve([demand(800)], clock())).fits,
+        ]
+
+    assert asyncio.run(scenario()) == [False, True]
