@@ -403,12 +403,7 @@ class ApprovalWorkflow:
             judgement = await self.judge.approve(action)
             current = judgement.verdict
             if not judgement.reservation.fits:
-                self._move(
-                    Phase.DECIDING,
-                    claimed.moved(
-                        Phase.PENDING, decided_by=None, decided_at=None, decision_reason=None
-                    ),
-                )
+                self._move(Phase.DECIDING, approval)  # back as it was before the claim
                 await self._notify()
                 raise Conflict(
                     "limit_exceeded",

@@ -128,8 +128,6 @@ class Reservation:
         return [e.to_dict() for e in shown] or None
 
 
-NOTHING = Reservation()
-
 
 @dataclass(frozen=True)
 class Usage:
@@ -259,18 +257,16 @@ class LocalBudgets:
         self, demands: Sequence[Demand], now: float, bounded: Bounded = every_limit
     ) -> Reservation:
         if not demands:
-            return NOTHING
+            return Reservation()
         with self._lock:
+            # One window per demand: a limit's id is unique (policy names are).
             windows = [self._window(d, now) for d in demands]
             used = [w.used(now) for w in windows]
-            # Two demands on one window (two policies, one limit id each) add up.
-            pending: dict[int, Decimal] = {}
-            exceeded = []
-            for demand, window, before in zip(demands, windows, used, strict=True):
-                total = before + pending.get(id(window), ZERO) + demand.amount
-                pending[id(window)] = pending.get(id(window), ZERO) + demand.amount
-                if bounded(demand.limit) and total > demand.limit.bound:
-                    exceeded.append(entry(demand, before, exceeded=True))
+            exceeded = [
+                entry(demand, before, exceeded=True)
+                for demand, before in zip(demands, used, strict=True)
+                if bounded(demand.limit) and before + demand.amount > demand.limit.bound
+            ]
             if exceeded:
                 return Reservation(exceeded=tuple(exceeded))
             taken = [
