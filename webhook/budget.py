@@ -128,7 +128,6 @@ class Reservation:
         return [e.to_dict() for e in shown] or None
 
 
-
 @dataclass(frozen=True)
 class Usage:
     """One limit's current count in one scope (for `kubewrit limits`, status and metrics)."""

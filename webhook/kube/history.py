@@ -16,7 +16,7 @@ from typing import Any
 from kubernetes import client
 from kubewrit.webhook.canonical import Action
 from kubewrit.webhook.kube import api as kube_api
-from kubewrit.webhook.policy.history import Facts, Recent
+from kubewrit.webhook.policy.history import Facts, Recent, tally
 
 
 class RecordHistory:
@@ -42,18 +42,4 @@ class RecordHistory:
             kube_api.RECORDS,
             label_selector=selector,
         )
-        specs = [item.get("spec", {}) for item in listed.get("items", [])]
-        session = action.context.get("session")
-        counts = {}
-        for q in questions:
-            counts[q] = sum(
-                1
-                for spec in specs
-                if spec.get("agent") == action.agent
-                and spec.get("namespace") == action.namespace
-                and spec.get("decision") == "PERMIT"
-                and spec.get("tool") in q.tools
-                and kube_api.timestamp(spec.get("time")) > now - q.window
-                and (not q.per_session or spec.get("session") == session)
-            )
-        return Facts(counts)
+        return tally(questions, action, now, [i.get("spec", {}) for i in listed.get("items", [])])

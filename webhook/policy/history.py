@@ -10,7 +10,7 @@ evaluation itself stays pure, and `kubewrit test` answers them from a scripted p
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +73,35 @@ class Facts:
             return self._counts[question]
         except KeyError:
             raise LookupError(f"history for {question.describe()} was not looked up") from None
+
+
+def tally(
+    questions: Iterable[Recent], action: Any, now: float, records: Iterable[Mapping[str, Any]]
+) -> Facts:
+    """Answer the questions from records (record fields: agent, namespace, decision, tool,
+    time, session), for backends that read records whole rather than querying them."""
+    from kubewrit.webhook.chain import epoch
+
+    session = action.context.get("session")
+    mine = [
+        r
+        for r in records
+        if r.get("agent") == action.agent
+        and r.get("namespace") == action.namespace
+        and r.get("decision") == "PERMIT"
+    ]
+    return Facts(
+        {
+            q: sum(
+                1
+                for r in mine
+                if r.get("tool") in q.tools
+                and epoch(str(r.get("time"))) > now - q.window
+                and (not q.per_session or r.get("session") == session)
+            )
+            for q in questions
+        }
+    )
 
 
 NO_HISTORY = Facts()

@@ -21,7 +21,7 @@ from kubewrit.webhook.canonical import Action
 from kubewrit.webhook.chain import Anchor, Draft, Head, Record, epoch
 from kubewrit.webhook.decision import Phase
 from kubewrit.webhook.keys import Signer
-from kubewrit.webhook.policy.history import Facts, Recent
+from kubewrit.webhook.policy.history import Facts, Recent, tally
 from kubewrit.webhook.recorder import RecordUnavailable
 from kubewrit.webhook.requests import RequestKey
 
@@ -89,23 +89,8 @@ class MemoryStore:
             ]
 
     async def facts(self, questions: Sequence[Recent], action: Action, now: float) -> Facts:
-        session = action.context.get("session")
         with self._lock:
-            return Facts(
-                {
-                    q: sum(
-                        1
-                        for r in self.records
-                        if r.agent == action.agent
-                        and r.namespace == action.namespace
-                        and r.tool in q.tools
-                        and r.decision == "PERMIT"
-                        and epoch(r.time) > now - q.window
-                        and (not q.per_session or r.session == session)
-                    )
-                    for q in questions
-                }
-            )
+            return tally(questions, action, now, [r.to_dict() for r in self.records])
 
     # -- RequestStore -------------------------------------------------------------
 
