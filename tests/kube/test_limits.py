@@ -173,3 +173,25 @@ def test_two_replicas_permit_exactly_the_budget_across_a_restart(
     finally:
         for replica in replicas:
             replica.stop()
+
+
+def test_a_sequence_rule_holds_across_replicas(
+    control_plane: Any, shop: str, tmp_path: Path
+) -> None:
+    """Reading on one replica and mailing out through the other is still held."""
+    replicas = [start_webhook(control_plane, tmp_path, f"history-{i}") for i in range(2)]
+    token = control_plane.kubectl(
+        "create", "token", "support-agent", "-n", shop, "--audience", "kubewrit"
+    ).stdout.strip()
+    try:
+        mail = {"tool": "send_email", "args": {"to": "someone@elsewhere.example"}}
+        before = replicas[1].decide(token, **mail).json()
+        read = replicas[0].decide(token, tool="read_inbox").json()
+        after = replicas[1].decide(token, **mail).json()
+        assert before["decision"] == "PERMIT", before
+        assert read["decision"] == "PERMIT", read
+        assert after["decision"] == "DEFER", after
+        assert after["rule_id"] == "refund-budget/email-out-after-reading-needs-approval"
+    finally:
+        for replica in replicas:
+            replica.stop()
