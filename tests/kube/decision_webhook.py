@@ -64,6 +64,24 @@ class DecisionWebhook:
             except subprocess.TimeoutExpired:
                 self.process.kill()
 
+    def restart(self) -> None:
+        """SIGTERM (the replica shuts down as in a rollout), then the same command again."""
+        self.stop()
+        self.process = launch(self.args, self.url, self.log)
+
+
+def launch(args: list[str], url: str, log: Path) -> subprocess.Popen[bytes]:
+    """Start `kubewrit webhook` and wait until it answers; stop it if it never does."""
+    process = subprocess.Popen(
+        args, stdout=log.open("ab"), stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"}
+    )
+    try:
+        wait_healthy(url, lambda: process.poll() is None, "kubewrit webhook", 60, log)
+    except RuntimeError:
+        process.kill()
+        raise
+    return process
+
 
 def start_webhook(
     control_plane: Any, workdir: Path, replica: str = "test-webhook", *extra: str
@@ -91,13 +109,5 @@ def start_webhook(
         "0.5",
         *extra,
     ]
-    process = subprocess.Popen(
-        args, stdout=log.open("ab"), stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"}
-    )
-    webhook = DecisionWebhook(f"http://127.0.0.1:{port}", process, log, args)
-    try:
-        wait_healthy(webhook.url, lambda: process.poll() is None, "kubewrit webhook", 60, log)
-    except RuntimeError:
-        webhook.stop()
-        raise
-    return webhook
+    url = f"http://127.0.0.1:{port}"
+    return DecisionWebhook(url, launch(args, url, log), log, args)

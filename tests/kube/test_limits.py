@@ -5,7 +5,6 @@ restarted in the middle: the replicas together permit exactly the budget, never 
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import uuid
 from collections import Counter
@@ -16,11 +15,9 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from kubewrit.webhook.client.testing import wait_healthy
 
 from tests.conftest import REPO, poll, run_cli
 from tests.kube.decision_webhook import (
-    DecisionWebhook,
     apply_crds,
     policy_manifest,
     start_webhook,
@@ -45,16 +42,6 @@ def shop(control_plane: Any) -> Iterator[str]:
     )
     yield namespace
     control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
-
-
-def restart(webhook: DecisionWebhook) -> DecisionWebhook:
-    webhook.stop()  # SIGTERM: the replica returns its unused slices on the way out
-    process = subprocess.Popen(
-        webhook.args, stdout=webhook.log.open("ab"), stderr=subprocess.STDOUT
-    )
-    wait_healthy(webhook.url, lambda: process.poll() is None, "kubewrit webhook", 60, webhook.log)
-    webhook.process = process
-    return webhook
 
 
 def test_two_replicas_permit_exactly_the_budget_across_a_restart(
@@ -96,7 +83,7 @@ def test_two_replicas_permit_exactly_the_budget_across_a_restart(
         for t in threads:
             t.start()
         poll(lambda: len(answers), lambda n: n >= 5, timeout=120)
-        restart(replicas[1])
+        replicas[1].restart()  # SIGTERM: it returns its unused slices on the way out
         for t in threads:
             t.join(timeout=600)
         assert len(answers) == REFUNDS
