@@ -50,7 +50,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_load
-from kubewrit.webhook.client.testing import free_port, wait_healthy
+from kubewrit.webhook.client.testing import free_port, serve_command, wait_healthy
 
 REPO = Path(__file__).resolve().parent.parent
 BODY = json.dumps({"tool": "process_refund", "args": {"amount": 45, "order": "A-1"}}).encode()
@@ -123,20 +123,7 @@ def kubewrit_serve(
     policy_dir.mkdir()
     (policy_dir / "support-agent.yaml").write_text(yaml.safe_dump(walkthrough_spec(limits)))
     port = free_port()
-    command = [
-        sys.executable,
-        "-c",
-        "from kubewrit.webhook.cli import main; main()",
-        "serve",
-        "--policies",
-        str(policy_dir),
-        "--data-dir",
-        str(data_dir),
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
+    command = serve_command(policy_dir, data_dir, port)
     if workers > 1:
         command += ["--workers", str(workers)]
     url = f"http://127.0.0.1:{port}"

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import yaml
-from kubewrit.webhook.client.testing import free_port, wait_healthy
+from kubewrit.webhook.client.testing import free_port, serve_command, wait_healthy
 
 # CrewAI cannot share this environment (it pins mcp<2): its tests run in CrewAI's own
 # virtualenv, driven by tests/integrations/test_crewai.py.
@@ -123,19 +123,9 @@ def start_server(tmp: Path, *extra: str, policies: Path = EXAMPLE_POLICIES) -> S
     data_dir = tmp / "data"
     port = free_port()
     log = tmp / "serve.log"
-    command = [
-        shutil.which("kubewrit") or "kubewrit",
-        "serve",
-        "--policies",
-        str(policy_dir),
-        "--data-dir",
-        str(data_dir),
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        *extra,
-    ]
+    # The installed entry point, as a user runs it.
+    program = [shutil.which("kubewrit") or "kubewrit"]
+    command = serve_command(policy_dir, data_dir, port, *extra, program=program)
     process = subprocess.Popen(
         command,
         stdout=log.open("wb"),

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,6 +114,29 @@ def wait_healthy(
         time.sleep(0.05)
 
 
+# This interpreter's kubewrit, whatever is on PATH.
+THIS_KUBEWRIT = (sys.executable, "-c", "from kubewrit.webhook.cli import main; main()")
+
+
+def serve_command(
+    policies: Path, data_dir: Path, port: int, *extra: str, program: Sequence[str] = THIS_KUBEWRIT
+) -> list[str]:
+    """`kubewrit serve` on 127.0.0.1:`port`, quiet (warnings only)."""
+    return [
+        *program,
+        "serve",
+        "--policies",
+        str(policies),
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        *extra,
+    ]
+
+
 @contextlib.contextmanager
 def served_process(policies: str | Path, *extra: str) -> Iterator[LocalServer]:
     """`kubewrit serve` as a child process on a free port, until the block exits."""
@@ -123,21 +146,7 @@ def served_process(policies: str | Path, *extra: str) -> Iterator[LocalServer]:
         policy_dir, data_dir = Path(scratch) / "policies", Path(scratch) / "data"
         shutil.copytree(Path(policies), policy_dir)
         port = free_port()
-        command = [
-            sys.executable,
-            "-c",
-            "from kubewrit.webhook.cli import main; main()",
-            "serve",
-            "--policies",
-            str(policy_dir),
-            "--data-dir",
-            str(data_dir),
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            *extra,
-        ]
+        command = serve_command(policy_dir, data_dir, port, *extra)
         log = (Path(scratch) / "serve.log").open("wb")
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
