@@ -171,10 +171,24 @@ def decisions_in(database: Path) -> int:
         connection.close()
 
 
+WARM_PER_CLIENT = 50
+
+
 def warm(server: Server, concurrency: int) -> None:
     bench_load.hey(
-        server.url + "/v1/decide", BODY, 50 * concurrency, concurrency, server.pid, server.headers
+        server.url + "/v1/decide",
+        BODY,
+        WARM_PER_CLIENT * concurrency,
+        concurrency,
+        server.pid,
+        server.headers,
     )
+
+
+def answers_sent(args: argparse.Namespace) -> int:
+    """Decisions each server was sent: hey sends requests // c per client, and the warm-up."""
+    sent = args.repeats * sum(max(1, args.requests // c) * c for c in args.concurrency)
+    return sent + WARM_PER_CLIENT * max(args.concurrency)
 
 
 def rounds(
@@ -265,8 +279,7 @@ def standalone(args: argparse.Namespace) -> dict[str, object]:
             servers += [stack.enter_context(floor_server(w, scratch)) for w in args.workers]
             before = {s.name: decisions_in(s.database) for s in servers if s.database}
             report["results"] = rounds(servers, args.concurrency, args.requests, args.repeats)
-            sent = args.repeats * sum(max(1, args.requests // c) * c for c in args.concurrency)
-            sent += 50 * max(args.concurrency)
+            sent = answers_sent(args)
             for server in servers:
                 if server.database is None:
                     continue
@@ -379,8 +392,7 @@ def kubernetes(args: argparse.Namespace) -> dict[str, object]:
             report["results"] = rounds(
                 [*webhooks, floor], args.concurrency, args.requests, args.repeats
             )
-    sent = args.repeats * sum(max(1, args.requests // c) * c for c in args.concurrency)
-    sent += 50 * max(args.concurrency)
+    sent = answers_sent(args)
     counts, sizes = [], []
     for namespace, _ in tokens.values():
         count, size = etcd_bytes_per_record(kubeconfig, namespace)
