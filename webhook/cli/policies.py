@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 from kubewrit.webhook import canonical, policy
@@ -18,18 +18,12 @@ from kubewrit.webhook.policy.model import Policy
 from kubewrit.webhook.simulation import Simulation
 from rich.table import Table
 
-T = TypeVar("T")
-
 
 def load_policies(paths: Sequence[Path]) -> list[Policy]:
     try:
         return policy.load_paths(paths)
     except policy.PolicyError as exc:
         fail(str(exc))
-
-
-def run(coroutine: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coroutine)
 
 
 async def remember_history(
@@ -100,7 +94,7 @@ def check(
         return await sim.decide(read_document(action_file), agent)
 
     try:
-        outcome = run(decide())
+        outcome = asyncio.run(decide())
     except (ValueError, canonical.CanonicalError) as exc:
         fail(f"{action_file}: {exc}")
     verdict, action_hash = outcome.verdict, outcome.action_hash
@@ -210,7 +204,7 @@ def run_suite(path: Path) -> list[CaseResult]:
         where = f"{path}: test {index}"
         if not isinstance(case, dict) or set(case) - CASE_KEYS:
             raise ValueError(f"{where}: a test has {sorted(CASE_KEYS)}")
-        results.extend(run(run_case(case, policies, where)))
+        results.extend(asyncio.run(run_case(case, policies, where)))
     return results
 
 
