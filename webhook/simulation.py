@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kubewrit.webhook import canonical, keys
+from kubewrit.webhook import keys
 from kubewrit.webhook.authority import ActionInput, Authority, admit
 from kubewrit.webhook.decision import Decision, Reason, Verdict
 from kubewrit.webhook.identity import Principal, Role
@@ -90,9 +90,3 @@ class Simulation:
                 budgets.commit(reservation, self.clock.now)
         finally:
             self.clock.now = now
-
-    @staticmethod
-    def action_hash(document: Any, default_agent: str | None = None) -> str:
-        agent, raw = parse_action(document, default_agent)
-        action, _ = admit(agent, raw.tool, raw.args, raw.operation, raw.context)
-        return canonical.action_hash(action)
