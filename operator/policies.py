@@ -226,7 +226,6 @@ def limit_usage(
                 state = configmaps.parse_budget(data, limit.id, data.get("scope", ""))
             except ValueError:
                 continue
-            state.settle_expired(now)
             used.append(state.used(now, limit.window))
         found.append(
             {

@@ -63,7 +63,9 @@ class BudgetState:
                     self.spent.append((expires, amount))
 
     def used(self, now: float, window: int) -> Decimal:
-        """Spent within the window plus every live lease (counted in full)."""
+        """Spent within the window plus every live lease (counted in full); expired leases
+        are settled first."""
+        self.settle_expired(now)
         self.spent = [(t, a) for t, a in self.spent if t > now - window]
         return sum((a for _, a in self.spent), Decimal(0)) + sum(
             (a for a, _ in self.leases.values()), Decimal(0)
@@ -339,7 +341,6 @@ class LeasedBudgets:
             state = self.states.read(limit, key[1])
             if state is None:
                 continue
-            state.settle_expired(now)
             used = state.used(now, limit.window)
             found.append(Usage(key[0], key[1], used, limit.bound, limit.window, limit.exceeded))
         return found
