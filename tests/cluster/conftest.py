@@ -93,25 +93,22 @@ class Cluster(ControlPlane):
         args = ["logs", "-n", namespace, pod] + (["-c", container] if container else [])
         return self.kubectl(*args, check=False).stdout
 
+    def wait_finished(self, namespace: str, pod: str, what: str, timeout: float = 120) -> str:
+        """Wait until the pod has Succeeded or Failed; return which."""
+
+        def finished() -> str:
+            phase = self.kubectl(
+                "get", "pod", pod, "-n", namespace, "-o", "jsonpath={.status.phase}", check=False
+            ).stdout
+            return phase if phase in ("Succeeded", "Failed") else ""
+
+        return str(self.wait(finished, what, timeout))
+
     def run_pod(self, manifest: dict[str, Any], timeout: float = 120) -> tuple[str, str]:
         """Create a pod, wait until it ends; return (phase, logs)."""
         ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
         self.kubectl("apply", "-f", "-", input=json.dumps(manifest))
-        phase = self.wait(
-            lambda: (
-                (
-                    self.kubectl(
-                        "get", "pod", name, "-n", ns, "-o", "jsonpath={.status.phase}", check=False
-                    ).stdout
-                    in ("Succeeded", "Failed")
-                )
-                and self.kubectl(
-                    "get", "pod", name, "-n", ns, "-o", "jsonpath={.status.phase}"
-                ).stdout
-            ),
-            f"pod {ns}/{name} to finish",
-            timeout,
-        )
+        phase = self.wait_finished(ns, name, f"pod {ns}/{name} to finish", timeout)
         return phase, self.pod_logs(ns, name)
 
 

@@ -163,14 +163,7 @@ def test_the_walkthrough_from_an_agent_pod(kubewrit: Release) -> None:
         "kubewrit.io/reason=order checked",
         user="alice",
     )
-    c.wait(
-        lambda: (
-            c.kubectl("get", "pod", name, "-n", shop, "-o", "jsonpath={.status.phase}").stdout
-            in ("Succeeded", "Failed")
-        ),
-        "the agent pod to finish",
-        timeout=90,
-    )
+    c.wait_finished(shop, name, "the agent pod to finish", timeout=90)
     logs = c.pod_logs(shop, name)
     lines = [json.loads(x) for x in logs.splitlines() if x.startswith("{")]
     assert len(lines) == 3, logs

@@ -59,16 +59,7 @@ def start_load(release: Release, seconds: float, clients: int = CLIENTS) -> str:
 
 def finish_load(release: Release, name: str, timeout: float = 120) -> dict[str, Any]:
     c = release.cluster
-    c.wait(
-        lambda: (
-            c.kubectl(
-                "get", "pod", name, "-n", release.shop, "-o", "jsonpath={.status.phase}"
-            ).stdout
-            in ("Succeeded", "Failed")
-        ),
-        "the load pod to finish",
-        timeout=timeout,
-    )
+    c.wait_finished(release.shop, name, "the load pod to finish", timeout)
     logs = c.pod_logs(release.shop, name)
     lines = [ln for ln in logs.splitlines() if ln.startswith("{")]
     assert lines, f"load pod {name} printed no result:\n{logs[-3000:]}"
@@ -282,14 +273,7 @@ def test_killing_the_operator_leader_hands_over_within_the_lease(kubewrit: Relea
         "kubewrit.io/decision=approve",
         user="alice",
     )
-    c.wait(
-        lambda: (
-            c.kubectl("get", "pod", name, "-n", shop, "-o", "jsonpath={.status.phase}").stdout
-            in ("Succeeded", "Failed")
-        ),
-        "the agent to finish",
-        timeout=90,
-    )
+    c.wait_finished(shop, name, "the agent to finish", timeout=90)
     lines = [json.loads(x) for x in c.pod_logs(shop, name).splitlines() if x.startswith("{")]
     assert [x["decision"] for x in lines] == ["PERMIT", "PERMIT", "DENY"], lines
     assert c.json("get", "actionapproval", approval, "-n", shop)["status"]["decidedBy"] == "alice"
