@@ -51,19 +51,37 @@ def stored(data_dir: Path) -> dict[tuple[str, int], str]:
 
 
 def hammer(server: Server, stop: threading.Event, answered: list[dict]) -> None:
-    """Decide fresh actions back to back until stopped or the server is gone."""
-    with httpx.Client(base_url=server.url, headers=server.headers("support-agent"), timeout=5) as c:
-        index = 0
-        while not stop.is_set():
-            index += 1
-            try:
-                answer = c.post(
-                    "/v1/decide", json={"tool": "process_refund", "args": {"amount": index % 100}}
-                )
-            except httpx.HTTPError:
-                return
-            if answer.status_code == 200:
-                answered.append(answer.json())
+    """Decide fresh actions back to back until stopped or the server is gone.
+
+    A new connection every few requests: the kernel spreads connections, not requests,
+    over the workers' shared port, so a few long-lived ones could all land on one.
+    """
+    index = 0
+    while not stop.is_set():
+        with httpx.Client(
+            base_url=server.url, headers=server.headers("support-agent"), timeout=5
+        ) as client:
+            for _ in range(10):
+                index += 1
+                try:
+                    answer = client.post(
+                        "/v1/decide",
+                        json={"tool": "process_refund", "args": {"amount": index % 100}},
+                    )
+                except httpx.HTTPError:
+                    return
+                if answer.status_code == 200:
+                    answered.append(answer.json())
+
+
+def wait_for_chains(answered: list[dict], count: int, timeout: float = 20.0) -> None:
+    """Until answers came from `count` chains: every worker is up and deciding."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len({a["record"]["chain"] for a in list(answered)}) >= count:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"answers never came from {count} workers' chains")
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -75,7 +93,8 @@ def test_kill_9_under_load_loses_no_answered_decision(tmp_path: Path, workers: i
     try:
         for thread in threads:
             thread.start()
-        time.sleep(2.0)
+        wait_for_chains(answered, workers)
+        time.sleep(1.0)
         for pid in process_tree(server.process.pid):  # kill -9: parent and workers at once
             os.kill(pid, signal.SIGKILL)
         server.process.wait(timeout=10)
@@ -118,7 +137,8 @@ def test_a_worker_killed_under_load_is_replaced_and_loses_nothing(tmp_path: Path
     try:
         for thread in threads:
             thread.start()
-        time.sleep(1.5)
+        wait_for_chains(answered, 2)
+        time.sleep(0.5)
         victim = listening_workers(server)[0]
         os.kill(victim, signal.SIGKILL)
         time.sleep(1.0)
