@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """Fill a standalone data directory with valid sealed records, and time `kubewrit verify`.
 
-    hack/bench_store.py fill DATA_DIR --records 1000000
+    hack/bench_store.py fill DATA_DIR --records 1000000 [--batch 8]
     hack/bench_store.py verify DATA_DIR
 
 `fill` seals records exactly as the recorder does (chain.Head.seal_next with the data
 directory's own signing key, created if missing) on several chains named
 `prefill-<n>`, one per CPU, and writes them through the SQLite store in large
 transactions, then anchors each chain; the server later writes its own chain beside
-them. `verify` runs `kubewrit verify` on the directory and reports seconds per
+them. `--batch N` seals them as the recorder seals batches of N (records that queued
+up during one commit): the last of each signed, the others `batched` (chain.py); 1,
+the default, signs every record, as a server answering one client at a time does.
+`verify` runs `kubewrit verify` on the directory and reports seconds per
 million records. Both print JSON. Used by `bench_decide.py --prefill`.
 """
 
@@ -32,8 +35,8 @@ from kubewrit.webhook.store.sqlite import SQLiteStore
 BATCH = 20_000
 
 
-def _fill_chain(args: tuple[str, str, int]) -> int:
-    data_dir, chain_id, count = args
+def _fill_chain(args: tuple[str, str, int, int]) -> int:
+    data_dir, chain_id, count, batch = args
     directory = Path(data_dir)
     signer = keys.load_or_create(directory / "signing-key.pem")
     store = SQLiteStore(directory / "kubewrit.db")
@@ -52,7 +55,8 @@ def _fill_chain(args: tuple[str, str, int]) -> int:
             risk="low",
             message="Small refunds auto-approved",
         )
-        pending.append(head.seal_next(draft, signer))
+        last = index % batch == batch - 1 or index == count - 2
+        pending.append(head.seal_next(draft, signer, signed=last))
         if len(pending) >= BATCH:
             store.write(pending)
             pending = []
@@ -63,13 +67,15 @@ def _fill_chain(args: tuple[str, str, int]) -> int:
     return count
 
 
-def fill(data_dir: Path, records: int, chains: int | None = None) -> None:
+def fill(data_dir: Path, records: int, chains: int | None = None, batch: int = 1) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     keys.load_or_create(data_dir / "signing-key.pem")
     SQLiteStore(data_dir / "kubewrit.db").close()
     chains = chains or os.cpu_count() or 1
     shares = [records // chains + (1 if n < records % chains else 0) for n in range(chains)]
-    jobs = [(str(data_dir), f"prefill-{n}", share) for n, share in enumerate(shares) if share]
+    jobs = [
+        (str(data_dir), f"prefill-{n}", share, batch) for n, share in enumerate(shares) if share
+    ]
     with multiprocessing.get_context("spawn").Pool(len(jobs)) as pool:
         pool.map(_fill_chain, jobs)
 
@@ -112,12 +118,13 @@ def main() -> None:
     parser.add_argument("action", choices=["fill", "verify"])
     parser.add_argument("data_dir", type=Path)
     parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--batch", type=int, default=1, help="records per signature")
     args = parser.parse_args()
     if args.action == "fill":
         started = time.perf_counter()
-        fill(args.data_dir, args.records)
+        fill(args.data_dir, args.records, batch=args.batch)
         elapsed = time.perf_counter() - started
-        filled = {"records": args.records, "seconds": round(elapsed, 1)}
+        filled = {"records": args.records, "batch": args.batch, "seconds": round(elapsed, 1)}
         print(json.dumps({**filled, **bytes_per_record(args.data_dir)}))
     else:
         print(json.dumps(verify_seconds(args.data_dir)))

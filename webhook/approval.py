@@ -17,8 +17,10 @@ told so. A human's decision is claimed (Deciding) before it is recorded, so two
 approvers, or an approver and the expiry sweep, can never both produce a record.
 
 Who may approve is bound into the approval when the action is held (the approver
-set of the policy that held it), so renaming or deleting that policy later can
-never skip the check.
+sets of every policy that held it, each of which must admit the approver), so
+renaming or deleting a policy later can never skip the check. The writ an approval
+yields is its approval record's own (`writ.Issuer.for_decision`), so a phase put
+back by whoever can write the store never mints a second usable writ.
 """
 
 from __future__ import annotations
@@ -555,10 +557,8 @@ class ApprovalWorkflow:
         problem = None
         if record is None:
             problem = "has no decision record"
-        elif chain.record_hash(record.body()) != record.hash:
-            problem = "carries a record whose hash does not match its content"
-        elif not any(chain.signature_valid(record, v) for v in self.trusted_keys(record.key_id)):
-            problem = "carries a record no trusted kubewrit key signed"
+        elif not chain.genuine(record, self.trusted_keys(record.key_id)):
+            problem = "carries a record whose content no trusted kubewrit key signed"
         elif (
             record.kind,
             record.decision,
@@ -588,11 +588,20 @@ class ApprovalWorkflow:
         current, _, _ = await self.judge.evaluate(approval.held_action())
         if current.decision is Decision.DENY:
             return await self._revoke(approval, current), None
-        now = self.clock()
+        # The writ is the approval record's own (issued at its time, `writ.Issuer`): a phase
+        # put back by whoever can write the store yields the same writ, same jti and same
+        # expiry, which an executor has already used, never a second usable one.
+        token = self.writs.for_decision(record, self.clock())
+        if token is None:
+            raise Conflict(
+                "writ_expired",
+                f"approval {approval.id} was granted at {record.time}; its writ lasted "
+                f"{self.writs.ttl} s and is never issued twice: send the action again",
+            )
         if not self.store.swap(Phase.APPROVED, approval.moved(Phase.CONSUMED)):
             raise Conflict("approval_consumed", "approval was already used")
         await self._notify()
-        return approval.moved(Phase.CONSUMED), self.writs.issue(record, now)
+        return approval.moved(Phase.CONSUMED), token
 
     async def _revoke(self, approval: Approval, current: Verdict) -> Approval:
         """Approved, but the policy now denies: Denied, with the policy's DENY recorded."""

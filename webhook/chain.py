@@ -4,6 +4,16 @@ A record's hash is SHA-256 over the RFC 8785 bytes of every field except the
 hash and the signature; the signature is Ed25519 over that hash. Each record
 names the hash of its predecessor, so changing, removing, inserting or
 reordering any record breaks a link a verifier can point at.
+
+Because of those links, one signature vouches for its record and every record
+before it. A writer whose batches become durable all or nothing (SQLite) signs
+the last record of each batch, and every record an approval's writ is issued
+from; the others say so in their hashed content (`batched: true`), carry an empty
+signature, and are covered by the next signed record of their chain. A chain
+therefore always ends in a signed record (or at a head that a signed anchor or
+export trailer names), so nothing durable is ever unsigned, and a verifier finds
+the same changes as if each record were signed.
+A writer whose batch may land in part (ActionRecords) signs every record.
 """
 
 from __future__ import annotations
@@ -11,7 +21,7 @@ from __future__ import annotations
 import time
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -23,34 +33,41 @@ GENESIS_PREV = "0" * 64
 UNSIGNED_FIELDS = ("hash", "signature")
 # Fields added after records were first written: absent when unset, so a record
 # that does not use them has exactly the bytes (and hash) it always had.
-EXTENSION_FIELDS = ("limits", "session")
+EXTENSION_FIELDS = ("limits", "session", "batched")
 
 T = TypeVar("T")
 MAX_SAFE_INTEGER = 2**53 - 1
 
 
-def _accepts(hint: Any, value: Any) -> bool:
+def _checker(hint: Any) -> Callable[[Any], bool]:
+    """A predicate for values of `hint`, built once per hint (records are parsed by the million)."""
     if isinstance(hint, types.UnionType):
-        return any(_accepts(arm, value) for arm in typing.get_args(hint))
+        arms = [_checker(arm) for arm in typing.get_args(hint)]
+        return lambda value: any(arm(value) for arm in arms)
     if hint is type(None):
-        return value is None
+        return lambda value: value is None
     if hint is int:  # a JSON integer that survives RFC 8785 (IEEE 754 doubles)
-        return type(value) is int and abs(value) <= MAX_SAFE_INTEGER
-    origin = typing.get_origin(hint)
-    if origin is not None:  # list[...]: the entries are checked by whoever reads them
-        return isinstance(value, origin)
-    return isinstance(value, hint)
+        return lambda value: type(value) is int and abs(value) <= MAX_SAFE_INTEGER
+    # list[...]: the entries are checked by whoever reads them
+    kind = typing.get_origin(hint) or hint
+    return lambda value: isinstance(value, kind)
 
 
-_DECLARED: dict[type, tuple[dict[str, Any], list[str]]] = {}
+_DECLARED: dict[
+    type, tuple[dict[str, Any], list[str], list[tuple[str, Callable[[Any], bool]]]]
+] = {}
 
 
-def _declared(cls: type) -> tuple[dict[str, Any], list[str]]:
-    """A dataclass's field types and names (resolving the hints costs more than a parse)."""
+def _declared(
+    cls: type,
+) -> tuple[dict[str, Any], list[str], list[tuple[str, Callable[[Any], bool]]]]:
+    """A dataclass's field types, names and checkers (resolving hints costs more than a parse)."""
     found = _DECLARED.get(cls)
     if found is None:
         names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-        found = _DECLARED[cls] = (typing.get_type_hints(cls), names)
+        hints = typing.get_type_hints(cls)
+        checks = [(name, _checker(hints[name])) for name in names]
+        found = _DECLARED[cls] = (hints, names, checks)
     return found
 
 
@@ -62,15 +79,15 @@ def parse_fields(cls: type[T], data: Any, what: str) -> T:
     """
     if not isinstance(data, Mapping):
         raise ValueError(f"{what} must be a JSON object, not {type(data).__name__}")
-    hints, names = _declared(cls)
+    hints, names, checks = _declared(cls)
     unknown = sorted(str(key) for key in data if key not in hints)
     if unknown:
         raise ValueError(f"unknown {what} fields: {unknown}")
     missing = [name for name in names if name not in data and name not in EXTENSION_FIELDS]
     if missing:
         raise ValueError(f"{what} lacks {', '.join(missing)}")
-    for name in names:
-        if name in data and not _accepts(hints[name], data[name]):
+    for name, accepts in checks:
+        if name in data and not accepts(data[name]):
             raise ValueError(
                 f"{what} field {name!r} must be {_type_name(hints[name])}, "
                 f"not {type(data[name]).__name__} {data[name]!r:.40}"
@@ -127,6 +144,9 @@ class Record(Draft):
     key_id: str = ""
     hash: str = ""
     signature: str = ""
+    # True: signed with its batch (the next signed record's signature covers it), so its
+    # own signature is empty. Hashed, so a signature removed later is still found missing.
+    batched: bool | None = None
 
     def body(self) -> dict[str, Any]:
         return {k: v for k, v in self.to_dict().items() if k not in UNSIGNED_FIELDS}
@@ -150,9 +170,15 @@ def record_hash(body: dict[str, Any]) -> str:
 
 
 def seal(
-    draft: Draft, chain: str, seq: int, prev: str, signer: Signer, now: float | None = None
+    draft: Draft,
+    chain: str,
+    seq: int,
+    prev: str,
+    signer: Signer,
+    now: float | None = None,
+    signed: bool = True,
 ) -> Record:
-    """Give a draft its place in the chain, its hash and its signature."""
+    """Give a draft its place in the chain, its hash and (if `signed`) its signature."""
     unsigned = Record(
         **{name: getattr(draft, name) for name in _declared(Draft)[1]},
         chain=chain,
@@ -160,13 +186,30 @@ def seal(
         prev=prev,
         time=timestamp(now),
         key_id=signer.key_id,
+        batched=None if signed else True,
     )
     digest = record_hash(unsigned.body())
-    return replace(unsigned, hash=digest, signature=signer.sign(digest.encode()))
+    return replace(unsigned, hash=digest, signature=signer.sign(digest.encode()) if signed else "")
+
+
+def must_sign(draft: Draft) -> bool:
+    """Records signed even inside a batch: an approval's writ is issued from its record alone."""
+    return draft.kind != "decision"
 
 
 def signature_valid(record: Record, verifier: Verifier) -> bool:
-    return verifier.verify(record.signature, record.hash.encode())
+    """The record's own signature verifies (an unsigned record has none to verify)."""
+    return bool(record.signature) and verifier.verify(record.signature, record.hash.encode())
+
+
+def genuine(record: Record, verifiers: Iterable[Verifier]) -> bool:
+    """Its content matches its hash and one of `verifiers` signed it: a record read back
+    from a store others can write (ActionRecords) is believed only then."""
+    try:
+        digest = record_hash(record.body())
+    except ValueError:
+        return False
+    return digest == record.hash and any(signature_valid(record, v) for v in verifiers)
 
 
 def genesis_draft(public_key_b64: str, lineage: str = "", follows: Head | None = None) -> Draft:
@@ -300,7 +343,9 @@ class Head:
     seq: int = -1
     hash: str = GENESIS_PREV
 
-    def seal_next(self, draft: Draft, signer: Signer, now: float | None = None) -> Record:
-        record = seal(draft, self.chain, self.seq + 1, self.hash, signer, now)
+    def seal_next(
+        self, draft: Draft, signer: Signer, now: float | None = None, signed: bool = True
+    ) -> Record:
+        record = seal(draft, self.chain, self.seq + 1, self.hash, signer, now, signed)
         self.seq, self.hash = record.seq, record.hash
         return record

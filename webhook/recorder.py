@@ -55,7 +55,14 @@ class PartialWrite(Exception):
 
 
 class Ledger(Protocol):
-    """Where a chain's records and anchors live (SQLite, or ActionRecords in Kubernetes)."""
+    """Where a chain's records and anchors live (SQLite, or ActionRecords in Kubernetes).
+
+    `atomic`: a batch is durable all or nothing. Then the recorder signs only each batch's
+    last record (and any `chain.must_sign`), which vouches for the rest through their links;
+    a ledger that may keep part of a batch (`PartialWrite`) gets every record signed.
+    """
+
+    atomic: bool
 
     def head(self, chain_id: str) -> Record | None: ...
 
@@ -227,7 +234,15 @@ class Recorder:
                 self._head = Head(self.chain_id, durable.seq, durable.hash)
             self._head_uncertain = False
         before = Head(self._head.chain, self._head.seq, self._head.hash)
-        records = [self._head.seal_next(job.draft, self.signer) for job in jobs]
+        final = len(jobs) - 1
+        records = [
+            self._head.seal_next(
+                job.draft,
+                self.signer,
+                signed=not self.ledger.atomic or index == final or chain.must_sign(job.draft),
+            )
+            for index, job in enumerate(jobs)
+        ]
         written, failure = len(records), None
         try:
             self.ledger.write(records)

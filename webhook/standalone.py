@@ -145,6 +145,8 @@ class SharedLedger:
     workers racing on one request id yield one decision and one replay.
     """
 
+    atomic = True  # one SQLite transaction, as for a single writer
+
     def __init__(self, store: SQLiteStore, lock_path: Path) -> None:
         self.store = store
         self._lock = lock_path.open("a")

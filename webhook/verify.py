@@ -6,6 +6,13 @@ modified, removed, inserted or reordered, or the point after a signed head (an
 anchor, or an export's trailer) where the chain was truncated. Where no signed
 head covers a chain's last records, it says so: a cut there cannot be ruled out.
 Malformed input is a finding naming its line or record, never an exception.
+
+A record signed with its batch (`batched: true`, empty signature) is vouched for by
+the next signed record of its chain (see `chain`): a change to it, re-hashed
+onward, breaks that record's signature, which is named together with the batched
+records it covers. Batched records with no signed record, anchor, trailer or
+successor after them are a finding of their own (`unsigned`): a writer never
+leaves its chain that way. Any other record without its signature is `bad_signature`.
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ __all__ = ["ChainReport", "Cut", "Problem", "Report", "chain_order", "verify"]
 class Problem:
     chain: str  # "" when the input names no chain
     seq: int | None
-    # modified | bad_signature | missing | reordered | inserted | truncated | unknown_key | malformed
+    # modified | bad_signature | missing | reordered | inserted | truncated | unknown_key |
+    # unsigned | malformed
     kind: str
     detail: str
     line: int | None = None  # the export line it was read from
@@ -54,6 +62,7 @@ class ChainReport:
     anchored_seq: int | None = None
     problem: Problem | None = None
     covered_by: str | None = None  # "trailer" or "anchor": a signed head at the last record
+    unsigned_from: int | None = None  # the first of the unsigned records that end the chain
 
     @property
     def tail_note(self) -> str | None:
@@ -142,6 +151,8 @@ def _seal_problem(name: str, record: Record, verifiers: Mapping[str, Verifier]) 
         return Problem(
             name, record.seq, "unknown_key", f"signed by key {record.key_id}, not a trusted key"
         )
+    if record.batched and not record.signature:
+        return None  # vouched for by the next signed record (`_walk`)
     if not chain.signature_valid(record, verifier):
         return Problem(
             name,
@@ -202,6 +213,15 @@ def _walk(
         if sealed is None or not sealed.get(id(record), False):
             problem = _seal_problem(name, record, verifiers)
             if problem is not None:
+                if problem.kind == "bad_signature" and entry.unsigned_from is not None:
+                    problem = Problem(
+                        name,
+                        record.seq,
+                        "bad_signature",
+                        f"signature does not verify: this record or one of the batched "
+                        f"records {entry.unsigned_from}-{record.seq - 1} it covers was "
+                        "changed and re-hashed",
+                    )
                 return problem
         if record.seq < expected_seq:
             kind = (
@@ -234,6 +254,10 @@ def _walk(
         if record.prev != expected_prev:
             return Problem(name, record.seq, "inserted", "link to the previous record is broken")
         expected_seq, expected_prev = record.seq + 1, record.hash
+        if not record.batched or record.signature:
+            entry.unsigned_from = None
+        elif entry.unsigned_from is None:
+            entry.unsigned_from = record.seq
         entry.first_seq = record.seq if entry.first_seq is None else entry.first_seq
         entry.last_seq = record.seq
     return None
@@ -409,4 +433,13 @@ def verify(
         elif problem is None and entry.anchored_seq == entry.last_seq is not None:
             entry.covered_by = "anchor"
     _check_successions(by_chain, cuts, report)
+    for entry in report.chains.values():
+        if entry.problem is None and entry.unsigned_from is not None and not entry.covered_by:
+            entry.problem = Problem(
+                entry.chain,
+                entry.unsigned_from,
+                "unsigned",
+                f"records {entry.unsigned_from}-{entry.last_seq} end the chain with no signed "
+                "record, anchor or trailer after them: a change to them cannot be ruled out",
+            )
     return report

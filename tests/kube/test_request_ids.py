@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubewrit.webhook import writ
+from kubewrit.webhook import chain, writ
+from kubewrit.webhook.chain import Record
+from kubewrit.webhook.kube.records import from_spec
 from kubewrit.webhook.requests import RequestKey
 
 from tests.kube.decision_webhook import DecisionWebhook, apply_crds, policy_manifest, start_webhook
@@ -123,3 +125,33 @@ def test_record_queries_point_at_kubectl(replicas, agent) -> None:
     answer = replicas[0].get("/v1/records", agent)
     assert answer.status_code == 501
     assert "kubectl get actionrecords" in answer.json()["error"]["message"]
+
+
+def test_a_planted_record_never_turns_a_replay_into_a_permit(
+    control_plane, shop, replicas, agent
+) -> None:
+    """Whoever may create ActionRecords could plant a PERMIT under a denied request's label;
+    a retry must still get the DENY that kubewrit signed, and no writ."""
+    request_id = f"planted-{uuid.uuid4().hex[:6]}"
+    first = replicas[0].decide(
+        agent, tool="process_refund", args={"amount": 1200}, request_id=request_id
+    )
+    assert first.json()["decision"] == "DENY"
+    [genuine] = decisions_for(control_plane, shop, request_id)
+    for name, rehash in (("aaa-planted-permit", False), ("aaa-planted-rehashed", True)):
+        spec = {**genuine["spec"], "decision": "PERMIT", "reason": "rule_allow"}
+        if rehash:  # consistent content, but no kubewrit key signed it
+            spec["hash"] = chain.record_hash(Record.from_dict(from_spec(spec)).body())
+        planted = {
+            "apiVersion": genuine["apiVersion"],
+            "kind": "ActionRecord",
+            "metadata": {"name": name, "namespace": shop, "labels": genuine["metadata"]["labels"]},
+            "spec": spec,
+        }
+        control_plane.kubectl("create", "-f", "-", input=json.dumps(planted))
+    for replica in replicas:
+        retry = replica.decide(
+            agent, tool="process_refund", args={"amount": 1200}, request_id=request_id
+        ).json()
+        assert (retry["decision"], retry["replayed"], retry.get("writ")) == ("DENY", True, None)
+        assert retry["record"]["hash"] == genuine["spec"]["hash"]

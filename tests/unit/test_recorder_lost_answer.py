@@ -18,6 +18,8 @@ class LosesOneAnswer:
     """A ledger over SQLite whose next write lands but then reports a connection error,
     and which refuses to overwrite a stored sequence number with other content."""
 
+    atomic = False
+
     def __init__(self, store: SQLiteStore) -> None:
         self.store = store
         self.lose_next = False

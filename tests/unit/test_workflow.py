@@ -107,6 +107,28 @@ async def test_an_approval_is_approved_then_collected_once(world: World) -> None
     assert world.kinds() == ["decision", "approval"]
 
 
+async def test_an_approval_put_back_after_collection_never_yields_a_second_usable_writ(
+    world: World,
+) -> None:
+    """Whoever can write the stored approval (its status, in Kubernetes) may put it back."""
+    held = await world.decide(340)
+    assert held.approval is not None
+    approved = await world.workflow.resolve(held.approval.id, MANAGER, True)
+    _, first = await world.workflow.collect(held.approval.id, AGENT)
+    executor = writ.ReplayCache()
+    assert first and writ.verify(first, world.signer.verifier, held.action_hash, replay=executor)
+    world.store.approvals[held.approval.id] = approved  # the phase put back
+    _, again = await world.workflow.collect(held.approval.id, AGENT)
+    assert again == first  # the record's own writ: same jti, same expiry, already used
+    with pytest.raises(writ.WritRejected):
+        writ.verify(again, world.signer.verifier, held.action_hash, replay=executor)
+    world.clock.now += 120  # past the writ's lifetime
+    world.store.approvals[held.approval.id] = approved
+    with pytest.raises(Conflict) as late:
+        await world.workflow.collect(held.approval.id, AGENT)
+    assert late.value.code == "writ_expired"
+
+
 async def test_collecting_while_the_approval_is_being_recorded_waits_for_its_outcome() -> None:
     world = World()
     held = await world.decide(340)

@@ -47,6 +47,7 @@ SPEC_FIELDS = {
     "namespace": "namespace",
     "limits": "limits",
     "session": "session",
+    "batched": "batched",
     "key_id": "keyId",
     "hash": "hash",
     "signature": "signature",
@@ -229,6 +230,8 @@ class ActionRecordLedger:
 
 class ChainLedger:
     """recorder.Ledger for one chain: every record of it lives in one namespace."""
+
+    atomic = False  # one API object per record: a batch may land in part
 
     def __init__(self, ledger: ActionRecordLedger, namespace: str) -> None:
         self.ledger = ledger

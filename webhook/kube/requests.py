@@ -16,12 +16,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
+from kubewrit.webhook import chain
 from kubewrit.webhook.chain import Record
 from kubewrit.webhook.errors import Conflict, Unavailable
+from kubewrit.webhook.keys import Verifier
 from kubewrit.webhook.kube import api as kube_api
 from kubewrit.webhook.kube.records import from_spec
 from kubewrit.webhook.requests import RequestKey
@@ -46,11 +49,13 @@ class LeaseRequestStore:
         api: client.ApiClient,
         home_namespace: str,
         holder: str,
+        trusted_keys: Callable[[str], Sequence[Verifier]],
         stale_after: float = 30.0,
         wait: float = 10.0,
         ttl: float = DEFAULT_TTL_SECONDS,
     ) -> None:
         self.leases = client.CoordinationV1Api(api)
+        self.trusted_keys = trusted_keys
         self.custom = kube_api.custom(api)
         self.home = home_namespace
         self.holder = holder
@@ -131,7 +136,11 @@ class LeaseRequestStore:
         return True
 
     def decided(self, key: RequestKey) -> Record | None:
-        """The decision record for this key, by its request label."""
+        """The decision record for this key, by its request label, if a kubewrit key signed it.
+
+        Whoever may create ActionRecords in the namespace could plant one under the label;
+        a replay answers with it (and a PERMIT's writ), so only a genuine record counts.
+        """
         page = self.custom.list_namespaced_custom_object(
             kube_api.GROUP,
             kube_api.VERSION,
@@ -141,8 +150,20 @@ class LeaseRequestStore:
         )
         for item in page.get("items", []):
             data = from_spec(item["spec"])
-            if data.get("agent") == key.agent and data.get("request_id") == key.request_id:
-                return Record.from_dict(data)
+            if data.get("agent") != key.agent or data.get("request_id") != key.request_id:
+                continue
+            try:
+                record = Record.from_dict(data)
+            except ValueError:
+                record = None
+            if record is not None and chain.genuine(record, self.trusted_keys(record.key_id)):
+                return record
+            log.warning(
+                "ActionRecord %s/%s claims request %s but no trusted kubewrit key signed it",
+                item["metadata"].get("namespace"),
+                item["metadata"].get("name"),
+                key.digest(),
+            )
         return None
 
     async def release(self, key: RequestKey) -> None:

@@ -78,8 +78,9 @@ def build(config: Config) -> Runtime:
         signer.verifier.b64,
     )
     approvals = ActionApprovalStore(api, config.approval_namespaces)
+    trusted_keys = PublishedKeys(api, config.namespace, signer.verifier)
     requests = LeaseRequestStore(
-        api, config.namespace, config.replica_name(), ttl=config.request_id_ttl
+        api, config.namespace, config.replica_name(), trusted_keys, ttl=config.request_id_ttl
     )
     policies = PolicyCache(api, state, metrics)
     budgets = LeasedBudgets(
@@ -99,7 +100,7 @@ def build(config: Config) -> Runtime:
         signer,
         config.writ_ttl,
         config.approval_ttl,
-        trusted_keys=PublishedKeys(api, config.namespace, signer.verifier),
+        trusted_keys=trusted_keys,
     )
     authenticator = TokenReviewAuthenticator(
         api, ttl=config.token_cache_seconds, audiences=[config.token_audience]

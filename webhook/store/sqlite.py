@@ -101,6 +101,8 @@ def connect(path: Path | str) -> sqlite3.Connection:
 class SQLiteStore:
     """recorder.Ledger, approval.ApprovalStore, requests.RequestStore and RecordReader."""
 
+    atomic = True  # a batch is one transaction
+
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
