@@ -111,6 +111,25 @@ def test_old_import_paths_still_work() -> None:
     assert kubewrit.Governor is old and langchain is old_adapter
 
 
+def test_every_adapter_imports_by_its_documented_path() -> None:
+    """`from kubewrit.integrations.<framework> import ...`, as README and docs spell it."""
+    import kubewrit.integrations as adapters
+
+    for name in adapters.ADAPTERS:
+        probe = (
+            f"import kubewrit.integrations.{name} as a, kubewrit.webhook.integrations.{name} as b\n"
+            "assert a is b, (a, b)\n"
+        )
+        result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+        missing_framework = "No module named" in result.stderr and "kubewrit" not in (
+            result.stderr.strip().splitlines() or [""]
+        )[-1]
+        assert result.returncode == 0 or missing_framework, f"{name}: {result.stderr[-400:]}"
+    from kubewrit.integrations.langchain import wrap_tools
+
+    assert callable(wrap_tools)
+
+
 def test_the_langchain_extra_runs_the_documented_example() -> None:
     """`pip install 'kubewrit[server,langchain]'` installs everything the walkthrough agent imports."""
     import ast
