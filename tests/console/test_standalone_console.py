@@ -109,6 +109,8 @@ def test_an_approver_decides_the_refund_from_the_console(served: Server, pages: 
     assert page.inner_text("#field-approver") == "approver"
     assert page.inner_text("#field-decision") == "PERMIT"
     assert record["hash"] in page.inner_text("table.fields")
+    # An approval's record is signed on its own (its writ is issued from it alone).
+    assert re.fullmatch(r"[A-Za-z0-9_-]{86}", page.inner_text("#field-signature").strip())
     screenshot(page, "console-record")
 
     # The stale tab cannot decide again, and says why.

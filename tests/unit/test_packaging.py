@@ -121,9 +121,10 @@ def test_every_adapter_imports_by_its_documented_path() -> None:
             "assert a is b, (a, b)\n"
         )
         result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
-        missing_framework = "No module named" in result.stderr and "kubewrit" not in (
-            result.stderr.strip().splitlines() or [""]
-        )[-1]
+        missing_framework = (
+            "No module named" in result.stderr
+            and "kubewrit" not in (result.stderr.strip().splitlines() or [""])[-1]
+        )
         assert result.returncode == 0 or missing_framework, f"{name}: {result.stderr[-400:]}"
     from kubewrit.integrations.langchain import wrap_tools
 
