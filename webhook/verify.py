@@ -17,6 +17,7 @@ leaves its chain that way. Any other record without its signature is `bad_signat
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -191,11 +192,15 @@ def _sound(records: list[Record], verifiers: Mapping[str, Verifier]) -> dict[int
     step = max(1, -(-len(records) // (cores * 4)))
     slices = [(start, min(start + step, len(records))) for start in range(0, len(records), step)]
     _forked = (records, verifiers)
+    # Parsed records are left alone by the collector from now on: a forked worker whose
+    # collector walked them all would copy every page of them.
+    gc.freeze()
     try:
         with multiprocessing.get_context("fork").Pool(cores) as pool:
             flags = b"".join(pool.map(_sound_slice, slices))
     finally:
         _forked = None
+        gc.unfreeze()
     return {id(record): bool(flag) for record, flag in zip(records, flags, strict=True)}
 
 

@@ -21,6 +21,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import orjson
 from kubewrit.webhook import chain
 from kubewrit.webhook.approval import Approval, Sealer
 from kubewrit.webhook.backend import RecordQuery, counted
@@ -223,7 +224,7 @@ class SQLiteStore:
                 sql += " WHERE chain = ?"
                 params = (chain,)
             for (body,) in reader.execute(sql + " ORDER BY chain, seq", params):
-                yield json.loads(body)
+                yield orjson.loads(body)
         finally:
             reader.close()
 
