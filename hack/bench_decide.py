@@ -171,6 +171,18 @@ def decisions_in(database: Path) -> int:
         connection.close()
 
 
+def records_per_signature(database: Path) -> float:
+    """Records over signed records: how many records each signature covered (chain.py)."""
+    connection = sqlite3.connect(str(database))
+    try:
+        total, batched = connection.execute(
+            "SELECT COUNT(*), SUM(body LIKE '%\"batched\":true%') FROM records"
+        ).fetchone()
+    finally:
+        connection.close()
+    return round(total / max(1, total - (batched or 0)), 2)
+
+
 WARM_PER_CLIENT = 50
 
 
@@ -287,6 +299,9 @@ def standalone(args: argparse.Namespace) -> dict[str, object]:
                 if recorded != sent:
                     raise RuntimeError(f"{server.name}: {sent} answers but {recorded} records")
             report["every_answer_recorded"] = True
+            report["records_per_signature"] = {
+                s.name: records_per_signature(s.database) for s in servers if s.database
+            }
         if args.prefill:
             import bench_store
 
