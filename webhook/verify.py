@@ -64,6 +64,7 @@ class ChainReport:
     problem: Problem | None = None
     covered_by: str | None = None  # "trailer" or "anchor": a signed head at the last record
     unsigned_from: int | None = None  # the first of the unsigned records that end the chain
+    keys: list[str] = field(default_factory=list)  # ids of the keys its records were signed by
 
     @property
     def tail_note(self) -> str | None:
@@ -259,6 +260,8 @@ def _walk(
         if record.prev != expected_prev:
             return Problem(name, record.seq, "inserted", "link to the previous record is broken")
         expected_seq, expected_prev = record.seq + 1, record.hash
+        if record.key_id not in entry.keys:
+            entry.keys.append(record.key_id)
         if not record.batched or record.signature:
             entry.unsigned_from = None
         elif entry.unsigned_from is None:

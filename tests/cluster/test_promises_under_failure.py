@@ -205,6 +205,8 @@ def test_killing_the_operator_leader_hands_over_within_the_lease(kubewrit: Relea
         *helm_values(c),
         "--set",
         "operator.retention.maxCount=1000000",
+        "--set",
+        "operator.retention.allowEphemeralSink=true",
         "--wait",
         "--timeout",
         "3m",

@@ -40,12 +40,51 @@ def test_helm_lint(control_plane):
     assert "0 chart(s) failed" in r.stdout
 
 
+def test_the_optional_network_policy_and_service_monitor_render_and_lint(control_plane):
+    values = ["--set", "networkPolicy.enabled=true", "--set", "serviceMonitor.enabled=true"]
+    r = control_plane.helm("lint", "--strict", str(CHART), *values)
+    assert "0 chart(s) failed" in r.stdout
+    kinds = [
+        doc["kind"]
+        for doc in yaml.safe_load_all(
+            control_plane.helm("template", "kw", str(CHART), *values).stdout
+        )
+        if doc
+    ]
+    assert "NetworkPolicy" in kinds and "ServiceMonitor" in kinds
+
+
+def test_retention_refuses_an_ephemeral_sink_unless_told(control_plane):
+    """Exporting to an emptyDir and deleting from etcd would lose records with the pod."""
+    refused = control_plane.helm(
+        "template", "kw", str(CHART), "--set", "operator.retention.maxAge=30d", check=False
+    )
+    assert refused.returncode != 0
+    assert "sinkVolume to durable storage" in refused.stderr
+    durable = "operator.retention.sinkVolume.persistentVolumeClaim.claimName=kubewrit-records"
+    for extra in (
+        ["--set", "operator.retention.sinkVolume.emptyDir=null", "--set", durable],
+        ["--set", "operator.retention.allowEphemeralSink=true"],
+    ):
+        control_plane.helm(
+            "template", "kw", str(CHART), "--set", "operator.retention.maxAge=30d", *extra
+        )
+
+
 @pytest.fixture
 def release(control_plane: Any) -> Iterator[tuple[str, str]]:
     name, namespace = f"kw{uuid.uuid4().hex[:6]}", f"kubewrit-{uuid.uuid4().hex[:6]}"
     control_plane.kubectl("create", "namespace", namespace)
     control_plane.helm(
-        "install", name, str(CHART), "-n", namespace, "--set", "operator.retention.maxCount=5"
+        "install",
+        name,
+        str(CHART),
+        "-n",
+        namespace,
+        "--set",
+        "operator.retention.maxCount=5",
+        "--set",
+        "operator.retention.allowEphemeralSink=true",
     )
     yield name, namespace
     # No pods run without a node: the post-delete hook Job would never finish

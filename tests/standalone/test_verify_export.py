@@ -35,6 +35,8 @@ def test_a_cut_tail_of_an_export_is_detected(server: Server, tmp_path: Path) -> 
         code, cut_output = verify(server, tmp_path, lines[:-cut], key)
         assert code == 1 and "truncated" in cut_output, (cut, cut_output)
     assert "tail signed by the trailer" in output and "cannot be ruled out" not in output
+    key_id = next(json.loads(line)["key_id"] for line in lines if '"key_id"' in line)
+    assert f"key {key_id}," in output  # which key signed the chain
 
 
 def test_an_export_without_a_signed_end_says_a_cut_cannot_be_ruled_out(

@@ -140,6 +140,7 @@ def print_report(
                 "chains": [
                     {
                         "chain": c.chain,
+                        "signed_by": c.keys,
                         "records": c.records,
                         "first_seq": c.first_seq,
                         "last_seq": c.last_seq,
@@ -156,9 +157,10 @@ def print_report(
     for entry in report.chains.values():
         status = "[green]intact[/]" if entry.problem is None else f"[red]{entry.problem.kind}[/]"
         covered = f", tail signed by the {entry.covered_by}" if entry.covered_by else ""
+        signed = f", key {', '.join(entry.keys)}" if entry.keys else ""
         console.print(
-            f"chain {entry.chain}: {entry.records} records, seq {entry.first_seq}..{entry.last_seq}, "
-            f"anchored at {entry.anchored_seq}{covered}: {status}",
+            f"chain {entry.chain}: {entry.records} records, seq {entry.first_seq}..{entry.last_seq}"
+            f"{signed}, anchored at {entry.anchored_seq}{covered}: {status}",
             highlight=False,
         )
         if entry.tail_note:
