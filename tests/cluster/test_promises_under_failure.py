@@ -8,6 +8,7 @@ gap between answers, chain verification)."""
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import os
@@ -89,7 +90,16 @@ def records_by_ref(c: Cluster, shop: str) -> dict[tuple[str, int], dict[str, Any
 
 
 def assert_every_permit_recorded(c: Cluster, shop: str, result: dict[str, Any]) -> None:
+    """Every PERMIT a client saw has its ActionRecord, and no request id (the SDK retries
+    with the same one) was ever decided twice."""
     stored = records_by_ref(c, shop)
+    decided = collections.Counter(
+        (spec["agent"], spec["requestId"])
+        for spec in stored.values()
+        if spec["kind"] == "decision" and spec.get("requestId")
+    )
+    twice = {key: n for key, n in decided.items() if n > 1}
+    assert not twice, f"request ids decided more than once: {twice}"
     for a in result["answers"]:
         if a["decision"] != "PERMIT":
             continue
