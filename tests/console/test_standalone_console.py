@@ -54,6 +54,8 @@ def test_an_approver_decides_the_refund_from_the_console(served: Server, pages: 
     page.evaluate("window.__notReloaded = true")
 
     # The $340 refund appears in the queue live: no reload (the marker survives).
+    earlier = served.decide(tool="process_refund", args={"amount": 45, "order_id": "A-1000"})
+    assert earlier.json()["decision"] == "PERMIT"
     held = served.decide(tool="process_refund", args={"amount": 340, "order_id": "A-1001"}).json()
     assert held["decision"] == "DEFER"
     approval_id = held["approval"]["id"]
@@ -65,6 +67,12 @@ def test_an_approver_decides_the_refund_from_the_console(served: Server, pages: 
         assert shown in text, shown
     assert "Mid-range refunds require manager review" in text
     assert "risk low" in text and "expires in" in text
+    # The policy and action it was held under, whole in their titles; the agent's day.
+    assert card.locator(f"code[title='{held['policy_hash']}']").count() == 1
+    assert card.locator(f"code[title='{held['action_hash']}']").count() == 1
+    day = card.locator("details.history summary").inner_text()
+    assert "support-agent today: 2 process_refund calls" in day, day
+    assert "(1 permitted, 1 held, 0 denied)" in day, day
     assert page.inner_text("#pending-count") == "1"
     countdown = card.locator("time.countdown")
     first = countdown.inner_text()
@@ -131,6 +139,32 @@ def test_an_approver_decides_the_refund_from_the_console(served: Server, pages: 
     assert "large-refunds" in rows.first.inner_text() and "rule_deny" in rows.first.inner_text()
     assert "intact" in page.inner_text("#chain-badge")
     no_script_ran(page)
+    assert pages.problems == []
+
+
+def test_an_approver_denies_from_the_console_and_the_agent_gets_deny(
+    served: Server, pages: Pages
+) -> None:
+    page = pages.new()
+    sign_in(page, served, "approver")
+    page.wait_for_url(f"{served.url}/ui/")
+    held = served.decide(tool="process_refund", args={"amount": 340, "order_id": "A-2"}).json()
+    approval_id = held["approval"]["id"]
+    card = card_of(page, approval_id)
+    card.wait_for(timeout=10_000)
+    card.locator("input[name=reason]").fill("no receipt")
+    card.locator("button[value=deny]").click()
+    result = card_of(page, approval_id).locator(".result")
+    result.wait_for()
+    assert re.search(r"Denied by approver", result.inner_text()), result.inner_text()
+    assert "no receipt" in result.inner_text()
+    outcome = served.get(f"/v1/approvals/{approval_id}", as_="support-agent").json()
+    assert outcome["phase"] == "Denied"
+    assert outcome["outcome"]["decision"] == "DENY" and not outcome["outcome"].get("writ")
+    record = outcome["outcome"]["record"]
+    page.goto(f"{served.url}/ui/records/{record['chain']}/{record['seq']}")
+    assert page.inner_text("#field-decision") == "DENY"
+    assert page.inner_text("#field-approver") == "approver"
     assert pages.problems == []
 
 
