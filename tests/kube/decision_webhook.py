@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,3 +114,44 @@ def start_webhook(
     ]
     url = f"http://127.0.0.1:{port}"
     return DecisionWebhook(url, launch(args, url, log), log, args)
+
+
+@contextmanager
+def agent_namespace(
+    control_plane: Any,
+    prefix: str,
+    policy: Callable[[str], str] = policy_manifest,
+    agents: Sequence[str] = ("support-agent",),
+) -> Iterator[str]:
+    """A fresh namespace with the agents' ServiceAccounts and the AgentPolicy `policy`
+    makes for it (the walkthrough's by default), deleted afterwards."""
+    apply_crds(control_plane)
+    namespace = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    control_plane.kubectl("create", "namespace", namespace)
+    for agent in agents:
+        control_plane.kubectl("create", "serviceaccount", agent, "-n", namespace)
+    control_plane.kubectl("apply", "-f", "-", input=policy(namespace))
+    try:
+        yield namespace
+    finally:
+        control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def agent_token(control_plane: Any, namespace: str, agent: str = "support-agent") -> str:
+    """A token for the agent's ServiceAccount, minted for the webhook's audience."""
+    return control_plane.kubectl(
+        "create", "token", agent, "-n", namespace, "--audience", "kubewrit"
+    ).stdout.strip()
+
+
+@contextmanager
+def webhooks(
+    control_plane: Any, workdir: Path, prefix: str, count: int = 2
+) -> Iterator[list[DecisionWebhook]]:
+    """`count` webhook replicas, stopped afterwards whatever happened."""
+    replicas = [start_webhook(control_plane, workdir, f"{prefix}-{i}") for i in range(count)]
+    try:
+        yield replicas
+    finally:
+        for replica in replicas:
+            replica.stop()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,11 +16,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, poll, run_cli
-from tests.kube.decision_webhook import (
-    apply_crds,
-    policy_manifest,
-    start_webhook,
-)
+from tests.kube.decision_webhook import agent_namespace, agent_token, policy_manifest, webhooks
 
 pytestmark = pytest.mark.kube
 
@@ -32,26 +27,18 @@ POLICY = yaml.safe_load((REPO / "examples" / "limits" / "refund-budget.yaml").re
 
 @pytest.fixture(scope="module")
 def shop(control_plane: Any) -> Iterator[str]:
-    apply_crds(control_plane)
-    namespace = f"limits-{uuid.uuid4().hex[:6]}"
-    control_plane.kubectl("create", "namespace", namespace)
-    control_plane.kubectl("create", "serviceaccount", "support-agent", "-n", namespace)
     spec = {k: v for k, v in POLICY.items() if k != "name"}
-    control_plane.kubectl(
-        "apply", "-f", "-", input=policy_manifest(namespace, "refund-budget", spec)
-    )
-    yield namespace
-    control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    with agent_namespace(
+        control_plane, "limits", lambda ns: policy_manifest(ns, "refund-budget", spec)
+    ) as namespace:
+        yield namespace
 
 
 def test_two_replicas_permit_exactly_the_budget_across_a_restart(
     control_plane: Any, shop: str, tmp_path: Path
 ) -> None:
-    replicas = [start_webhook(control_plane, tmp_path, f"limits-{i}") for i in range(2)]
-    token = control_plane.kubectl(
-        "create", "token", "support-agent", "-n", shop, "--audience", "kubewrit"
-    ).stdout.strip()
-    try:
+    token = agent_token(control_plane, shop)
+    with webhooks(control_plane, tmp_path, "limits") as replicas:
         answers: dict[str, dict[str, Any]] = {}
         lock = threading.Lock()
         work = iter(range(REFUNDS))
@@ -157,20 +144,14 @@ def test_two_replicas_permit_exactly_the_budget_across_a_restart(
         assert report["limits"]["overspends"] == []
         used = {b["limit"]: b["used_now"] for b in report["limits"]["budgets"]}
         assert used[f"{shop}/refund-budget/auto-refund-budget"] == "1000"
-    finally:
-        for replica in replicas:
-            replica.stop()
 
 
 def test_a_sequence_rule_holds_across_replicas(
     control_plane: Any, shop: str, tmp_path: Path
 ) -> None:
     """Reading on one replica and mailing out through the other is still held."""
-    replicas = [start_webhook(control_plane, tmp_path, f"history-{i}") for i in range(2)]
-    token = control_plane.kubectl(
-        "create", "token", "support-agent", "-n", shop, "--audience", "kubewrit"
-    ).stdout.strip()
-    try:
+    token = agent_token(control_plane, shop)
+    with webhooks(control_plane, tmp_path, "history") as replicas:
         mail = {"tool": "send_email", "args": {"to": "someone@elsewhere.example"}}
         before = replicas[1].decide(token, **mail).json()
         read = replicas[0].decide(token, tool="read_inbox").json()
@@ -179,6 +160,3 @@ def test_a_sequence_rule_holds_across_replicas(
         assert read["decision"] == "PERMIT", read
         assert after["decision"] == "DEFER", after
         assert after["rule_id"] == "refund-budget/email-out-after-reading-needs-approval"
-    finally:
-        for replica in replicas:
-            replica.stop()

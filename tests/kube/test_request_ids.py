@@ -15,38 +15,34 @@ from kubewrit.webhook.chain import Record
 from kubewrit.webhook.kube.records import from_spec
 from kubewrit.webhook.requests import RequestKey
 
-from tests.kube.decision_webhook import DecisionWebhook, apply_crds, policy_manifest, start_webhook
+from tests.kube.decision_webhook import (
+    DecisionWebhook,
+    agent_namespace,
+    agent_token,
+    start_webhook,
+    webhooks,
+)
 
 pytestmark = pytest.mark.kube
 
 
 @pytest.fixture(scope="module")
 def shop(control_plane: Any) -> Iterator[str]:
-    apply_crds(control_plane)
-    namespace = f"reqid-{uuid.uuid4().hex[:6]}"
-    control_plane.kubectl("create", "namespace", namespace)
-    control_plane.kubectl("create", "serviceaccount", "support-agent", "-n", namespace)
-    control_plane.kubectl("apply", "-f", "-", input=policy_manifest(namespace))
-    yield namespace
-    control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    with agent_namespace(control_plane, "reqid") as namespace:
+        yield namespace
 
 
 @pytest.fixture(scope="module")
 def replicas(
     control_plane: Any, shop: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[DecisionWebhook]]:
-    workdir = tmp_path_factory.mktemp("replicas")
-    started = [start_webhook(control_plane, workdir, f"replica-{i}") for i in range(2)]
-    yield started
-    for replica in started:
-        replica.stop()
+    with webhooks(control_plane, tmp_path_factory.mktemp("replicas"), "replica") as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
 def agent(control_plane: Any, shop: str) -> str:
-    return control_plane.kubectl(
-        "create", "token", "support-agent", "-n", shop, "--audience", "kubewrit"
-    ).stdout.strip()
+    return agent_token(control_plane, shop)
 
 
 def decisions_for(control_plane: Any, namespace: str, request_id: str) -> list[dict[str, Any]]:

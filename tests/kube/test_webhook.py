@@ -13,21 +13,21 @@ import pytest
 from kubewrit.webhook import canonical, keys, writ
 
 from tests.conftest import poll, run_cli
-from tests.kube.decision_webhook import DecisionWebhook, apply_crds, policy_manifest, start_webhook
+from tests.kube.decision_webhook import (
+    DecisionWebhook,
+    agent_namespace,
+    apply_crds,
+    policy_manifest,
+    start_webhook,
+)
 
 pytestmark = pytest.mark.kube
 
 
 @pytest.fixture(scope="module")
 def shop(control_plane: Any) -> Iterator[str]:
-    apply_crds(control_plane)
-    namespace = f"shop-{uuid.uuid4().hex[:6]}"
-    control_plane.kubectl("create", "namespace", namespace)
-    for sa in ("support-agent", "finance-agent"):
-        control_plane.kubectl("create", "serviceaccount", sa, "-n", namespace)
-    control_plane.kubectl("apply", "-f", "-", input=policy_manifest(namespace))
-    yield namespace
-    control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    with agent_namespace(control_plane, "shop", agents=("support-agent", "finance-agent")) as ns:
+        yield ns
 
 
 @pytest.fixture(scope="module")
