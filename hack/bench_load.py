@@ -99,6 +99,18 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / TICKS
 
 
+def pids_named(*names: str) -> list[int]:
+    """Every running process whose command name is one of `names`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if stat.read_text().strip() in names:
+                found.append(int(stat.parent.name))
+        except OSError:
+            continue
+    return found
+
+
 def percentile(samples: list[float], fraction: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
@@ -113,9 +125,13 @@ class Run:
     elapsed: float
     server_cpu: float
     client_cpu: float
+    behind_cpu: float | None = None  # what the server waited on (see `hey`)
 
     def summary(self) -> dict[str, float]:
         ms = self.latencies_ms
+        behind = {}
+        if self.behind_cpu is not None:
+            behind["control_plane_cpu_ms_per_request"] = round(1000 * self.behind_cpu / len(ms), 3)
         return {
             "p50_ms": round(percentile(ms, 0.50), 3),
             "p95_ms": round(percentile(ms, 0.95), 3),
@@ -123,6 +139,7 @@ class Run:
             "throughput_per_s": round(len(ms) / self.elapsed, 1),
             "server_cpu_ms_per_request": round(1000 * self.server_cpu / len(ms), 3),
             "client_cpu_ms_per_request": round(1000 * self.client_cpu / len(ms), 3),
+            **behind,
         }
 
 
@@ -133,8 +150,13 @@ def hey(
     concurrency: int,
     server_pid: int,
     headers: dict[str, str] | None = None,
+    behind: list[int] | None = None,
 ) -> Run:
-    """POST `body` `requests` times from `concurrency` connections; per-request timings."""
+    """POST `body` `requests` times from `concurrency` connections; per-request timings.
+
+    `behind`: processes the server relies on (kube-apiserver, etcd), whose CPU is
+    reported beside the server's: on shared cores it is part of every decision's cost.
+    """
     binary = ensure_hey()
     requests = max(1, requests // concurrency) * concurrency  # hey sends n // c per connection
     with tempfile.NamedTemporaryFile(suffix=".json") as payload:
@@ -158,7 +180,7 @@ def hey(
         for name, value in (headers or {}).items():
             command += ["-H", f"{name}: {value}"]
         pids = process_tree(server_pid)
-        before = cpu_seconds(pids)
+        before, before_behind = cpu_seconds(pids), cpu_seconds(behind or [])
         started = time.perf_counter()
         client = subprocess.Popen([*command, url], stdout=subprocess.PIPE, text=True)
         assert client.stdout is not None
@@ -167,6 +189,7 @@ def hey(
         client.returncode = os.waitstatus_to_exitcode(status)
         elapsed = time.perf_counter() - started
         server = cpu_seconds(pids) - before
+        backing = cpu_seconds(behind or []) - before_behind
     if client.returncode:
         raise RuntimeError(f"hey failed ({client.returncode}): {output[-500:]}")
     latencies, statuses, last_offset = [], {}, 0.0
@@ -193,6 +216,7 @@ def hey(
         last_offset or elapsed,
         server,
         usage.ru_utime + usage.ru_stime,
+        backing if behind else None,
     )
 
 

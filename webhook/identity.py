@@ -35,7 +35,15 @@ class Principal:
 
 
 class Authenticator(Protocol):
-    def authenticate(self, token: str) -> Principal | None: ...
+    def authenticate(self, token: str) -> Principal | None:
+        """The token's principal, or None if it is not one; may wait on the network."""
+        ...
+
+    def recall(self, token: str) -> Principal | None:
+        """The token's principal if it is known without waiting, else None (then ask
+        `authenticate`). The HTTP layer calls this on its event loop: a thread hop per
+        request is a measurable share of a decision's CPU."""
+        ...
 
 
 def token_hash(token: str) -> str:
@@ -51,8 +59,6 @@ RECHECK_SECONDS = 0.1  # how long a token removed from the file may still be hon
 
 class TokenFile:
     """Per-principal tokens from a YAML file: {agents: {name: {token_sha256}}, approvers: {...}}."""
-
-    blocking = False  # a dict lookup and a stat(): the HTTP layer calls it on its event loop
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -107,6 +113,10 @@ class TokenFile:
             self._refresh(now)
             principal = self._by_hash.get(token_hash(token))
         return principal
+
+    def recall(self, token: str) -> Principal | None:
+        """A dict lookup and at most a stat(): never waits."""
+        return self.authenticate(token)
 
     def _refresh(self, now: float) -> None:
         self._checked = now

@@ -1,4 +1,10 @@
-"""Ed25519 signing keys: one per writer, generated on first start or supplied."""
+"""Ed25519 signing keys: one per writer, generated on first start or supplied.
+
+Keys are generated, stored and read as PEM by `cryptography`; signatures are made and
+checked by libsodium (PyNaCl), which is faster at both. Ed25519 is deterministic
+(RFC 8032), so either library gives the same signature for the same key and message:
+records and writs are the same bytes whichever made them.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,12 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+import nacl.bindings as sodium
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from nacl.exceptions import BadSignatureError
+
+SIGNATURE_BYTES = 64
 
 
 class KeyFileError(ValueError):
@@ -50,9 +59,11 @@ class Verifier:
             return False
 
     def verify_raw(self, signature: bytes, message: bytes) -> bool:
+        if len(signature) != SIGNATURE_BYTES:
+            return False
         try:
-            self.public_key.verify(signature, message)
-        except InvalidSignature:
+            sodium.crypto_sign_open(signature + message, self.raw)
+        except BadSignatureError:
             return False
         return True
 
@@ -69,8 +80,18 @@ class Signer:
     def key_id(self) -> str:
         return self.verifier.key_id
 
+    @cached_property
+    def _secret(self) -> bytes:
+        """libsodium's form of the key: the 32-byte seed, then the public key."""
+        seed = self.private_key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        return seed + self.verifier.raw
+
     def sign(self, message: bytes) -> str:
-        return b64url_encode(self.private_key.sign(message))
+        return b64url_encode(sodium.crypto_sign(message, self._secret)[:SIGNATURE_BYTES])
 
 
 def b64url_encode(data: bytes) -> str:

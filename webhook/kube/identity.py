@@ -73,8 +73,18 @@ class TokenReviewAuthenticator:
         self._confirmed: dict[str, tuple[float, Principal]] = {}
         self._lock = threading.Lock()
 
+    def recall(self, token: str) -> Principal | None:
+        """The principal of a review still cached; None if none is (or it said no)."""
+        with self._lock:
+            cached = self._cache.get(self._key(token))
+        return cached[1] if cached and cached[0] > time.monotonic() else None
+
+    @staticmethod
+    def _key(token: str) -> str:
+        return hashlib.sha256(token.encode()).hexdigest()
+
     def authenticate(self, token: str) -> Principal | None:
-        key = hashlib.sha256(token.encode()).hexdigest()
+        key = self._key(token)
         now = time.monotonic()
         with self._lock:
             cached = self._cache.get(key)

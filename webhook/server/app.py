@@ -262,11 +262,7 @@ async def authenticate(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
-    """On the event loop when the authenticator never blocks (a token file), else in a thread.
-
-    A thread hop per request is a measurable share of a decision's CPU; only an
-    authenticator that may wait on the network (TokenReview) needs one.
-    """
+    """The caller, from its bearer token (see `principal_of`)."""
     if credentials is None:
         raise errors.Unauthenticated("unauthenticated", "send `Authorization: Bearer <token>`")
     return await principal_of(request, credentials.scheme, credentials.credentials)
@@ -277,10 +273,12 @@ async def principal_of(request: Request, scheme: str, credentials: str) -> Princ
         raise errors.Unauthenticated("unauthenticated", "send `Authorization: Bearer <token>`")
     runtime: Runtime = request.app.state.runtime
     token = credentials.strip()
-    if getattr(runtime.authenticator, "blocking", True):
-        principal = await run_in_threadpool(runtime.authenticator.authenticate, token)
-    else:
-        principal = runtime.authenticator.authenticate(token)
+    # Known at once (a token file, a cached TokenReview) on the event loop; a thread only
+    # for a token that must be asked about (a review over the network, or no principal).
+    authenticator = runtime.authenticator
+    principal = authenticator.recall(token) or await run_in_threadpool(
+        authenticator.authenticate, token
+    )
     if principal is None:
         raise errors.Unauthenticated("unauthenticated", "token not recognised")
     return principal
