@@ -334,7 +334,10 @@ def quiet_control_plane(kubeconfig: str, timeout: float = 300) -> None:
             return
         if time.monotonic() - started > timeout:
             raise RuntimeError(f"still being deleted after {timeout:.0f}s: {earlier}")
-        print(f"waiting for {len(earlier)} earlier benchmark namespace(s) to be deleted", file=sys.stderr)
+        print(
+            f"waiting for {len(earlier)} earlier benchmark namespace(s) to be deleted",
+            file=sys.stderr,
+        )
         time.sleep(5)
 
 
@@ -370,9 +373,7 @@ def ceilings(results: dict[str, dict[str, object]]) -> dict[str, dict[str, float
             if not behind:
                 continue
             every = (
-                behind
-                + summary["server_cpu_ms_per_request"]
-                + summary["client_cpu_ms_per_request"]
+                behind + summary["server_cpu_ms_per_request"] + summary["client_cpu_ms_per_request"]
             )
             found[f"{name}/{key}"] = {
                 "control_plane_only_per_s": round(1000 * cpus / behind),
