@@ -10,6 +10,14 @@ For each framework three things are timed, interleaved so drift hits them alike:
 `overhead_pct` is (governed - plain - direct) / direct at p50: what the SDK and
 adapter add (writ verification, hashing, copying the arguments, the adapter's
 own layer) over calling the decision API directly. Target: under 10%.
+
+That difference of three noisy round trips moves by a few tenths of a millisecond run
+to run, as much as what it measures. So a fourth series times the governed call with
+its decide answered from a stock of genuine PERMITs fetched just before (`Stock`):
+everything but the HTTP round trip runs as in production (a fresh writ per call,
+verified against the arguments the tool receives; hashing, copying, the adapter, the
+framework). `sdk_p50_ms` is that series minus `plain`, both in process, and
+`sdk_overhead_pct` puts it over the direct decide.
 CrewAI cannot share this environment (see hack/crewai-env): its row is measured by
 this script re-run inside CrewAI's venv, when that venv exists or `--only crewai`
 asks for it (which builds it).
@@ -55,6 +63,57 @@ def async_send_email() -> Callable[..., Awaitable[str]]:
     return send_email
 
 
+class Stock:
+    """Genuine PERMITs for one governed call, fetched ahead and handed out one per call.
+
+    The first call's body (tool, arguments, context, agent) is learnt, then `count`
+    decisions for exactly that body are fetched from the server; every later call must
+    send the same action (its request id aside) and gets the next fresh answer and writ.
+    """
+
+    def __init__(self, client: Client, count: int) -> None:
+        self.client = client
+        self.count = count
+        self.body: dict[str, Any] | None = None
+        self.answers: list[dict[str, Any]] = []
+
+    def decide(self, **body: Any) -> dict[str, Any]:
+        action = {key: value for key, value in body.items() if key != "request_id"}
+        if self.body is None:
+            self.body = action
+            self.answers = [self.client.decide(**action) for _ in range(self.count)]
+        if action != self.body:
+            raise SystemExit(f"the governed call changed its action: {action} != {self.body}")
+        if not self.answers:
+            raise SystemExit("the stock of fetched decisions ran out")
+        return self.answers.pop()
+
+
+class AsyncStock:
+    def __init__(self, stock: Stock) -> None:
+        self.stock = stock
+
+    async def decide(self, **body: Any) -> dict[str, Any]:
+        return self.stock.decide(**body)
+
+
+class StockedGovernor(Governor):
+    """A Governor whose decide calls (sync and async) are answered from a `Stock`."""
+
+    def __init__(self, stock: Stock, server: LocalServer) -> None:
+        super().__init__(
+            server.url,
+            server.tokens[AGENT],
+            agent=AGENT,
+            public_key=server.public_key,
+            client=stock,  # type: ignore[arg-type]
+        )
+        self.stock = stock
+
+    def async_client(self) -> Any:
+        return AsyncStock(self.stock)
+
+
 def check(result: Any) -> None:
     """A benchmark of refusals would measure nothing: every governed call must run."""
     if "sent to" not in str(result):
@@ -73,15 +132,20 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 def report(times: dict[str, list[float]]) -> dict[str, Any]:
     result = {name: percentiles(samples) for name, samples in times.items()}
-    direct, plain, governed = (result[k]["p50_ms"] for k in ("direct", "plain", "governed"))
+    direct, plain, governed, offline = (
+        result[k]["p50_ms"] for k in ("direct", "plain", "governed", "governed_offline")
+    )
     result["governance_p50_ms"] = round(governed - plain, 3)
     result["overhead_pct"] = round(100 * (governed - plain - direct) / direct, 1)
+    result["sdk_p50_ms"] = round(offline - plain, 3)
+    result["sdk_overhead_pct"] = round(100 * (offline - plain) / direct, 1)
     return result
 
 
 def run_sync(iterations: int, calls: dict[str, Sync]) -> dict[str, Any]:
     times: dict[str, list[float]] = {name: [] for name in calls}
     check(calls["governed"]())
+    check(calls["governed_offline"]())
     for i in range(iterations + 20):
         for name, call in calls.items():
             started = time.perf_counter()
@@ -94,6 +158,7 @@ def run_sync(iterations: int, calls: dict[str, Sync]) -> dict[str, Any]:
 async def run_async(iterations: int, calls: dict[str, Async]) -> dict[str, Any]:
     times: dict[str, list[float]] = {name: [] for name in calls}
     check(await calls["governed"]())
+    check(await calls["governed_offline"]())
     for i in range(iterations + 20):
         for name, call in calls.items():
             started = time.perf_counter()
@@ -103,23 +168,25 @@ async def run_async(iterations: int, calls: dict[str, Async]) -> dict[str, Any]:
     return report(times)
 
 
-def bench_langchain(server: LocalServer, gov: Governor, client: Client, n: int) -> dict[str, Any]:
+def bench_langchain(gov: Governor, offline: Governor, client: Client, n: int) -> dict[str, Any]:
     from kubewrit.webhook.integrations.langchain import wrap_tools
     from langchain_core.tools import tool
 
     plain = tool(send_email)
     [governed] = wrap_tools([plain], governor=gov)
+    [stocked] = wrap_tools([plain], governor=offline)
     return run_sync(
         n,
         {
             "direct": lambda: client.decide("send_email", ARGS),
             "plain": lambda: plain.invoke(ARGS),
             "governed": lambda: governed.invoke(ARGS),
+            "governed_offline": lambda: stocked.invoke(ARGS),
         },
     )
 
 
-def bench_crewai(server: LocalServer, gov: Governor, client: Client, n: int) -> dict[str, Any]:
+def bench_crewai(gov: Governor, offline: Governor, client: Client, n: int) -> dict[str, Any]:
     for name in ("OTEL_SDK_DISABLED", "CREWAI_DISABLE_TELEMETRY", "CREWAI_TESTING"):
         os.environ.setdefault(name, "true")
     from crewai.tools import tool
@@ -127,12 +194,14 @@ def bench_crewai(server: LocalServer, gov: Governor, client: Client, n: int) -> 
 
     plain = tool(send_email)
     [governed] = wrap_tools([plain], governor=gov)
+    [stocked] = wrap_tools([plain], governor=offline)
     return run_sync(
         n,
         {
             "direct": lambda: client.decide("send_email", ARGS),
             "plain": lambda: plain.run(**ARGS),
             "governed": lambda: governed.run(**ARGS),
+            "governed_offline": lambda: stocked.run(**ARGS),
         },
     )
 
@@ -159,8 +228,10 @@ def crewai_in_its_venv(n: int, explicit: bool) -> dict[str, Any]:
     return dict(json.loads(out.stdout)["frameworks"]["crewai"])
 
 
-def langgraph_graphs(gov: Governor, fn: Callable[..., Any]) -> tuple[Any, Any, dict[str, Any]]:
-    """(plain graph, governed graph, state): one ToolNode step with one tool call."""
+def langgraph_graphs(
+    gov: Governor, offline: Governor, fn: Callable[..., Any]
+) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """(plain graph, governed graph, stocked graph, state): one ToolNode step, one tool call."""
     from kubewrit.webhook.integrations.langgraph import governed_tool_node
     from langchain_core.messages import AIMessage
     from langchain_core.tools import tool
@@ -182,45 +253,56 @@ def langgraph_graphs(gov: Governor, fn: Callable[..., Any]) -> tuple[Any, Any, d
             )
         ]
     }
-    return graph(ToolNode([tool(fn)])), graph(governed_tool_node([tool(fn)], governor=gov)), state
+    return (
+        graph(ToolNode([tool(fn)])),
+        graph(governed_tool_node([tool(fn)], governor=gov)),
+        graph(governed_tool_node([tool(fn)], governor=offline)),
+        state,
+    )
 
 
-def bench_langgraph(server: LocalServer, gov: Governor, client: Client, n: int) -> dict[str, Any]:
+def bench_langgraph(gov: Governor, offline: Governor, client: Client, n: int) -> dict[str, Any]:
     """The sync graph: ToolNode runs each tool call on a new worker thread."""
-    plain, governed, state = langgraph_graphs(gov, send_email)
+    plain, governed, stocked, state = langgraph_graphs(gov, offline, send_email)
     return run_sync(
         n,
         {
             "direct": lambda: client.decide("send_email", ARGS),
             "plain": lambda: plain.invoke(state),
             "governed": lambda: governed.invoke(state),
+            "governed_offline": lambda: stocked.invoke(state),
         },
     )
 
 
-def bench_llamaindex(server: LocalServer, gov: Governor, client: Client, n: int) -> dict[str, Any]:
+def bench_llamaindex(gov: Governor, offline: Governor, client: Client, n: int) -> dict[str, Any]:
     from kubewrit.webhook.integrations.llamaindex import wrap_tools
     from llama_index.core.tools import FunctionTool
 
     plain = FunctionTool.from_defaults(send_email)
     [governed] = wrap_tools([plain], governor=gov)
+    [stocked] = wrap_tools([plain], governor=offline)
     return run_sync(
         n,
         {
             "direct": lambda: client.decide("send_email", ARGS),
             "plain": lambda: plain.call(**ARGS),
             "governed": lambda: governed.call(**ARGS),
+            "governed_offline": lambda: stocked.call(**ARGS),
         },
     )
 
 
-async def bench_openai_agents(gov: Governor, client: AsyncClient, n: int) -> dict[str, Any]:
+async def bench_openai_agents(
+    gov: Governor, offline: Governor, client: AsyncClient, n: int
+) -> dict[str, Any]:
     from agents import RunContextWrapper, function_tool
     from agents.tool_context import ToolContext
     from kubewrit.webhook.integrations.openai_agents import wrap_tools
 
     plain = function_tool(async_send_email())
     [governed] = wrap_tools([plain], governor=gov)
+    [stocked] = wrap_tools([plain], governor=offline)
     raw = json.dumps(ARGS)
     context = ToolContext.from_agent_context(
         RunContextWrapper(None), "c1", tool_name=plain.name, tool_arguments=raw
@@ -231,30 +313,37 @@ async def bench_openai_agents(gov: Governor, client: AsyncClient, n: int) -> dic
             "direct": lambda: client.decide("send_email", ARGS),
             "plain": lambda: plain.on_invoke_tool(context, raw),
             "governed": lambda: governed.on_invoke_tool(context, raw),
+            "governed_offline": lambda: stocked.on_invoke_tool(context, raw),
         },
     )
 
 
-async def bench_langgraph_async(gov: Governor, client: AsyncClient, n: int) -> dict[str, Any]:
+async def bench_langgraph_async(
+    gov: Governor, offline: Governor, client: AsyncClient, n: int
+) -> dict[str, Any]:
     """The same graph through ainvoke: tool calls run on the event loop, no thread hop."""
-    plain, governed, state = langgraph_graphs(gov, async_send_email())
+    plain, governed, stocked, state = langgraph_graphs(gov, offline, async_send_email())
     return await run_async(
         n,
         {
             "direct": lambda: client.decide("send_email", ARGS),
             "plain": lambda: plain.ainvoke(state),
             "governed": lambda: governed.ainvoke(state),
+            "governed_offline": lambda: stocked.ainvoke(state),
         },
     )
 
 
-async def bench_autogen(gov: Governor, client: AsyncClient, n: int) -> dict[str, Any]:
+async def bench_autogen(
+    gov: Governor, offline: Governor, client: AsyncClient, n: int
+) -> dict[str, Any]:
     from autogen_core import CancellationToken
     from autogen_core.tools import FunctionTool
     from kubewrit.webhook.integrations.autogen import wrap_tools
 
     plain = FunctionTool(async_send_email(), description="Send an email.")
     [governed] = wrap_tools([plain], governor=gov)
+    [stocked] = wrap_tools([plain], governor=offline)
     token = CancellationToken()
     return await run_async(
         n,
@@ -262,11 +351,14 @@ async def bench_autogen(gov: Governor, client: AsyncClient, n: int) -> dict[str,
             "direct": lambda: client.decide("send_email", ARGS),
             "plain": lambda: plain.run_json(ARGS, token),
             "governed": lambda: governed.run_json(ARGS, token),
+            "governed_offline": lambda: stocked.run_json(ARGS, token),
         },
     )
 
 
-async def bench_mcp(gov: Governor, client: AsyncClient, n: int) -> dict[str, Any]:
+async def bench_mcp(
+    gov: Governor, offline: Governor, client: AsyncClient, n: int
+) -> dict[str, Any]:
     from kubewrit.webhook.integrations.mcp_proxy import governing_proxy
     from mcp import Client as MCPClient
     from mcp.server.mcpserver import MCPServer
@@ -274,13 +366,19 @@ async def bench_mcp(gov: Governor, client: AsyncClient, n: int) -> dict[str, Any
     upstream = MCPServer("bench")
     upstream.tool()(send_email)
     proxy = governing_proxy(upstream, governor=gov)
-    async with MCPClient(upstream) as plain, MCPClient(proxy.server) as governed:
+    stocked_proxy = governing_proxy(upstream, governor=offline)
+    async with (
+        MCPClient(upstream) as plain,
+        MCPClient(proxy.server) as governed,
+        MCPClient(stocked_proxy.server) as stocked,
+    ):
         return await run_async(
             n,
             {
                 "direct": lambda: client.decide("send_email", ARGS),
                 "plain": lambda: plain.call_tool("send_email", ARGS),
                 "governed": lambda: governed.call_tool("send_email", ARGS),
+                "governed_offline": lambda: stocked.call_tool("send_email", ARGS),
             },
         )
 
@@ -309,7 +407,8 @@ def main() -> None:
                 ("crewai", bench_crewai),
             ):
                 if wanted(name):
-                    results[name] = _guard(name, lambda b=bench: b(server, gov, client, n))
+                    stocked = StockedGovernor(Stock(client, n + 25), server)
+                    results[name] = _guard(name, lambda b=bench, s=stocked: b(gov, s, client, n))
 
             async def async_benches() -> None:
                 async with AsyncClient(server.url, token) as aclient:
@@ -320,8 +419,9 @@ def main() -> None:
                         ("mcp", bench_mcp),
                     ):
                         if wanted(name):
+                            offline = StockedGovernor(Stock(client, n + 25), server)
                             try:
-                                results[name] = await bench(gov, aclient, n)
+                                results[name] = await bench(gov, offline, aclient, n)
                             except ImportError as exc:
                                 results[name] = {"skipped": f"not installed: {exc.name}"}
                 await gov.aclose()

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from kubewrit.webhook import canonical, chain
 from kubewrit.webhook.canonical import Action
 from kubewrit.webhook.chain import Record
@@ -139,9 +140,9 @@ def _split(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
     """
     try:
         head, body, signature = token.split(".")
-        header, claims = json.loads(b64url_decode(head)), json.loads(b64url_decode(body))
+        header, claims = orjson.loads(b64url_decode(head)), orjson.loads(b64url_decode(body))
         raw_signature = b64url_decode(signature)
-    except (ValueError, AttributeError) as exc:
+    except (ValueError, AttributeError) as exc:  # orjson.JSONDecodeError is a ValueError
         raise WritRejected("malformed", f"writ is not a JWT: {exc}") from None
     if not isinstance(header, dict) or not isinstance(claims, dict):
         raise WritRejected("malformed", "writ header and claims must be JSON objects")
