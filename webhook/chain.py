@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, MutableSet
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -244,14 +244,29 @@ def signature_valid(record: Record, verifier: Verifier) -> bool:
     return bool(record.signature) and verifier.verify(record.signature, record.hash.encode())
 
 
-def genuine(record: Record, verifiers: Iterable[Verifier]) -> bool:
+def genuine(
+    record: Record, verifiers: Iterable[Verifier], vouched: MutableSet[str] | None = None
+) -> bool:
     """Its content matches its hash and one of `verifiers` signed it: a record read back
-    from a store others can write (ActionRecords) is believed only then."""
+    from a store others can write (ActionRecords) is believed only then.
+
+    `vouched`: hashes already found signed, kept by a caller that reads the same records
+    again and again. Content hashing to one of them was signed, whatever its copy's
+    signature field says; a new one is added.
+    """
     try:
         digest = record_hash(record.body())
     except ValueError:
         return False
-    return digest == record.hash and any(signature_valid(record, v) for v in verifiers)
+    if digest != record.hash:
+        return False
+    if vouched is not None and digest in vouched:
+        return True
+    if not any(signature_valid(record, v) for v in verifiers):
+        return False
+    if vouched is not None:
+        vouched.add(digest)
+    return True
 
 
 def genesis_draft(public_key_b64: str, lineage: str = "", follows: Head | None = None) -> Draft:

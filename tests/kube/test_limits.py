@@ -14,6 +14,9 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from kubewrit.webhook import chain
+from kubewrit.webhook.chain import Record
+from kubewrit.webhook.kube.records import from_spec
 
 from tests.conftest import REPO, poll, run_cli
 from tests.kube.decision_webhook import agent_namespace, agent_token, policy_manifest, webhooks
@@ -160,3 +163,64 @@ def test_a_sequence_rule_holds_across_replicas(
         assert read["decision"] == "PERMIT", read
         assert after["decision"] == "DEFER", after
         assert after["rule_id"] == "refund-budget/email-out-after-reading-needs-approval"
+
+
+TRANSFERS = {
+    "agents": ["support-agent"],
+    "rules": [
+        {"id": "check-identity", "match": {"tool": "verify_identity"}, "allow": True},
+        {
+            "id": "transfer-after-identity-check",
+            "match": {"tool": "transfer", "after": {"tool": ["verify_identity"], "within": "10m"}},
+            "allow": True,
+        },
+    ],
+}
+
+
+def test_a_planted_record_never_satisfies_a_sequence_rule(
+    control_plane: Any, tmp_path: Path
+) -> None:
+    """A transfer is allowed only after an identity check. Whoever may create ActionRecords
+    plants the check's PERMIT (re-hashed, or copied from a genuine record with a new time);
+    the transfer stays denied until the agent's own check is decided."""
+    with agent_namespace(
+        control_plane, "sequence", lambda ns: policy_manifest(ns, "transfers", TRANSFERS)
+    ) as namespace:
+        token = agent_token(control_plane, namespace)
+        with webhooks(control_plane, tmp_path, "planted", count=1) as [replica]:
+            denied = replica.decide(token, tool="transfer", args={"amount": 10}).json()
+            assert denied["decision"] == "DENY", denied
+            [template] = json.loads(
+                control_plane.kubectl(
+                    "get", "actionrecords", "-n", namespace, "-l",
+                    "kubewrit.io/decision=DENY", "-o", "json",
+                ).stdout
+            )["items"]  # fmt: skip
+            check = {**template["spec"], "tool": "verify_identity", "decision": "PERMIT"}
+            rehashed = {
+                **check,
+                "hash": chain.record_hash(Record.from_dict(from_spec(check)).body()),
+            }
+            labels = {
+                **template["metadata"]["labels"],
+                "kubewrit.io/tool": "verify_identity",
+                "kubewrit.io/decision": "PERMIT",
+            }
+            for name, spec in (("planted-rehashed", rehashed), ("planted-unhashed", check)):
+                planted = {
+                    "apiVersion": template["apiVersion"],
+                    "kind": "ActionRecord",
+                    "metadata": {"name": name, "namespace": namespace, "labels": labels},
+                    "spec": spec,
+                }
+                control_plane.kubectl("create", "-f", "-", input=json.dumps(planted))
+            still = replica.decide(token, tool="transfer", args={"amount": 10}).json()
+            assert still["decision"] == "DENY", still
+            assert "not signed by a kubewrit key" in replica.log.read_text()
+
+            checked = replica.decide(token, tool="verify_identity").json()
+            assert checked["decision"] == "PERMIT", checked
+            allowed = replica.decide(token, tool="transfer", args={"amount": 10}).json()
+            assert allowed["decision"] == "PERMIT", allowed
+            assert allowed["rule_id"] == "transfers/transfer-after-identity-check"

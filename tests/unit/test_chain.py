@@ -88,6 +88,24 @@ def test_wrong_key(signer) -> None:
     assert first_problem(records, anchor, keys.generate()).kind == "unknown_key"
 
 
+def test_genuine_believes_signed_content_once_and_never_changed_content(signer) -> None:
+    """What a reader of ActionRecords (history, request ids) counts: content a kubewrit
+    key signed, checked once; a copy of it counts, a changed or re-hashed one never does."""
+    records, _ = build_chain(signer, 2)
+    record = chain.Record.from_dict(records[1])
+    vouched: set[str] = set()
+    assert chain.genuine(record, [signer.verifier], vouched)
+    assert vouched == {record.hash}
+    copied = chain.Record.from_dict({**records[1], "signature": ""})
+    assert not chain.genuine(copied, [signer.verifier])
+    assert chain.genuine(copied, [signer.verifier], vouched)
+    moved = {**records[1], "time": "2030-01-01T00:00:00.000000Z"}
+    assert not chain.genuine(chain.Record.from_dict(moved), [signer.verifier], vouched)
+    rehashed = {**moved, "hash": chain.record_hash(chain.Record.from_dict(moved).body())}
+    assert not chain.genuine(chain.Record.from_dict(rehashed), [signer.verifier], vouched)
+    assert not chain.genuine(record, [keys.generate().verifier])
+
+
 def test_recorder_group_commits_concurrent_decisions_in_order(tmp_path: Path, signer) -> None:
     store = SQLiteStore(tmp_path / "k.db")
     recorder = Recorder(store, signer, "c1")

@@ -5,23 +5,41 @@ through the API server (a quorum read) sees every PERMIT that was answered befor
 this question was asked, whichever replica answered it: a sequence rule cannot be
 stepped around by reaching another replica. Only policies that use `match.after` or
 `history.*` pay for the read.
+
+Whoever may create ActionRecords in a namespace could plant a PERMIT to satisfy a rule
+that allows an action only `after` another; so only records a kubewrit key signed are
+counted (`chain.genuine`), each once. A record's signature is checked once per replica;
+after that only its content is hashed again, to the hash remembered as vouched for.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from kubernetes import client
+from kubewrit.webhook import chain
 from kubewrit.webhook.canonical import Action
+from kubewrit.webhook.chain import Record
+from kubewrit.webhook.keys import Verifier
 from kubewrit.webhook.kube import api as kube_api
+from kubewrit.webhook.kube.records import from_spec
 from kubewrit.webhook.policy.history import Facts, Recent, tally
+
+log = logging.getLogger(__name__)
+
+VOUCHED_MAX = 100_000  # record hashes remembered as genuine; forgotten all at once past this
 
 
 class RecordHistory:
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(
+        self, api: client.ApiClient, trusted_keys: Callable[[str], Sequence[Verifier]]
+    ) -> None:
         self.custom = kube_api.custom(api)
+        self.trusted_keys = trusted_keys
+        self._vouched: set[str] = set()  # hashes of records found signed (chain.genuine)
 
     async def facts(self, questions: Sequence[Recent], action: Action, now: float) -> Facts:
         return await asyncio.to_thread(self._facts, questions, action, now)
@@ -42,4 +60,27 @@ class RecordHistory:
             kube_api.RECORDS,
             label_selector=selector,
         )
-        return tally(questions, action, now, [i.get("spec", {}) for i in listed.get("items", [])])
+        return tally(questions, action, now, self._genuine(listed.get("items", [])))
+
+    def _genuine(self, items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The listed records' contents, once each, without any no kubewrit key signed."""
+        if len(self._vouched) >= VOUCHED_MAX:
+            self._vouched.clear()
+        found: dict[str, dict[str, Any]] = {}
+        for item in items:
+            data = from_spec(item.get("spec") or {})
+            try:
+                record = Record.from_dict(data)
+            except (ValueError, TypeError):
+                record = None
+            if record is not None and chain.genuine(
+                record, self.trusted_keys(record.key_id), self._vouched
+            ):
+                found.setdefault(record.hash, data)  # a copy of a genuine record counts once
+                continue
+            log.warning(
+                "ActionRecord %s/%s is not signed by a kubewrit key; history ignores it",
+                item.get("metadata", {}).get("namespace"),
+                item.get("metadata", {}).get("name"),
+            )
+        return list(found.values())

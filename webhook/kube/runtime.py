@@ -92,7 +92,7 @@ def build(config: Config) -> Runtime:
         requests=requests,
         queries=KubectlRecordQueries(),
         budgets=budgets,
-        history=RecordHistory(api),
+        history=RecordHistory(api, trusted_keys),
     )
     authority = Authority(
         state.current,
