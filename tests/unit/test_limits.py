@@ -364,7 +364,10 @@ def test_policy_hashes_do_not_change_for_policies_without_limits_or_sequences() 
         ({"name": "l", "max": 1, "window": "1h", "exceeded": "warn"}, "require_approval or deny"),
         ({"name": "l", "max": 1, "window": "1h", "per": ["customer"]}, "args.<path>"),
         ({"name": "l", "max": 1, "window": "1h", "count": True, "sum": "a"}, "either counts"),
-        ({"name": "l", "max": 1, "window": "1h", "maxx": 2}, "unknown keys"),
+        (
+            {"name": "l", "max": 1, "window": "1h", "maxx": 2},
+            "unknown key 'maxx' (did you mean 'max'?)",
+        ),
     ],
 )
 def test_a_malformed_limit_is_refused_with_where_and_what(limit: dict, problem: str) -> None:
@@ -372,6 +375,14 @@ def test_a_malformed_limit_is_refused_with_where_and_what(limit: dict, problem: 
     with pytest.raises(policy.PolicyError) as refused:
         policy.compile_document(document, "p.yaml")
     assert "limit 1 (l)" in str(refused.value) and problem in str(refused.value)
+
+
+def test_a_misspelt_sequence_key_is_refused_with_the_key_it_meant() -> None:
+    after = {"tool": ["read_inbox"], "withn": "10m"}
+    document = {"name": "p", "rules": [{"match": {"tool": "t", "after": after}, "allow": True}]}
+    with pytest.raises(policy.PolicyError) as refused:
+        policy.compile_document(document, "p.yaml")
+    assert "match.after: unknown key 'withn' (did you mean 'within'?)" in str(refused.value)
 
 
 def test_policy_status_shows_each_limits_fullest_scope_from_the_budgets() -> None:

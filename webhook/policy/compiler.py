@@ -7,7 +7,6 @@ accepts is exactly a policy that `kubectl apply` accepts.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -27,6 +26,7 @@ from kubewrit.webhook.policy.model import (
     RiskRule,
     Rule,
 )
+from kubewrit.webhook.policy.spelling import unknown_keys
 
 POLICY_KEYS = ("name", "agents", "mode", "rules", "risk", "approvers", "limits")
 MANIFEST_KEYS = ("apiVersion", "kind", "metadata", "spec", "status")
@@ -48,15 +48,6 @@ class PolicyError(ValueError):
         self.problem = problem
         where = f"{source}: {location}: " if location else f"{source}: "
         super().__init__(where + problem)
-
-
-def _unknown_keys(mapping: Mapping[str, Any], allowed: tuple[str, ...]) -> str | None:
-    for key in mapping:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            return f"unknown key {key!r}{hint}; allowed: {', '.join(allowed)}"
-    return None
 
 
 def _string_list(value: Any, what: str) -> tuple[str, ...]:
@@ -112,7 +103,7 @@ def _entry(raw: Any, allowed: tuple[str, ...], shape: str) -> Mapping[str, Any]:
     """A rule or risk rule: a mapping with only the keys it may have."""
     if not isinstance(raw, Mapping):
         raise ValueError(shape)
-    problem = _unknown_keys(raw, allowed)
+    problem = unknown_keys(raw, allowed)
     if problem:
         raise ValueError(problem)
     return raw
@@ -192,7 +183,7 @@ def _index_by_tool(rules: tuple[Rule, ...]) -> tuple[dict[str, tuple[Rule, ...]]
 def split_manifest(document: Mapping[str, Any]) -> tuple[Mapping[str, Any], str | None, str | None]:
     """Accept either a bare policy or an `AgentPolicy` manifest; return (spec, name, namespace)."""
     if "kind" in document or "spec" in document:
-        problem = _unknown_keys(document, MANIFEST_KEYS)
+        problem = unknown_keys(document, MANIFEST_KEYS)
         if problem:
             raise ValueError(problem)
         if document.get("kind") != "AgentPolicy":
@@ -213,7 +204,7 @@ def compile_document(document: Any, source: str, default_name: str | None = None
         spec, manifest_name, namespace = split_manifest(document)
     except ValueError as exc:
         raise PolicyError(source, "", str(exc)) from None
-    problem = _unknown_keys(spec, POLICY_KEYS)
+    problem = unknown_keys(spec, POLICY_KEYS)
     if problem:
         raise PolicyError(source, "", problem)
     name = spec.get("name") or manifest_name or default_name or "policy"
@@ -246,7 +237,7 @@ def compile_document(document: Any, source: str, default_name: str | None = None
     risk = spec.get("risk") or {}
     if not isinstance(risk, Mapping):
         raise PolicyError(source, "risk", "risk must be a mapping with `rules`")
-    problem = _unknown_keys(risk, RISK_KEYS)
+    problem = unknown_keys(risk, RISK_KEYS)
     if problem:
         raise PolicyError(source, "risk", problem)
     raw_risk_rules = risk.get("rules") or []
@@ -262,7 +253,7 @@ def compile_document(document: Any, source: str, default_name: str | None = None
             raise PolicyError(source, label, str(exc)) from None
 
     approvers_raw = spec.get("approvers") or {}
-    if not isinstance(approvers_raw, Mapping) or _unknown_keys(approvers_raw, APPROVER_KEYS):
+    if not isinstance(approvers_raw, Mapping) or unknown_keys(approvers_raw, APPROVER_KEYS):
         raise PolicyError(source, "approvers", "approvers must be a mapping with users and groups")
     try:
         approvers = Approvers(

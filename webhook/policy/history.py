@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubewrit.webhook import canonical
+from kubewrit.webhook.policy.spelling import unknown_keys
 
 WINDOW = re.compile(r"^([1-9][0-9]*)(s|m|h|d)$")
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -116,9 +117,9 @@ def compile_after(spec: Any) -> Recent:
     """`after: {tool: [read_inbox, export_customers], within: 10m, per: session}`."""
     if not isinstance(spec, Mapping):
         raise ValueError("match.after must be a mapping with tool and within")
-    unknown = sorted(str(k) for k in spec if k not in AFTER_KEYS)
-    if unknown:
-        raise ValueError(f"match.after: unknown keys {unknown}; allowed: {', '.join(AFTER_KEYS)}")
+    problem = unknown_keys(spec, AFTER_KEYS)
+    if problem:
+        raise ValueError(f"match.after: {problem}")
     tools = spec.get("tool")
     if isinstance(tools, str):
         tools = [tools]

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from kubewrit.webhook.canonical import Action
 from kubewrit.webhook.policy.conditions import ABSENT, TypeMismatch, as_number, lookup
 from kubewrit.webhook.policy.history import format_window, parse_window
+from kubewrit.webhook.policy.spelling import unknown_keys
 
 if TYPE_CHECKING:
     from kubewrit.webhook.policy.model import Matcher, Policy
@@ -154,9 +155,9 @@ def compile_limit(raw: Any, policy: str, namespace: str | None, compile_matcher:
     """One entry of `limits:`. Raises ValueError naming what is wrong."""
     if not isinstance(raw, Mapping):
         raise ValueError("a limit must be a mapping with name, max and window")
-    unknown = sorted(str(k) for k in raw if k not in LIMIT_KEYS)
-    if unknown:
-        raise ValueError(f"unknown keys {unknown}; allowed: {', '.join(LIMIT_KEYS)}")
+    problem = unknown_keys(raw, LIMIT_KEYS)
+    if problem:
+        raise ValueError(problem)
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise ValueError("a limit needs a name")

@@ -1,5 +1,9 @@
 """The embedded store: records, anchors and approvals in one SQLite file.
 
+Records and anchors are written and read as JSON by orjson (they hold strings, small
+integers and booleans); approvals by the standard library, because they carry the
+agent's arguments, whose integers may exceed the 64 bits orjson accepts.
+
 WAL journal with synchronous=FULL, so a commit is durable when it returns.
 What a permitted record drew from each limit is also written to `charges`, in the
 record's own transaction: the budgets are reloaded from there (see `budget`), and
@@ -131,7 +135,7 @@ class SQLiteStore:
             row = self._other.execute(
                 "SELECT body FROM records WHERE chain = ? ORDER BY seq DESC LIMIT 1", (chain_id,)
             ).fetchone()
-        return Record.from_dict(json.loads(row[0])) if row else None
+        return Record.from_dict(orjson.loads(row[0])) if row else None
 
     def write(self, records: Sequence[Record]) -> None:
         rows = [
@@ -146,7 +150,7 @@ class SQLiteStore:
                 r.decision,
                 r.reason,
                 r.request_id,
-                json.dumps(r.to_dict(), separators=(",", ":")),
+                orjson.dumps(r.to_dict()).decode(),
             )
             for r in records
         ]
@@ -171,7 +175,7 @@ class SQLiteStore:
             self._other.execute(
                 "INSERT INTO anchors VALUES (?,?,?) ON CONFLICT(chain) DO UPDATE SET "
                 "seq = excluded.seq, body = excluded.body WHERE excluded.seq >= anchors.seq",
-                (anchor.chain, anchor.seq, json.dumps(anchor.to_dict())),
+                (anchor.chain, anchor.seq, orjson.dumps(anchor.to_dict()).decode()),
             )
 
     # -- budget.ChargeSource and HistoryReader ----------------------------------
@@ -205,7 +209,7 @@ class SQLiteStore:
     def anchors(self) -> list[Anchor]:
         with self._lock:
             rows = self._other.execute("SELECT body FROM anchors ORDER BY chain").fetchall()
-        return [Anchor.from_dict(json.loads(body)) for (body,) in rows]
+        return [Anchor.from_dict(orjson.loads(body)) for (body,) in rows]
 
     def chains(self) -> list[str]:
         with self._lock:
@@ -249,7 +253,7 @@ class SQLiteStore:
                 f"SELECT body FROM records{where} ORDER BY time, chain, seq LIMIT ?",
                 (*params, max(1, min(q.limit, 1000))),
             ).fetchall()
-        return [Record.from_dict(json.loads(body)) for (body,) in rows]
+        return [Record.from_dict(orjson.loads(body)) for (body,) in rows]
 
     # -- RequestStore -----------------------------------------------------------
 
@@ -270,7 +274,7 @@ class SQLiteStore:
                 "ORDER BY time LIMIT 1",
                 (agent, request_id),
             ).fetchone()
-        return Record.from_dict(json.loads(row[0])) if row else None
+        return Record.from_dict(orjson.loads(row[0])) if row else None
 
     async def release(self, key: RequestKey) -> None:
         """Nothing was reserved durably: an unrecorded decision leaves no trace to undo."""
