@@ -379,8 +379,11 @@ def test_an_expired_approval_cannot_be_decided_and_the_page_says_why(
         # A tab opened before expiry has gone inert too; one whose clock lags tries anyway:
         # the server refuses and says why.
         assert stale.locator("button[value=approve]").is_disabled()
-        stale.evaluate("document.querySelectorAll('button').forEach(b => b.disabled = false)")
-        stale.click("button[value=approve]")
+        # Enabled and clicked in one step: the page's countdown disables it again each second.
+        stale.evaluate(
+            "() => { const b = document.querySelector('button[value=approve]');"
+            " b.disabled = false; b.click(); }"
+        )
         refusal = card_of(stale, approval_id).locator("[role=alert]")
         refusal.wait_for()
         assert "expired" in refusal.inner_text().lower()  # "has expired" or "already Expired"
