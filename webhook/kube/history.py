@@ -20,12 +20,10 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from kubernetes import client
-from kubewrit.webhook import chain
 from kubewrit.webhook.canonical import Action
-from kubewrit.webhook.chain import Record
 from kubewrit.webhook.keys import Verifier
 from kubewrit.webhook.kube import api as kube_api
-from kubewrit.webhook.kube.records import from_spec
+from kubewrit.webhook.kube.records import signed_record
 from kubewrit.webhook.policy.history import Facts, Recent, tally
 
 log = logging.getLogger(__name__)
@@ -68,15 +66,9 @@ class RecordHistory:
             self._vouched.clear()
         found: dict[str, dict[str, Any]] = {}
         for item in items:
-            data = from_spec(item.get("spec") or {})
-            try:
-                record = Record.from_dict(data)
-            except (ValueError, TypeError):
-                record = None
-            if record is not None and chain.genuine(
-                record, self.trusted_keys(record.key_id), self._vouched
-            ):
-                found.setdefault(record.hash, data)  # a copy of a genuine record counts once
+            record = signed_record(item.get("spec") or {}, self.trusted_keys, self._vouched)
+            if record is not None:
+                found.setdefault(record.hash, record.to_dict())  # a copy counts once
                 continue
             log.warning(
                 "ActionRecord %s/%s is not signed by a kubewrit key; history ignores it",

@@ -11,14 +11,15 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, MutableSet, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
 from kubernetes import client
+from kubewrit.webhook import chain
 from kubewrit.webhook.chain import Anchor, Draft, Head, Record, genesis_draft, parse_genesis
-from kubewrit.webhook.keys import Signer
+from kubewrit.webhook.keys import Signer, Verifier
 from kubewrit.webhook.kube import api as kube_api
 from kubewrit.webhook.kube import configmaps
 from kubewrit.webhook.recorder import AnchorPolicy, PartialWrite, Recorder, RecordUnavailable
@@ -68,6 +69,24 @@ def from_spec(spec: dict[str, Any]) -> dict[str, Any]:
     for key, value in spec.items():
         data[RECORD_FIELDS.get(key, key)] = value
     return data
+
+
+def signed_record(
+    spec: dict[str, Any],
+    trusted_keys: Callable[[str], Sequence[Verifier]],
+    vouched: MutableSet[str] | None = None,
+) -> Record | None:
+    """The record an ActionRecord holds, if a trusted kubewrit key signed exactly it.
+
+    Whoever may create ActionRecords in a namespace can write any spec; what the webhook
+    believes back from them (a replay's decision, a sequence rule's history) is only what
+    this returns. `vouched`: see `chain.genuine`.
+    """
+    try:
+        record = Record.from_dict(from_spec(spec))
+    except (ValueError, TypeError):
+        return None
+    return record if chain.genuine(record, trusted_keys(record.key_id), vouched) else None
 
 
 def object_name(record: Record) -> str:

@@ -21,12 +21,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
-from kubewrit.webhook import chain
 from kubewrit.webhook.chain import Record
 from kubewrit.webhook.errors import Conflict, Unavailable
 from kubewrit.webhook.keys import Verifier
 from kubewrit.webhook.kube import api as kube_api
-from kubewrit.webhook.kube.records import from_spec
+from kubewrit.webhook.kube.records import signed_record
 from kubewrit.webhook.requests import RequestKey
 
 log = logging.getLogger(__name__)
@@ -149,14 +148,11 @@ class LeaseRequestStore:
             label_selector=f"{kube_api.LABEL_REQUEST}={key.digest()},{kube_api.LABEL_KIND}=decision",
         )
         for item in page.get("items", []):
-            data = from_spec(item["spec"])
-            if data.get("agent") != key.agent or data.get("request_id") != key.request_id:
+            spec = item["spec"]
+            if spec.get("agent") != key.agent or spec.get("requestId") != key.request_id:
                 continue
-            try:
-                record = Record.from_dict(data)
-            except ValueError:
-                record = None
-            if record is not None and chain.genuine(record, self.trusted_keys(record.key_id)):
+            record = signed_record(spec, self.trusted_keys)
+            if record is not None:
                 return record
             log.warning(
                 "ActionRecord %s/%s claims request %s but no trusted kubewrit key signed it",
