@@ -108,6 +108,10 @@ def labels(record: Record) -> dict[str, str]:
     return {key: kube_api.label_value(value) for key, value in values.items() if value}
 
 
+# The answer to a create, as metadata only: a Status (409, 422, ...) is still sent whole.
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1, application/json"
+
+
 def to_object(record: Record) -> dict[str, Any]:
     return {
         "apiVersion": f"{kube_api.GROUP}/{kube_api.VERSION}",
@@ -133,10 +137,12 @@ class ActionRecordLedger:
         Every decision waits for this call, and the generated client's per-call work
         (argument validation, serialization by walking the object, response handling)
         cost a third of it: the body here is written by orjson and the created object is
-        never read back. A non-2xx answer raises `ApiException`, as the client's would.
+        never read back, so it is asked for as metadata only (`PartialObjectMetadata`,
+        as metadata informers ask): kube-apiserver then spends no time encoding the spec
+        it was just sent. A non-2xx answer raises `ApiException`, as the client's would.
         """
         configuration = self.api.configuration
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        headers = {"Content-Type": "application/json", "Accept": METADATA_ONLY}
         headers["User-Agent"] = self.api.user_agent
         for auth in configuration.auth_settings().values():  # refreshes a rotated token
             if auth.get("in") == "header" and auth.get("value"):
