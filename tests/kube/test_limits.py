@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -224,3 +225,56 @@ def test_a_planted_record_never_satisfies_a_sequence_rule(
             allowed = replica.decide(token, tool="transfer", args={"amount": 10}).json()
             assert allowed["decision"] == "PERMIT", allowed
             assert allowed["rule_id"] == "transfers/transfer-after-identity-check"
+
+
+def test_a_sequence_rule_reads_its_window_and_records_from_before_time_labels(
+    control_plane: Any, tmp_path: Path
+) -> None:
+    """Records carry the hour they were made; history lists only the hours its window
+    reaches, so a check relabelled into another year no longer satisfies the rule, and a
+    check with no time labels at all (made before they existed) still does."""
+    with agent_namespace(
+        control_plane, "window", lambda ns: policy_manifest(ns, "transfers", TRANSFERS)
+    ) as namespace:
+        token = agent_token(control_plane, namespace)
+        check = ["actionrecords", "-n", namespace, "-l", "kubewrit.io/tool=verify_identity"]
+        with webhooks(control_plane, tmp_path, "window", count=1) as [replica]:
+            assert replica.decide(token, tool="verify_identity").json()["decision"] == "PERMIT"
+            [record] = json.loads(control_plane.kubectl("get", *check, "-o", "json").stdout)[
+                "items"
+            ]
+            made = chain.epoch(record["spec"]["time"])
+            assert abs(made - time.time()) < 60
+            hour = time.strftime("%Y%m%d%H", time.gmtime(made))
+            labels = record["metadata"]["labels"]
+            assert (labels["kubewrit.io/hour"], labels["kubewrit.io/day"]) == (hour, hour[:8])
+
+            transfer = {"tool": "transfer", "args": {"amount": 10}}
+            assert replica.decide(token, **transfer).json()["decision"] == "PERMIT"
+
+            control_plane.kubectl("label", *check, "kubewrit.io/hour=2020010100", "--overwrite")
+            moved = replica.decide(token, **transfer).json()
+            assert moved["decision"] == "DENY", moved
+            report = verified(control_plane, namespace)
+            named = [p["detail"] for p in report["input_problems"]] + [
+                c["problem"]["detail"] for c in report["chains"] if c["problem"]
+            ]
+            assert report["ok"] is False
+            assert any(
+                f"label kubewrit.io/hour says '2020010100', the signed record '{hour}'" in detail
+                for detail in named
+            ), named
+
+            control_plane.kubectl("label", *check, "kubewrit.io/hour-", "kubewrit.io/day-")
+            unlabelled = replica.decide(token, **transfer).json()
+            assert unlabelled["decision"] == "PERMIT", unlabelled
+            assert unlabelled["rule_id"] == "transfers/transfer-after-identity-check"
+        assert verified(control_plane, namespace)["ok"] is True
+
+
+def verified(control_plane: Any, namespace: str) -> dict[str, Any]:
+    """`kubewrit verify`'s JSON report on a namespace's chains."""
+    admin = str(control_plane.kubeconfig_for("admin"))
+    found = run_cli("verify", "--kubeconfig", admin, "-n", namespace, "-o", "json", check=False)
+    report: dict[str, Any] = json.loads(found.stdout)
+    return report

@@ -23,6 +23,10 @@ LABEL_CHAIN = "kubewrit.io/chain"
 LABEL_TOOL = "kubewrit.io/tool"
 LABEL_KIND = "kubewrit.io/kind"
 LABEL_REQUEST = "kubewrit.io/request"
+# When a record was made (UTC, YYYYMMDDHH and YYYYMMDD): a sequence rule's history lists
+# only the hours or days its window reaches, not every PERMIT the agent ever had.
+LABEL_HOUR = "kubewrit.io/hour"
+LABEL_DAY = "kubewrit.io/day"
 
 ANNOTATION_DECISION = "kubewrit.io/decision"
 ANNOTATION_REASON = "kubewrit.io/reason"

@@ -37,11 +37,16 @@ def _mapping(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+TIME_LABELS = {kube_api.LABEL_HOUR, kube_api.LABEL_DAY}
+
+
 def label_problem(item: dict[str, Any]) -> Problem | None:
     """Every `kubewrit.io/` label must be exactly what the webhook set from the signed spec.
 
     Selections (`-l kubewrit.io/decision=PERMIT`, the console's filters) read labels, so a
     removed, changed or added label hides or disguises a record: it is a modification.
+    A record with neither time label was made before they existed; history lists such
+    records on their own (`kube.history`), so their absence hides nothing.
     """
     record = from_spec(_mapping(item.get("spec")))
     try:
@@ -53,6 +58,8 @@ def label_problem(item: dict[str, Any]) -> Problem | None:
         for key, value in _mapping(_mapping(item.get("metadata")).get("labels")).items()
         if key.startswith(LABEL_PREFIX)
     }
+    if not shown.keys() & TIME_LABELS:
+        expected = {key: value for key, value in expected.items() if key not in TIME_LABELS}
     if shown == expected:
         return None
     name = _mapping(item.get("metadata")).get("name")

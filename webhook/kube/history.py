@@ -6,6 +6,13 @@ this question was asked, whichever replica answered it: a sequence rule cannot b
 stepped around by reaching another replica. Only policies that use `match.after` or
 `history.*` pay for the read.
 
+Records carry the hour and the day they were made as labels, and the list names only the
+hours (for windows up to two days) or days (up to the longest, 31) the questions' window
+reaches, and the next one, for a replica whose clock runs ahead: each decision reads its
+window's PERMITs, not every PERMIT the agent ever had. Records made before those labels
+existed are listed too, by a second list run alongside (`!kubewrit.io/hour`), so an
+upgrade forgets nothing a window still holds.
+
 Whoever may create ActionRecords in a namespace could plant a PERMIT to satisfy a rule
 that allows an action only `after` another; so only records a kubewrit key signed are
 counted (`chain.genuine`), each once. A record's signature is checked once per replica;
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -31,6 +39,22 @@ log = logging.getLogger(__name__)
 VOUCHED_MAX = 100_000  # record hashes remembered as genuine; forgotten all at once past this
 
 
+HOUR, DAY = 3600, 86400
+
+
+def window_selector(now: float, window: int) -> str:
+    """The label requirement naming every hour, or past two days every day, a record made
+    in the `window` seconds before `now` carries, and the one after `now`'s."""
+    label, step, spelling = (
+        (kube_api.LABEL_HOUR, HOUR, "%Y%m%d%H")
+        if window <= 2 * DAY
+        else (kube_api.LABEL_DAY, DAY, "%Y%m%d")
+    )
+    first, last = int(now - window) // step, int(now) // step + 1
+    values = [time.strftime(spelling, time.gmtime(n * step)) for n in range(first, last + 1)]
+    return f"{label} in ({','.join(values)})"
+
+
 class RecordHistory:
     def __init__(
         self, api: client.ApiClient, trusted_keys: Callable[[str], Sequence[Verifier]]
@@ -40,25 +64,28 @@ class RecordHistory:
         self._vouched: set[str] = set()  # hashes of records found signed (chain.genuine)
 
     async def facts(self, questions: Sequence[Recent], action: Action, now: float) -> Facts:
-        return await asyncio.to_thread(self._facts, questions, action, now)
-
-    def _facts(self, questions: Sequence[Recent], action: Action, now: float) -> Facts:
         tools = sorted({tool for q in questions for tool in q.tools})
-        selector = ",".join(
+        permits = ",".join(
             [
                 f"{kube_api.LABEL_AGENT}={kube_api.label_value(action.agent)}",
                 f"{kube_api.LABEL_DECISION}=PERMIT",
                 f"{kube_api.LABEL_TOOL} in ({','.join(kube_api.label_value(t) for t in tools)})",
             ]
         )
-        listed: Any = self.custom.list_namespaced_custom_object(
-            kube_api.GROUP,
-            kube_api.VERSION,
-            action.namespace or "default",
-            kube_api.RECORDS,
-            label_selector=selector,
+        namespace = action.namespace or "default"
+        window = max(q.window for q in questions)
+        listings = await asyncio.gather(
+            asyncio.to_thread(self._list, namespace, f"{permits},{window_selector(now, window)}"),
+            asyncio.to_thread(self._list, namespace, f"{permits},!{kube_api.LABEL_HOUR}"),
         )
-        return tally(questions, action, now, self._genuine(listed.get("items", [])))
+        items = [item for listing in listings for item in listing]
+        return tally(questions, action, now, self._genuine(items))
+
+    def _list(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        listed: Any = self.custom.list_namespaced_custom_object(
+            kube_api.GROUP, kube_api.VERSION, namespace, kube_api.RECORDS, label_selector=selector
+        )
+        return list(listed.get("items", []))
 
     def _genuine(self, items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         """The listed records' contents, once each, without any no kubewrit key signed."""

@@ -93,6 +93,12 @@ def object_name(record: Record) -> str:
     return f"{record.chain}-{record.seq:010d}"
 
 
+def time_labels(stamp: str) -> dict[str, str]:
+    """The hour and the day of a record's `time`, as `kubewrit.io/hour` and `/day` values."""
+    hour = time.strftime("%Y%m%d%H", time.gmtime(chain.epoch(stamp)))
+    return {kube_api.LABEL_HOUR: hour, kube_api.LABEL_DAY: hour[:8]}
+
+
 def labels(record: Record) -> dict[str, str]:
     values = {
         kube_api.LABEL_CHAIN: record.chain,
@@ -100,6 +106,7 @@ def labels(record: Record) -> dict[str, str]:
         kube_api.LABEL_DECISION: record.decision,
         kube_api.LABEL_TOOL: record.tool,
         kube_api.LABEL_KIND: record.kind,
+        **time_labels(record.time),
     }
     if record.kind == "decision" and record.request_id:
         values[kube_api.LABEL_REQUEST] = RequestKey(
