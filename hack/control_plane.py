@@ -834,7 +834,12 @@ def _state_lock(sd: Path):
         yield
 
 
-def up(owner_pid: int | None = None, timeout: float = 120.0, node: bool = False) -> dict:
+def up(
+    owner_pid: int | None = None,
+    timeout: float = 120.0,
+    node: bool = False,
+    profiling: bool = False,
+) -> dict:
     t0 = time.monotonic()
     sd = state_dir()
     with _state_lock(sd):
@@ -844,6 +849,11 @@ def up(owner_pid: int | None = None, timeout: float = 120.0, node: bool = False)
                 raise CPError(
                     f"a control plane without a node runs from {sd}: `hack/control-plane down` "
                     "first, or use another KUBEWRIT_CONTROL_PLANE_DIR for the one with a node"
+                )
+            if profiling and not st.get("profiling"):
+                raise CPError(
+                    f"the control plane running from {sd} serves no profiles: "
+                    "`hack/control-plane down` first"
                 )
             if st.get("owners") is not None:
                 if owner_pid:
@@ -869,7 +879,7 @@ def up(owner_pid: int | None = None, timeout: float = 120.0, node: bool = False)
         last_err: CPError | None = None
         for attempt in range(3):
             try:
-                st = _start(sd, bins, owner_pid, timeout, ip)
+                st = _start(sd, bins, owner_pid, timeout, ip, profiling)
                 break
             except CPError as e:
                 stop_all(sd, quiet=True)
@@ -892,7 +902,12 @@ def up(owner_pid: int | None = None, timeout: float = 120.0, node: bool = False)
 
 
 def _start(
-    sd: Path, bins: dict[str, Path], owner_pid: int | None, timeout: float, node_ip: str | None
+    sd: Path,
+    bins: dict[str, Path],
+    owner_pid: int | None,
+    timeout: float,
+    node_ip: str | None,
+    profiling: bool = False,
 ) -> dict:
     pki = sd / "pki"
     etcd_port, peer_port, api_port, kcm_port = (free_port() for _ in range(4))
@@ -915,6 +930,7 @@ def _start(
         # (test sessions) using it; it stops when the last one is gone.
         "owners": [{"pid": owner_pid, "start": _proc_start_time(owner_pid)}] if owner_pid else None,
         "versions": read_versions(),
+        "profiling": profiling,
         "started_at": time.time(),
     }
     save_state(sd, st)
@@ -980,7 +996,7 @@ def _start(
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--service-cluster-ip-range=10.0.0.0/24",
             "--allow-privileged=true",
-            "--profiling=false",
+            f"--profiling={str(profiling).lower()}",
             "--v=1",
             *(_node().apiserver_args(pki, node_ip) if node_ip else []),
         ],
@@ -1147,6 +1163,12 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="also run a real node (containerd, kubelet, kube-proxy, kube-scheduler, CoreDNS)",
     )
+    p_up.add_argument(
+        "--profiling",
+        action="store_true",
+        help="kube-apiserver serves /debug/pprof (to admin): "
+        "kubectl get --raw '/debug/pprof/profile?seconds=10' > cpu.pprof",
+    )
     p_load = sub.add_parser("load", help="import an OCI image archive into the node's containerd")
     p_load.add_argument("archive", type=Path)
     sub.add_parser("down", help="stop it")
@@ -1172,7 +1194,7 @@ def main(argv: list[str]) -> int:
                 print(f"{name}\t{p}")
             log(f"binaries ready in {time.monotonic() - t0:.1f}s")
         elif a.cmd == "up":
-            st = up(owner_pid=a.owner_pid, timeout=a.timeout, node=a.node)
+            st = up(owner_pid=a.owner_pid, timeout=a.timeout, node=a.node, profiling=a.profiling)
             print(f"server:     {st['server']}")
             if st.get("node"):
                 print(f"node:       {st['node']['name']} ({st['node']['ip']}), Ready; CoreDNS up")
