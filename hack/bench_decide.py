@@ -16,7 +16,8 @@ must have its record.
 Configurations (server x concurrency) are interleaved round by round and repeated;
 each is reported as the median and range over the rounds, beside floors measured in
 the same run on the same machine: one fsync'd SQLite commit, one Ed25519 signature,
-and a constant-answer endpoint on the same FastAPI/uvicorn stack driven the same way.
+a constant-answer endpoint on the same FastAPI/uvicorn stack driven the same way, and
+in Kubernetes mode one ActionRecord created at a time, before and after the rounds.
 
 `--limits 0,1,3` serves the same policy with that many limits on the refund (a count
 per hour, a sum per day, a count per order: bounds no run reaches, so every decision
@@ -341,6 +342,51 @@ def quiet_control_plane(kubeconfig: str, timeout: float = 300) -> None:
         time.sleep(5)
 
 
+def create_times(kubeconfig: str, namespace: str, creates: int = 200) -> list[float]:
+    """Milliseconds for ActionRecords created one at a time, as the webhook creates each
+    (`ActionRecordLedger`). Every decision in Kubernetes mode waits for this round trip
+    through kube-apiserver and etcd: its p50 is the floor under the webhook's p50 at one
+    client. Measured before and after the rounds, which the control plane's drift can
+    tell apart."""
+    from kubewrit.webhook import keys
+    from kubewrit.webhook.chain import Draft, Head
+    from kubewrit.webhook.kube import api as kube_api
+    from kubewrit.webhook.kube.records import ActionRecordLedger
+
+    ledger = ActionRecordLedger(kube_api.load(kubeconfig), namespace, workers=1)
+    signer, head = keys.generate(), Head(f"floor-{uuid.uuid4().hex[:8]}")
+    draft = Draft(
+        kind="decision",
+        decision="PERMIT",
+        reason="rule_allow",
+        agent="support-agent",
+        tool="process_refund",
+        action_hash="sha256:" + "0" * 64,
+        policy_hash="sha256:" + "0" * 64,
+        rule="support-agent/small-refunds",
+        risk="low",
+        message="Small refunds auto-approved",
+        namespace=namespace,
+    )
+    took = []
+    for _ in range(creates + 50):  # the first 50 warm the connection and the caches
+        record = head.seal_next(draft, signer)
+        started = time.perf_counter()
+        ledger.write([record], namespace)
+        took.append((time.perf_counter() - started) * 1000)
+    return took[50:]
+
+
+def create_floor(before: list[float], after: list[float]) -> dict[str, float]:
+    took = sorted(before + after)
+    return {
+        "actionrecord_create_p50_ms": round(statistics.median(took), 3),
+        "actionrecord_create_p99_ms": round(took[int(len(took) * 0.99) - 1], 3),
+        "actionrecord_create_p50_ms_before": round(statistics.median(before), 3),
+        "actionrecord_create_p50_ms_after": round(statistics.median(after), 3),
+    }
+
+
 def etcd_bytes_per_record(kubeconfig: str, namespace: str) -> tuple[int, float | None]:
     """How many ActionRecords exist, and their size as the API server serializes them."""
     listing = json.loads(kubectl(kubeconfig, "get", "actionrecords", "-n", namespace, "-o", "json"))
@@ -390,6 +436,8 @@ def kubernetes(args: argparse.Namespace) -> dict[str, object]:
     kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     if "namespace/kubewrit-system" not in kubectl(kubeconfig, "get", "ns", "-o", "name"):
         kubectl(kubeconfig, "create", "namespace", "kubewrit-system")
+    floor_namespace = f"bench-{run}-floor"
+    kubectl(kubeconfig, "create", "namespace", floor_namespace)
     tokens: dict[int, tuple[str, str]] = {}
     for limits in sorted({0, *args.limits}):
         namespace = f"bench-{run}-l{limits}"
@@ -424,8 +472,9 @@ def kubernetes(args: argparse.Namespace) -> dict[str, object]:
             "repeats": args.repeats,
             "cpus": os.cpu_count(),
             "load_generator": f"hey {bench_load.HEY_VERSION} (Go), separate process",
-            "floors": floors(scratch),
         }
+        measured = floors(scratch)
+        creates_before = create_times(kubeconfig, floor_namespace)
         port = free_port()
         command = [
             shutil.which("kubewrit") or "kubewrit",
@@ -465,6 +514,9 @@ def kubernetes(args: argparse.Namespace) -> dict[str, object]:
                 [*webhooks, floor], args.concurrency, args.requests, args.repeats
             )
             report["ceilings"] = ceilings(results)
+        creates_after = create_times(kubeconfig, floor_namespace)
+        report["floors"] = {**measured, **create_floor(creates_before, creates_after)}
+    kubectl(kubeconfig, "delete", "namespace", floor_namespace, "--wait=false")
     sent = answers_sent(args)
     counts, sizes = [], []
     for namespace, _ in tokens.values():
