@@ -51,6 +51,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_load
+import bench_store
 from kubewrit.webhook.client.testing import free_port, serve_command, wait_healthy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -349,28 +350,15 @@ def create_times(kubeconfig: str, namespace: str, creates: int = 200) -> list[fl
     client. Measured before and after the rounds, which the control plane's drift can
     tell apart."""
     from kubewrit.webhook import keys
-    from kubewrit.webhook.chain import Draft, Head
+    from kubewrit.webhook.chain import Head
     from kubewrit.webhook.kube import api as kube_api
     from kubewrit.webhook.kube.records import ActionRecordLedger
 
     ledger = ActionRecordLedger(kube_api.load(kubeconfig), namespace, workers=1)
     signer, head = keys.generate(), Head(f"floor-{uuid.uuid4().hex[:8]}")
-    draft = Draft(
-        kind="decision",
-        decision="PERMIT",
-        reason="rule_allow",
-        agent="support-agent",
-        tool="process_refund",
-        action_hash="sha256:" + "0" * 64,
-        policy_hash="sha256:" + "0" * 64,
-        rule="support-agent/small-refunds",
-        risk="low",
-        message="Small refunds auto-approved",
-        namespace=namespace,
-    )
     took = []
-    for _ in range(creates + 50):  # the first 50 warm the connection and the caches
-        record = head.seal_next(draft, signer)
+    for index in range(creates + 50):  # the first 50 warm the connection and the caches
+        record = head.seal_next(bench_store.small_refund(index, namespace), signer)
         started = time.perf_counter()
         ledger.write([record], namespace)
         took.append((time.perf_counter() - started) * 1000)

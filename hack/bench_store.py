@@ -35,6 +35,24 @@ from kubewrit.webhook.store.sqlite import SQLiteStore
 BATCH = 20_000
 
 
+def small_refund(index: int, namespace: str | None = None) -> Draft:
+    """The walkthrough's small refund PERMIT, as a server records it (`index` varies its
+    action hash)."""
+    return Draft(
+        kind="decision",
+        decision="PERMIT",
+        reason="rule_allow",
+        agent="support-agent",
+        tool="process_refund",
+        action_hash=f"{index:064x}",
+        policy_hash="sha256:" + "ab" * 32,
+        rule="support-agent/small-refunds",
+        risk="low",
+        message="Small refunds auto-approved",
+        namespace=namespace,
+    )
+
+
 def _fill_chain(args: tuple[str, str, int, int]) -> int:
     data_dir, chain_id, count, batch = args
     directory = Path(data_dir)
@@ -43,18 +61,7 @@ def _fill_chain(args: tuple[str, str, int, int]) -> int:
     head = Head(chain_id)
     pending = [head.seal_next(chain.genesis_draft(signer.verifier.b64), signer)]
     for index in range(count - 1):
-        draft = Draft(
-            kind="decision",
-            decision="PERMIT",
-            reason="rule_allow",
-            agent="support-agent",
-            tool="process_refund",
-            action_hash=f"{index:064x}",
-            policy_hash="sha256:" + "ab" * 32,
-            rule="support-agent/small-refunds",
-            risk="low",
-            message="Small refunds auto-approved",
-        )
+        draft = small_refund(index)
         last = index % batch == batch - 1 or index == count - 2
         pending.append(head.seal_next(draft, signer, signed=last))
         if len(pending) >= BATCH:
