@@ -343,6 +343,46 @@ def quiet_control_plane(kubeconfig: str, timeout: float = 300) -> None:
         time.sleep(5)
 
 
+def webhook_kubeconfig(kubeconfig: str, scratch: Path) -> Path:
+    """A kubeconfig for the webhook as the chart runs it: its ServiceAccount's token and
+    the chart's RBAC, not the admin's client certificate (which kube-apiserver verifies on
+    every request, where it caches a token's review). Needs `helm` (`hack/control-plane
+    env` puts it on PATH) to render the chart's RBAC."""
+    rbac = subprocess.run(
+        ["helm", "template", "bench", str(REPO / "charts" / "kubewrit"), "--namespace",
+         "kubewrit-system", "--show-only", "templates/rbac.yaml"],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    kubectl(kubeconfig, "apply", "-f", "-", input=rbac)
+    account = "bench-kubewrit-webhook"
+    if f"serviceaccount/{account}" not in kubectl(
+        kubeconfig, "get", "serviceaccounts", "-n", "kubewrit-system", "-o", "name"
+    ):
+        kubectl(kubeconfig, "create", "serviceaccount", account, "-n", "kubewrit-system")
+    token = kubectl(
+        kubeconfig, "create", "token", account, "-n", "kubewrit-system", "--duration", "6h"
+    ).strip()
+    admin = yaml.safe_load(Path(kubeconfig).read_text())
+    current = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])
+    cluster = next(c for c in admin["clusters"] if c["name"] == current["context"]["cluster"])
+    path = scratch / "webhook.kubeconfig"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [cluster],
+                "users": [{"name": account, "user": {"token": token}}],
+                "contexts": [
+                    {"name": account, "context": {"cluster": cluster["name"], "user": account}}
+                ],
+                "current-context": account,
+            }
+        )
+    )
+    return path
+
+
 def create_times(kubeconfig: str, namespace: str, creates: int = 200) -> list[float]:
     """Milliseconds for ActionRecords created one at a time, as the webhook creates each
     (`ActionRecordLedger`). Every decision in Kubernetes mode waits for this round trip
@@ -462,13 +502,14 @@ def kubernetes(args: argparse.Namespace) -> dict[str, object]:
             "load_generator": f"hey {bench_load.HEY_VERSION} (Go), separate process",
         }
         measured = floors(scratch)
-        creates_before = create_times(kubeconfig, floor_namespace)
+        as_webhook = str(webhook_kubeconfig(kubeconfig, scratch))
+        creates_before = create_times(as_webhook, floor_namespace)
         port = free_port()
         command = [
             shutil.which("kubewrit") or "kubewrit",
             "webhook",
             "--kubeconfig",
-            kubeconfig,
+            as_webhook,
             "--replica",
             f"bench-{os.getpid()}",
             "--signing-key",
@@ -502,7 +543,7 @@ def kubernetes(args: argparse.Namespace) -> dict[str, object]:
                 [*webhooks, floor], args.concurrency, args.requests, args.repeats
             )
             report["ceilings"] = ceilings(results)
-        creates_after = create_times(kubeconfig, floor_namespace)
+        creates_after = create_times(as_webhook, floor_namespace)
         report["floors"] = {**measured, **create_floor(creates_before, creates_after)}
     kubectl(kubeconfig, "delete", "namespace", floor_namespace, "--wait=false")
     sent = answers_sent(args)
