@@ -13,6 +13,7 @@ owners of each invariant and adds none of its own:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -21,7 +22,13 @@ from typing import Any
 
 from kubewrit.webhook import approval as approvals
 from kubewrit.webhook import canonical, writ
-from kubewrit.webhook.approval import ApprovalWorkflow, ApproverSet, KeySource, PolicySource
+from kubewrit.webhook.approval import (
+    Approval,
+    ApprovalWorkflow,
+    ApproverSet,
+    KeySource,
+    PolicySource,
+)
 from kubewrit.webhook.backend import Backend
 from kubewrit.webhook.canonical import Action, InvalidToolName
 from kubewrit.webhook.chain import Record
@@ -34,6 +41,10 @@ from kubewrit.webhook.outcome import Outcome, Recording, verdict_from_record
 from kubewrit.webhook.requests import RequestKey, Requests
 
 log = logging.getLogger(__name__)
+
+# How long a replayed DEFER waits for the approval its decider is still storing (the
+# decider creates it right after the record; in Kubernetes, an object and its status).
+APPROVAL_WAIT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -223,5 +234,27 @@ class Authority:
                     "a new request_id",
                 )
         elif verdict.decision is Decision.DEFER and previous.approval:
-            approval = self.backend.approvals.get(previous.approval, previous.namespace)
+            approval = await self._approval_opened_by(previous)
         return Outcome(verdict, action_hash, previous, token, approval, {"replayed": True})
+
+    async def _approval_opened_by(self, held: Record) -> Approval:
+        """The approval a DEFER's record names. Its decider stores it just after the record,
+        so a retry that found the record (on another replica, say) can be there first: wait
+        for it as long as storing it may take; past that, it was never stored, which is what
+        the decider answered too (`approval_unavailable`)."""
+        assert held.approval is not None
+        deadline, pause = time.monotonic() + APPROVAL_WAIT_SECONDS, 0.01
+        while True:
+            approval = await asyncio.to_thread(
+                self.backend.approvals.get, held.approval, held.namespace
+            )
+            if approval is not None:
+                return approval
+            if time.monotonic() >= deadline:
+                raise Unavailable(
+                    "approval_unavailable",
+                    f"the action was held (record {held.chain}/{held.seq}) but its approval "
+                    f"{held.approval} is not stored",
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.25)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from kubewrit.webhook import chain, keys, policy, writ
+from kubewrit.webhook import authority, chain, keys, policy, writ
 from kubewrit.webhook.authority import ActionInput, Authority
 from kubewrit.webhook.chain import Draft, Record
 from kubewrit.webhook.decision import Decision, Phase, Reason
@@ -269,6 +269,39 @@ async def test_a_request_id_reused_for_another_action_is_refused(world: World) -
     with pytest.raises(Conflict) as reused:
         await world.decide(46, request_id="r-1")
     assert reused.value.code == "request_id_reused"
+
+
+async def test_a_retry_that_finds_the_hold_before_its_approval_waits_for_it(
+    world: World,
+) -> None:
+    """Another replica may find the DEFER's record while its decider is still storing the
+    approval the record names: the retry answers with that approval, not without one."""
+    first = await world.decide(340, request_id="r-1")
+    assert first.approval is not None
+    stored = world.store.approvals.pop(first.approval.id)  # the decider has not stored it yet
+
+    async def decider_stores_it() -> None:
+        await asyncio.sleep(0.1)
+        world.store.approvals[stored.id] = stored
+
+    again, _ = await asyncio.gather(world.decide(340, request_id="r-1"), decider_stores_it())
+    assert again.extra["replayed"] and again.approval is not None
+    assert again.approval.id == first.approval.id
+    assert world.kinds() == ["decision"]
+
+
+async def test_a_retry_whose_hold_never_got_its_approval_is_unavailable(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the decider answered when it could not store the approval, never a bare DEFER."""
+    first = await world.decide(340, request_id="r-1")
+    assert first.approval is not None
+    world.store.approvals.pop(first.approval.id)
+    monkeypatch.setattr(authority, "APPROVAL_WAIT_SECONDS", 0.2)
+    with pytest.raises(Unavailable) as missing:
+        await world.decide(340, request_id="r-1")
+    assert missing.value.code == "approval_unavailable"
+    assert first.approval.id in str(missing.value)
 
 
 async def test_a_deferred_retry_returns_its_own_approval(world: World) -> None:
