@@ -237,11 +237,12 @@ class Authority:
             approval = await self._approval_opened_by(previous)
         return Outcome(verdict, action_hash, previous, token, approval, {"replayed": True})
 
-    async def _approval_opened_by(self, held: Record) -> Approval:
+    async def _approval_opened_by(self, held: Record) -> Approval | None:
         """The approval a DEFER's record names. Its decider stores it just after the record,
         so a retry that found the record (on another replica, say) can be there first: wait
-        for it as long as storing it may take; past that, it was never stored, which is what
-        the decider answered too (`approval_unavailable`)."""
+        for it as long as storing it may take. Past that, the decider died between the two
+        (or answered `approval_unavailable`): the DEFER is answered without an approval, as
+        the record is all that was decided; a new request id opens a new one."""
         assert held.approval is not None
         deadline, pause = time.monotonic() + APPROVAL_WAIT_SECONDS, 0.01
         while True:
@@ -251,10 +252,12 @@ class Authority:
             if approval is not None:
                 return approval
             if time.monotonic() >= deadline:
-                raise Unavailable(
-                    "approval_unavailable",
-                    f"the action was held (record {held.chain}/{held.seq}) but its approval "
-                    f"{held.approval} is not stored",
+                log.warning(
+                    "record %s/%s holds the action for approval %s, which was never stored",
+                    held.chain,
+                    held.seq,
+                    held.approval,
                 )
+                return None
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.25)

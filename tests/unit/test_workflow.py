@@ -290,18 +290,21 @@ async def test_a_retry_that_finds_the_hold_before_its_approval_waits_for_it(
     assert world.kinds() == ["decision"]
 
 
-async def test_a_retry_whose_hold_never_got_its_approval_is_unavailable(
+async def test_a_retry_whose_hold_never_got_its_approval_is_still_the_same_defer(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """What the decider answered when it could not store the approval, never a bare DEFER."""
+    """The decider died between the record and the approval: after waiting for it, the
+    retry is the recorded DEFER (never a second decision), with no approval to poll."""
     first = await world.decide(340, request_id="r-1")
     assert first.approval is not None
     world.store.approvals.pop(first.approval.id)
     monkeypatch.setattr(authority, "APPROVAL_WAIT_SECONDS", 0.2)
-    with pytest.raises(Unavailable) as missing:
-        await world.decide(340, request_id="r-1")
-    assert missing.value.code == "approval_unavailable"
-    assert first.approval.id in str(missing.value)
+    started = time.monotonic()
+    again = await world.decide(340, request_id="r-1")
+    assert time.monotonic() - started >= 0.2
+    assert again.extra["replayed"] and again.decision is Decision.DEFER
+    assert again.approval is None and again.record.hash == first.record.hash
+    assert world.kinds() == ["decision"]
 
 
 async def test_a_deferred_retry_returns_its_own_approval(world: World) -> None:
