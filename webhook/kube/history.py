@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -31,7 +30,7 @@ from kubernetes import client
 from kubewrit.webhook.canonical import Action
 from kubewrit.webhook.keys import Verifier
 from kubewrit.webhook.kube import api as kube_api
-from kubewrit.webhook.kube.records import signed_record
+from kubewrit.webhook.kube.records import signed_record, time_labels_at
 from kubewrit.webhook.policy.history import Facts, Recent, tally
 
 log = logging.getLogger(__name__)
@@ -45,13 +44,9 @@ HOUR, DAY = 3600, 86400
 def window_selector(now: float, window: int) -> str:
     """The label requirement naming every hour, or past two days every day, a record made
     in the `window` seconds before `now` carries, and the one after `now`'s."""
-    label, step, spelling = (
-        (kube_api.LABEL_HOUR, HOUR, "%Y%m%d%H")
-        if window <= 2 * DAY
-        else (kube_api.LABEL_DAY, DAY, "%Y%m%d")
-    )
+    label, step = (kube_api.LABEL_HOUR, HOUR) if window <= 2 * DAY else (kube_api.LABEL_DAY, DAY)
     first, last = int(now - window) // step, int(now) // step + 1
-    values = [time.strftime(spelling, time.gmtime(n * step)) for n in range(first, last + 1)]
+    values = [time_labels_at(n * step)[label] for n in range(first, last + 1)]
     return f"{label} in ({','.join(values)})"
 
 

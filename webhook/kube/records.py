@@ -95,7 +95,13 @@ def object_name(record: Record) -> str:
 
 def time_labels(stamp: str) -> dict[str, str]:
     """The hour and the day of a record's `time`, as `kubewrit.io/hour` and `/day` values."""
-    hour = time.strftime("%Y%m%d%H", time.gmtime(chain.epoch(stamp)))
+    return time_labels_at(chain.epoch(stamp))
+
+
+def time_labels_at(moment: float) -> dict[str, str]:
+    """The `kubewrit.io/hour` (YYYYMMDDHH) and `/day` (YYYYMMDD) of a moment, in UTC: what
+    records carry and what history's window names (`kube.history.window_selector`)."""
+    hour = time.strftime("%Y%m%d%H", time.gmtime(moment))
     return {kube_api.LABEL_HOUR: hour, kube_api.LABEL_DAY: hour[:8]}
 
 
