@@ -244,6 +244,13 @@ def signature_valid(record: Record, verifier: Verifier) -> bool:
     return bool(record.signature) and verifier.verify(record.signature, record.hash.encode())
 
 
+def _hash_matches(record: Record) -> bool:
+    try:
+        return record_hash(record.body()) == record.hash
+    except ValueError:
+        return False
+
+
 def genuine(
     record: Record, verifiers: Iterable[Verifier], vouched: MutableSet[str] | None = None
 ) -> bool:
@@ -254,18 +261,14 @@ def genuine(
     again and again. Content hashing to one of them was signed, whatever its copy's
     signature field says; a new one is added.
     """
-    try:
-        digest = record_hash(record.body())
-    except ValueError:
+    if not _hash_matches(record):
         return False
-    if digest != record.hash:
-        return False
-    if vouched is not None and digest in vouched:
+    if vouched is not None and record.hash in vouched:
         return True
     if not any(signature_valid(record, v) for v in verifiers):
         return False
     if vouched is not None:
-        vouched.add(digest)
+        vouched.add(record.hash)
     return True
 
 
@@ -406,3 +409,31 @@ class Head:
         record = seal(draft, self.chain, self.seq + 1, self.hash, signer, now, signed)
         self.seq, self.hash = record.seq, record.hash
         return record
+
+
+def continuation(
+    known: Head, stored: Iterable[Record], verifier: Verifier
+) -> tuple[Head, list[Record]]:
+    """Where a chain goes on after `known`, its last acknowledged record, as stored now.
+
+    A write whose answer was lost may have landed: the stored records that follow `known`
+    one by one, each linking to the one before, continue the chain up to the last of them
+    this writer signed (which vouches for those before it). Everything else stored past
+    `known`, past a gap or linking elsewhere or signed by no one, was acknowledged to no
+    one: the second element, for the writer to remove before the chain may go on.
+    """
+    head = Head(known.chain, known.seq, known.hash)
+    run: list[Record] = []
+    rest: list[Record] = []
+    tip = head
+    for record in sorted(stored, key=lambda r: r.seq):
+        follows = record.seq == tip.seq + 1 and record.prev == tip.hash
+        if rest or not follows or not _hash_matches(record):
+            rest.append(record)
+            continue
+        run.append(record)
+        tip = Head(known.chain, record.seq, record.hash)
+    signed = max((i for i, r in enumerate(run) if signature_valid(r, verifier)), default=-1)
+    if signed >= 0:
+        head = Head(known.chain, run[signed].seq, run[signed].hash)
+    return head, run[signed + 1 :] + rest

@@ -66,8 +66,20 @@ class Ledger(Protocol):
 
     def head(self, chain_id: str) -> Record | None: ...
 
+    def after(self, chain_id: str, seq: int) -> list[Record]:
+        """The chain's stored records with a greater `seq`, as stored (read after a failed write)."""
+        ...
+
     def write(self, records: Sequence[Record]) -> None:
         """Make `records` durable, in order. All or nothing, or PartialWrite for a prefix."""
+        ...
+
+    def remove(self, records: Sequence[Record]) -> None:
+        """Delete stored records that were acknowledged to no one (gone already is fine).
+
+        Only a ledger that may keep part of a batch ever has such records; an atomic one
+        raises `Unsupported`, and the recorder then stays in doubt: fail closed.
+        """
         ...
 
     def publish_anchor(self, anchor: Anchor) -> None: ...
@@ -220,19 +232,10 @@ class Recorder:
     def _commit(self, jobs: list[_Job]) -> None:
         if self._head_uncertain:
             try:
-                durable = self.ledger.head(self.chain_id)
+                self._settle()
             except Exception as exc:
                 _answer(jobs, RecordUnavailable(f"record store unavailable: {exc}"))
                 return
-            if durable is not None and durable.seq > self._head.seq:
-                log.warning(
-                    "chain %s: seq %d..%d landed although their write failed; continuing after",
-                    self.chain_id,
-                    self._head.seq + 1,
-                    durable.seq,
-                )
-                self._head = Head(self.chain_id, durable.seq, durable.hash)
-            self._head_uncertain = False
         before = Head(self._head.chain, self._head.seq, self._head.hash)
         final = len(jobs) - 1
         records = [
@@ -274,6 +277,42 @@ class Recorder:
         self._head_uncertain = True
         error = RecordUnavailable(f"record store unavailable: {failure}")
         _answer(jobs, [*records[:written], *[error] * (len(jobs) - written)])
+        try:  # at once, so no unacknowledged record waits for the next decision to go
+            self._settle()
+        except Exception as exc:
+            log.warning("chain %s stays in doubt until the store answers: %s", self.chain_id, exc)
+
+    def _settle(self) -> None:
+        """After a failed write: continue after what landed, and keep nothing past a gap.
+
+        Writes whose answers were lost may have landed, and a batch whose records are
+        created one by one may have landed with a hole. The chain goes on from the last
+        record that continues it as stored (`chain.continuation`); the records stored past
+        that were acknowledged to no one and are removed first, so the next record can
+        never leave a gap behind it. Raises while the store cannot say or cannot remove:
+        the head stays in doubt and every decision meanwhile is RecordUnavailable.
+        """
+        known = self._head
+        stored = self.ledger.after(self.chain_id, known.seq)
+        head, strays = chain.continuation(known, stored, self.signer.verifier)
+        if strays:
+            self.ledger.remove(strays)
+            log.warning(
+                "chain %s: removed %d unacknowledged record(s) past seq %d (seq %s)",
+                self.chain_id,
+                len(strays),
+                head.seq,
+                ", ".join(str(r.seq) for r in strays),
+            )
+        if head.seq > known.seq:
+            log.warning(
+                "chain %s: seq %d..%d landed although their write failed; continuing after",
+                self.chain_id,
+                known.seq + 1,
+                head.seq,
+            )
+        self._head = head
+        self._head_uncertain = False
 
     def _seconds_to_anchor(self) -> float:
         elapsed = time.monotonic() - self._anchored_at

@@ -154,6 +154,12 @@ class SharedLedger:
     def head(self, chain_id: str) -> Record | None:
         return self.store.head(chain_id)
 
+    def after(self, chain_id: str, seq: int) -> list[Record]:
+        return self.store.after(chain_id, seq)
+
+    def remove(self, records: Sequence[Record]) -> None:
+        self.store.remove(records)
+
     def write(self, records: Sequence[Record]) -> None:
         fcntl.flock(self._lock, fcntl.LOCK_EX)
         try:

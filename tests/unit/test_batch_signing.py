@@ -142,9 +142,15 @@ class EveryRecordItsOwnWrite:
     def head(self, chain_id: str) -> Record | None:
         return self.store.head(chain_id)
 
+    def after(self, chain_id: str, seq: int) -> list[Record]:
+        return self.store.after(chain_id, seq)
+
     def write(self, records: Sequence[Record]) -> None:
         self.gate.wait(5)  # let a batch queue up behind the first write
         self.store.write(records)
+
+    def remove(self, records: Sequence[Record]) -> None:
+        self.store.remove(records)
 
     def publish_anchor(self, anchor: Anchor) -> None:
         self.store.publish_anchor(anchor)

@@ -196,11 +196,11 @@ class ActionRecordLedger:
                 ) from exc
 
     def write(self, records: Sequence[Record], namespace: str | None = None) -> None:
-        """Create a batch concurrently; durable as a prefix, never with a gap.
+        """Create a batch concurrently; PartialWrite names the durable prefix.
 
-        A failed create is retried. If one still fails, the records after it were never
-        acknowledged to anyone, so they are removed again and the batch is durable up to
-        the failure (PartialWrite): the chain stays contiguous.
+        A failed create is retried. If one still fails, the batch is acknowledged up to it
+        (PartialWrite); records after it may have landed all the same, acknowledged to no
+        one, and the recorder removes them (`remove`) before its chain goes on.
         """
         namespace = namespace or self.home
         if len(records) == 1:
@@ -211,12 +211,8 @@ class ActionRecordLedger:
             if outcome is not None:
                 outcomes[index] = self._attempt(records[index], namespace, tries=CREATE_RETRIES)
         failed = next((i for i, outcome in enumerate(outcomes) if outcome is not None), None)
-        if failed is None:
-            return
-        for record, outcome in zip(records[failed + 1 :], outcomes[failed + 1 :], strict=True):
-            if outcome is None:
-                self._remove_unacknowledged(record, namespace)
-        raise PartialWrite(failed, outcomes[failed] or RuntimeError("create failed"))
+        if failed is not None:
+            raise PartialWrite(failed, outcomes[failed] or RuntimeError("create failed"))
 
     def _attempt(self, record: Record, namespace: str, tries: int = 1) -> Exception | None:
         for attempt in range(tries):
@@ -228,19 +224,39 @@ class ActionRecordLedger:
                 time.sleep(0.05 * (attempt + 1) if attempt + 1 < tries else 0)
         return error
 
-    def _remove_unacknowledged(self, record: Record, namespace: str) -> None:
-        try:
-            self.custom.delete_namespaced_custom_object(
-                kube_api.GROUP, kube_api.VERSION, namespace, kube_api.RECORDS, object_name(record)
-            )
-        except Exception as exc:  # the chain now has a gap that `kubewrit verify` will name
-            log.error("could not remove unacknowledged record %s: %s", object_name(record), exc)
+    def remove(self, records: Sequence[Record], namespace: str | None = None) -> None:
+        """Delete records acknowledged to no one; one already gone is fine, others raise."""
+        for record in records:
+            try:
+                self.custom.delete_namespaced_custom_object(
+                    kube_api.GROUP,
+                    kube_api.VERSION,
+                    namespace or self.home,
+                    kube_api.RECORDS,
+                    object_name(record),
+                )
+            except client.ApiException as exc:
+                if exc.status != 404:
+                    raise
 
     def head(self, chain_id: str, namespace: str | None = None) -> Record | None:
         found = list(self.chain_records(chain_id, namespace or self.home))
         if not found:
             return None
         return Record.from_dict(max(found, key=lambda r: r["seq"]))
+
+    def after(self, chain_id: str, seq: int, namespace: str | None = None) -> list[Record]:
+        """Objects that are no record at all are left out: `kubewrit verify` names those."""
+        stored = []
+        for data in self.chain_records(chain_id, namespace or self.home):
+            try:
+                record = Record.from_dict(data)
+            except (ValueError, TypeError):
+                log.warning("ActionRecord in chain %s holds no record: %.200s", chain_id, data)
+                continue
+            if record.seq > seq:
+                stored.append(record)
+        return sorted(stored, key=lambda r: r.seq)
 
     def chain_records(self, chain_id: str, namespace: str) -> Iterator[dict[str, Any]]:
         token = None
@@ -314,8 +330,14 @@ class ChainLedger:
     def head(self, chain_id: str) -> Record | None:
         return self.ledger.head(chain_id, self.namespace)
 
+    def after(self, chain_id: str, seq: int) -> list[Record]:
+        return self.ledger.after(chain_id, seq, self.namespace)
+
     def write(self, records: Sequence[Record]) -> None:
         self.ledger.write(records, self.namespace)
+
+    def remove(self, records: Sequence[Record]) -> None:
+        self.ledger.remove(records, self.namespace)
 
     def publish_anchor(self, anchor: Anchor) -> None:
         self.ledger.publish_anchor(anchor, self.namespace)

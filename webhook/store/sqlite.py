@@ -32,6 +32,7 @@ from kubewrit.webhook.backend import RecordQuery, counted
 from kubewrit.webhook.canonical import Action
 from kubewrit.webhook.chain import Anchor, Record
 from kubewrit.webhook.decision import Phase
+from kubewrit.webhook.errors import Unsupported
 from kubewrit.webhook.policy.history import Facts, Recent
 from kubewrit.webhook.policy.limits import Limit
 from kubewrit.webhook.requests import RequestKey
@@ -136,6 +137,20 @@ class SQLiteStore:
                 "SELECT body FROM records WHERE chain = ? ORDER BY seq DESC LIMIT 1", (chain_id,)
             ).fetchone()
         return Record.from_dict(orjson.loads(row[0])) if row else None
+
+    def after(self, chain_id: str, seq: int) -> list[Record]:
+        with self._lock:
+            rows = self._other.execute(
+                "SELECT body FROM records WHERE chain = ? AND seq > ? ORDER BY seq",
+                (chain_id, seq),
+            ).fetchall()
+        return [Record.from_dict(orjson.loads(body)) for (body,) in rows]
+
+    def remove(self, records: Sequence[Record]) -> None:
+        raise Unsupported(
+            "ledger_append_only",
+            "a SQLite batch is one transaction: nothing lands past a gap, and nothing is removed",
+        )
 
     def write(self, records: Sequence[Record]) -> None:
         rows = [
