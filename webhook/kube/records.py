@@ -56,7 +56,8 @@ SPEC_FIELDS = {
 }
 RECORD_FIELDS = {spec: field for field, spec in SPEC_FIELDS.items()}
 CREATE_RETRIES = 3
-CREATE_TIMEOUT_SECONDS = 10.0
+# Every call the recorder's thread waits for ends: a hung API server means DENY, not a hang.
+REQUEST_TIMEOUT_SECONDS = 10.0
 
 
 def to_spec(record: Record) -> dict[str, Any]:
@@ -169,7 +170,7 @@ class ActionRecordLedger:
             body=orjson.dumps(to_object(record)),
             headers=headers,
             preload_content=False,
-            timeout=CREATE_TIMEOUT_SECONDS,
+            timeout=REQUEST_TIMEOUT_SECONDS,
         )
         try:
             if not 200 <= response.status < 300:
@@ -234,6 +235,7 @@ class ActionRecordLedger:
                     namespace or self.home,
                     kube_api.RECORDS,
                     object_name(record),
+                    _request_timeout=REQUEST_TIMEOUT_SECONDS,
                 )
             except client.ApiException as exc:
                 if exc.status != 404:
@@ -269,6 +271,7 @@ class ActionRecordLedger:
                 label_selector=f"{kube_api.LABEL_CHAIN}={kube_api.label_value(chain_id)}",
                 limit=500,
                 _continue=token,
+                _request_timeout=REQUEST_TIMEOUT_SECONDS,
             )
             for item in page.get("items", []):
                 if item["spec"].get("chain") == chain_id:
