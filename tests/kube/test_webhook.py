@@ -353,3 +353,80 @@ spec:
         "verify", "--kubeconfig", str(control_plane.kubeconfig_for("admin")), "-n", namespace
     )
     assert "verified" in result.stdout
+
+
+def test_a_record_landed_past_a_refused_one_is_removed_before_the_chain_goes_on(
+    control_plane, tmp_path: Path
+) -> None:
+    """The API server refuses seq 3 while later records of its batch land, and refuses to
+    let them be removed: every decision is then DENY record_unavailable, because the
+    chain cannot go on without a hole. Once removal is allowed, the records past the hole
+    are gone, the chain goes on from seq 3, and it verifies."""
+    import concurrent.futures
+
+    apply_crds(control_plane)
+    namespace = f"holes-{uuid.uuid4().hex[:6]}"
+    control_plane.kubectl("create", "namespace", namespace)
+    control_plane.kubectl("create", "serviceaccount", "support-agent", "-n", namespace)
+    control_plane.kubectl("apply", "-f", "-", input=policy_manifest(namespace))
+    refuse = f"""
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {{name: hole-at-3-{namespace}}}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+      - {{apiGroups: [kubewrit.io], apiVersions: [v1alpha1], operations: [CREATE, DELETE],
+         resources: [actionrecords]}}
+  validations:
+    - expression: "request.operation == 'CREATE' && object.spec.seq != 3"
+      message: refused for the test
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {{name: hole-at-3-{namespace}}}
+spec:
+  policyName: hole-at-3-{namespace}
+  validationActions: [Deny]
+  matchResources:
+    namespaceSelector:
+      matchLabels: {{kubernetes.io/metadata.name: {namespace}}}
+"""
+    control_plane.kubectl("apply", "-f", "-", input=refuse)
+    server = start_webhook(control_plane, tmp_path, f"holes-{namespace}")
+    agent = token(control_plane, namespace)
+
+    def decide(i: int) -> dict[str, Any]:
+        body: dict[str, Any] = server.decide(
+            agent, tool="process_refund", args={"amount": 45, "n": i}
+        ).json()
+        return body
+
+    try:
+        time.sleep(1.5)  # the admission policy takes effect asynchronously
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(decide, range(80)))
+        stuck = [r["spec"]["seq"] for r in records(control_plane, namespace)]
+        # Batches that began at seq 3 landed their later records: the chain has a hole
+        # it may not go on from, so the last answers are all DENY.
+        assert 3 not in stuck and max(stuck) > 3, stuck
+        assert [a["reason"] for a in answers[-8:]] == ["record_unavailable"] * 8, answers[-8:]
+        assert not [a for a in answers if a["record"] and a["record"]["seq"] > 2], answers
+    finally:
+        control_plane.kubectl("delete", "-f", "-", input=refuse)
+    try:
+        after = poll(
+            lambda: decide(1000),
+            lambda answer: answer["decision"] == "PERMIT",
+            timeout=15,
+            interval=0.3,
+        )
+    finally:
+        server.stop()
+    assert after["record"]["seq"] == 3
+    assert [r["spec"]["seq"] for r in records(control_plane, namespace)] == [0, 1, 2, 3]
+    result = run_cli(
+        "verify", "--kubeconfig", str(control_plane.kubeconfig_for("admin")), "-n", namespace
+    )
+    assert "verified" in result.stdout
