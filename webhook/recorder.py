@@ -75,10 +75,11 @@ class Ledger(Protocol):
         ...
 
     def remove(self, records: Sequence[Record]) -> None:
-        """Delete stored records that were acknowledged to no one (gone already is fine).
+        """Delete stored records that do not continue the chain (gone already is fine).
 
-        Only a ledger that may keep part of a batch ever has such records; an atomic one
-        raises `Unsupported`, and the recorder then stays in doubt: fail closed.
+        Records past the head that are not this writer's, or past a hole it cannot close.
+        Only a ledger others can write to, or that keeps part of a batch, ever has such
+        records; an atomic one raises `Unsupported`, and the recorder stays in doubt.
         """
         ...
 
@@ -153,9 +154,11 @@ class Recorder:
         self._anchored_seq = -1
         self._anchored_at = time.monotonic()
         self.batches = 0
-        # After a failed write the durable head is uncertain: a write whose answer was
-        # lost (the store died after storing it) may have landed. Re-read it first.
-        self._head_uncertain = False
+        # After a failed write the durable head is in doubt: a write whose answer was lost
+        # may have landed, and a batch may have landed with a hole. Until `_settle` has
+        # read the store, these are the records sealed past the head that are not known
+        # to be durable; None when the head is certain.
+        self._doubt: list[Record] | None = None
 
     @property
     def head(self) -> Head:
@@ -220,6 +223,7 @@ class Recorder:
             try:
                 first = self._queue.get(timeout=self._seconds_to_anchor())
             except queue.Empty:
+                self._resettle()
                 self._maybe_anchor()
                 continue
             if first is None:
@@ -227,10 +231,27 @@ class Recorder:
             jobs, stopping = self._drain(first)
             self._commit(jobs)
             self._maybe_anchor()
+        self._resettle()
+        if self._doubt is not None:
+            log.error(
+                "chain %s stops in doubt: records past seq %d may stand past a hole",
+                self.chain_id,
+                self._head.seq,
+            )
         self._maybe_anchor(force=True)
 
+    def _resettle(self) -> None:
+        """In doubt, try again: the hole closes when the store is back, not at the next
+        decision. Never raises; the head stays in doubt until it succeeds."""
+        if self._doubt is None:
+            return
+        try:
+            self._settle()
+        except Exception as exc:
+            log.warning("chain %s stays in doubt until the store answers: %s", self.chain_id, exc)
+
     def _commit(self, jobs: list[_Job]) -> None:
-        if self._head_uncertain:
+        if self._doubt is not None:
             try:
                 self._settle()
             except Exception as exc:
@@ -274,31 +295,42 @@ class Recorder:
         # The chain continues from the last durable record: nothing after a gap is kept.
         last = records[written - 1] if written else None
         self._head = Head(before.chain, last.seq, last.hash) if last else before
-        self._head_uncertain = True
+        self._doubt = records[written:]
         error = RecordUnavailable(f"record store unavailable: {failure}")
         _answer(jobs, [*records[:written], *[error] * (len(jobs) - written)])
-        try:  # at once, so no unacknowledged record waits for the next decision to go
-            self._settle()
-        except Exception as exc:
-            log.warning("chain %s stays in doubt until the store answers: %s", self.chain_id, exc)
+        self._resettle()
 
     def _settle(self) -> None:
-        """After a failed write: continue after what landed, and keep nothing past a gap.
+        """After a failed write: continue after what landed, and never past a hole.
 
         Writes whose answers were lost may have landed, and a batch whose records are
-        created one by one may have landed with a hole. The chain goes on from the last
-        record that continues it as stored (`chain.continuation`); the records stored past
-        that were acknowledged to no one and are removed first, so the next record can
-        never leave a gap behind it. Raises while the store cannot say or cannot remove:
-        the head stays in doubt and every decision meanwhile is RecordUnavailable.
+        created one by one may have landed with a hole (seq k refused, k+1 created). A
+        hole is closed with the very record sealed for it, still held here, so what
+        landed after it links on; the chain then goes on from the last record that
+        continues it as stored (`chain.continuation`). Anything else stored past that
+        (no record of ours to close its hole, or not ours at all) is removed. Raises while
+        the store cannot say, cannot close or cannot remove: the head stays in doubt and
+        every decision meanwhile is RecordUnavailable.
         """
-        known = self._head
+        known, doubt = self._head, self._doubt or []
         stored = self.ledger.after(self.chain_id, known.seq)
+        present = {record.seq for record in stored}
+        top = max(present, default=known.seq)
+        holes = [record for record in doubt if record.seq < top and record.seq not in present]
+        if holes:
+            self.ledger.write(holes)
+            log.warning(
+                "chain %s: seq %s created again to close the hole before seq %d",
+                self.chain_id,
+                ", ".join(str(r.seq) for r in holes),
+                top,
+            )
+            stored = self.ledger.after(self.chain_id, known.seq)
         head, strays = chain.continuation(known, stored, self.signer.verifier)
         if strays:
             self.ledger.remove(strays)
             log.warning(
-                "chain %s: removed %d unacknowledged record(s) past seq %d (seq %s)",
+                "chain %s: removed %d record(s) past seq %d that do not continue it (seq %s)",
                 self.chain_id,
                 len(strays),
                 head.seq,
@@ -306,13 +338,13 @@ class Recorder:
             )
         if head.seq > known.seq:
             log.warning(
-                "chain %s: seq %d..%d landed although their write failed; continuing after",
+                "chain %s: seq %d..%d are stored although their write failed; continuing after",
                 self.chain_id,
                 known.seq + 1,
                 head.seq,
             )
         self._head = head
-        self._head_uncertain = False
+        self._doubt = None
 
     def _seconds_to_anchor(self) -> float:
         elapsed = time.monotonic() - self._anchored_at

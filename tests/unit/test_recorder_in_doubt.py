@@ -2,9 +2,10 @@
 
 A ledger of one object per record (ActionRecords) can lose a write's answer after
 storing it, or keep a batch with a hole: record k refused, record k+1 created. The
-chain goes on from the last record that continues it as stored; whatever was stored
-past a hole was acknowledged to no one and is removed before anything follows it, and
-while the store cannot do that, every decision is RecordUnavailable (fail closed).
+chain goes on from the last record that continues it as stored; a hole is closed with
+the record sealed for it before anything follows, whatever is stored past the chain
+that is not its writer's is removed, and while the store cannot do that, every decision
+is RecordUnavailable (fail closed).
 """
 
 from __future__ import annotations
@@ -118,9 +119,7 @@ def test_the_chain_continues_after_a_write_whose_answer_was_lost(signer: Signer)
     assert ledger.verify(signer).ok
 
 
-def test_records_stored_past_a_hole_are_removed_before_the_chain_goes_on(
-    signer: Signer,
-) -> None:
+def test_a_hole_in_a_batch_is_closed_before_the_chain_goes_on(signer: Signer) -> None:
     """The stop-16 CI failure: seq k refused, k+1 created, the API server gone meanwhile."""
     ledger = ObjectLedger()
     recorder = started(ledger, signer)
@@ -143,8 +142,8 @@ def test_records_stored_past_a_hole_are_removed_before_the_chain_goes_on(
     after = [recorder.record_sync(permit()) for _ in range(3)]
     recorder.stop()
 
-    assert [r.seq for r in after] == [4, 5, 6]
-    assert sorted(ledger.objects) == list(range(7))
+    assert [r.seq for r in after] == [7, 8, 9]  # seq 4 created again, 5 and 6 kept
+    assert sorted(ledger.objects) == list(range(10))
     report = ledger.verify(signer)
     assert report.ok, report.problems
 

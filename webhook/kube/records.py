@@ -200,8 +200,8 @@ class ActionRecordLedger:
         """Create a batch concurrently; PartialWrite names the durable prefix.
 
         A failed create is retried. If one still fails, the batch is acknowledged up to it
-        (PartialWrite); records after it may have landed all the same, acknowledged to no
-        one, and the recorder removes them (`remove`) before its chain goes on.
+        (PartialWrite); records after it may have landed all the same, and the recorder
+        closes the hole they leave before its chain goes on (`Recorder._settle`).
         """
         namespace = namespace or self.home
         if len(records) == 1:
@@ -226,7 +226,11 @@ class ActionRecordLedger:
         return error
 
     def remove(self, records: Sequence[Record], namespace: str | None = None) -> None:
-        """Delete records acknowledged to no one; one already gone is fine, others raise."""
+        """Delete records that do not continue their chain; one already gone is fine.
+
+        The webhook's ClusterRole does not grant `delete` on ActionRecords: where it is not
+        granted, this raises, and the recorder stays in doubt (every decision DENY).
+        """
         for record in records:
             try:
                 self.custom.delete_namespaced_custom_object(
