@@ -39,6 +39,16 @@ def policy_manifest(namespace: str, name: str = "support-agent", spec: dict | No
     )
 
 
+def fresh_shop(control_plane: Any, prefix: str) -> str:
+    """A namespace of its own with the support agent and its policy: a chain from seq 0."""
+    apply_crds(control_plane)
+    namespace = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    control_plane.kubectl("create", "namespace", namespace)
+    control_plane.kubectl("create", "serviceaccount", "support-agent", "-n", namespace)
+    control_plane.kubectl("apply", "-f", "-", input=policy_manifest(namespace))
+    return namespace
+
+
 @dataclass
 class DecisionWebhook:
     url: str

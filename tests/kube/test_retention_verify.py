@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import run_cli
-from tests.kube.conftest_operator import apply_crds, start_operator, wait_until
-from tests.kube.decision_webhook import policy_manifest, start_webhook
+from tests.kube.conftest_operator import start_operator, wait_until
+from tests.kube.decision_webhook import fresh_shop, start_webhook
 
 pytestmark = pytest.mark.kube
 
@@ -22,11 +21,7 @@ def stored(control_plane: Any, namespace: str) -> list[dict[str, Any]]:
 
 
 def test_verification_passes_across_a_retention_cut(control_plane: Any, tmp_path: Path) -> None:
-    apply_crds(control_plane)
-    namespace = f"retain-{uuid.uuid4().hex[:6]}"
-    control_plane.kubectl("create", "namespace", namespace)
-    control_plane.kubectl("create", "serviceaccount", "support-agent", "-n", namespace)
-    control_plane.kubectl("apply", "-f", "-", input=policy_manifest(namespace))
+    namespace = fresh_shop(control_plane, "retain")
     webhook = start_webhook(control_plane, tmp_path, f"retain-{namespace}")
     agent = control_plane.kubectl(
         "create", "token", "support-agent", "-n", namespace, "--audience", "kubewrit"

@@ -17,6 +17,7 @@ from tests.kube.decision_webhook import (
     DecisionWebhook,
     agent_namespace,
     apply_crds,
+    fresh_shop,
     policy_manifest,
     start_webhook,
 )
@@ -293,40 +294,42 @@ spec:
     assert body["decision"] == "PERMIT"
 
 
-def test_refused_records_never_leave_a_gap_in_the_chain(control_plane, tmp_path: Path) -> None:
-    """Concurrent decisions while the API server refuses some records: those are DENY
-    record_unavailable, everything acknowledged is recorded, and the chain still verifies."""
-    import concurrent.futures
-
-    apply_crds(control_plane)
-    namespace = f"gaps-{uuid.uuid4().hex[:6]}"
-    control_plane.kubectl("create", "namespace", namespace)
-    control_plane.kubectl("create", "serviceaccount", "support-agent", "-n", namespace)
-    control_plane.kubectl("apply", "-f", "-", input=policy_manifest(namespace))
-    refuse = f"""
+def refusing_records(namespace: str, name: str, operations: str, expression: str) -> str:
+    """A ValidatingAdmissionPolicy (and binding) that refuses ActionRecord `operations`
+    in `namespace` where `expression` is false, as a full etcd or a strict admin would."""
+    return f"""
 apiVersion: admissionregistration.k8s.io/v1
 kind: ValidatingAdmissionPolicy
-metadata: {{name: every-fifth-{namespace}}}
+metadata: {{name: {name}-{namespace}}}
 spec:
   failurePolicy: Fail
   matchConstraints:
     resourceRules:
-      - {{apiGroups: [kubewrit.io], apiVersions: [v1alpha1], operations: [CREATE],
+      - {{apiGroups: [kubewrit.io], apiVersions: [v1alpha1], operations: [{operations}],
          resources: [actionrecords]}}
   validations:
-    - expression: "object.spec.seq % 5 != 3"
+    - expression: "{expression}"
       message: refused for the test
 ---
 apiVersion: admissionregistration.k8s.io/v1
 kind: ValidatingAdmissionPolicyBinding
-metadata: {{name: every-fifth-{namespace}}}
+metadata: {{name: {name}-{namespace}}}
 spec:
-  policyName: every-fifth-{namespace}
+  policyName: {name}-{namespace}
   validationActions: [Deny]
   matchResources:
     namespaceSelector:
       matchLabels: {{kubernetes.io/metadata.name: {namespace}}}
 """
+
+
+def test_refused_records_never_leave_a_gap_in_the_chain(control_plane, tmp_path: Path) -> None:
+    """Concurrent decisions while the API server refuses some records: those are DENY
+    record_unavailable, everything acknowledged is recorded, and the chain still verifies."""
+    import concurrent.futures
+
+    namespace = fresh_shop(control_plane, "gaps")
+    refuse = refusing_records(namespace, "every-fifth", "CREATE", "object.spec.seq % 5 != 3")
     control_plane.kubectl("apply", "-f", "-", input=refuse)
     server = start_webhook(control_plane, tmp_path, f"gaps-{namespace}")
     agent = token(control_plane, namespace)
@@ -373,35 +376,13 @@ def test_a_hole_left_by_a_refused_record_is_closed_before_the_chain_goes_on(
     deleted (the chart grants the webhook no delete)."""
     import concurrent.futures
 
-    apply_crds(control_plane)
-    namespace = f"holes-{uuid.uuid4().hex[:6]}"
-    control_plane.kubectl("create", "namespace", namespace)
-    control_plane.kubectl("create", "serviceaccount", "support-agent", "-n", namespace)
-    control_plane.kubectl("apply", "-f", "-", input=policy_manifest(namespace))
-    refuse = f"""
-apiVersion: admissionregistration.k8s.io/v1
-kind: ValidatingAdmissionPolicy
-metadata: {{name: hole-at-3-{namespace}}}
-spec:
-  failurePolicy: Fail
-  matchConstraints:
-    resourceRules:
-      - {{apiGroups: [kubewrit.io], apiVersions: [v1alpha1], operations: [CREATE, DELETE],
-         resources: [actionrecords]}}
-  validations:
-    - expression: "request.operation == 'CREATE' && object.spec.seq != 3"
-      message: refused for the test
----
-apiVersion: admissionregistration.k8s.io/v1
-kind: ValidatingAdmissionPolicyBinding
-metadata: {{name: hole-at-3-{namespace}}}
-spec:
-  policyName: hole-at-3-{namespace}
-  validationActions: [Deny]
-  matchResources:
-    namespaceSelector:
-      matchLabels: {{kubernetes.io/metadata.name: {namespace}}}
-"""
+    namespace = fresh_shop(control_plane, "holes")
+    refuse = refusing_records(
+        namespace,
+        "hole-at-3",
+        "CREATE, DELETE",
+        "request.operation == 'CREATE' && object.spec.seq != 3",
+    )
     control_plane.kubectl("apply", "-f", "-", input=refuse)
     server = start_webhook(control_plane, tmp_path, f"holes-{namespace}")
     agent = token(control_plane, namespace)
