@@ -292,7 +292,7 @@ class Recorder:
             self.chain_id,
             failure,
         )
-        # The chain continues from the last durable record: nothing after a gap is kept.
+        # The head is the last acknowledged record, in doubt until `_settle` reads the store.
         last = records[written - 1] if written else None
         self._head = Head(before.chain, last.seq, last.hash) if last else before
         self._doubt = records[written:]
