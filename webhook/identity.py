@@ -108,10 +108,11 @@ class TokenFile:
         now = time.monotonic()
         if now - self._checked >= RECHECK_SECONDS:
             self._refresh(now)
-        principal = self._by_hash.get(token_hash(token))
+        digest = token_hash(token)
+        principal = self._by_hash.get(digest)
         if principal is None and self._checked != now:
             self._refresh(now)
-            principal = self._by_hash.get(token_hash(token))
+            principal = self._by_hash.get(digest)
         return principal
 
     def recall(self, token: str) -> Principal | None:
