@@ -182,6 +182,26 @@ def test_the_walkthrough_from_an_agent_pod(kubewrit: Release) -> None:
     assert "verified" in verify.stdout
 
 
+def test_no_one_changes_an_action_record_not_even_a_cluster_admin(kubewrit: Release) -> None:
+    """The chart's admission policy: a record relabelled out of its hour would be hidden
+    from a sequence rule's window, so kube-apiserver refuses every update to a record."""
+    c = kubewrit.cluster
+    names = c.kubectl("get", "actionrecords", "-n", kubewrit.shop, "-o", "name").stdout.split()
+    assert names, "the walkthrough above records decisions in the shop namespace"
+    before = c.json("get", names[-1], "-n", kubewrit.shop)
+    for change in (
+        ("label", names[-1], "kubewrit.io/hour=2020010100", "--overwrite"),
+        ("label", names[-1], "kubewrit.io/hour-", "kubewrit.io/day-"),
+        ("annotate", names[-1], "note=edited"),
+        ("patch", names[-1], "--type=merge", "-p", '{"spec": {"decision": "DENY"}}'),
+    ):
+        refused = c.kubectl(*change, "-n", kubewrit.shop, check=False)
+        assert refused.returncode != 0, change
+        assert "ActionRecords are immutable" in refused.stderr, refused.stderr
+    after = c.json("get", names[-1], "-n", kubewrit.shop)
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+
+
 def test_helm_test_proves_the_webhook_fails_closed(kubewrit: Release) -> None:
     c = kubewrit.cluster
     r = c.helm("test", RELEASE, "-n", NAMESPACE, "--logs", "--timeout", "2m", timeout=180)

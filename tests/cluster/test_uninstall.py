@@ -15,6 +15,10 @@ def test_helm_uninstall_leaves_no_webhook_configuration(kubewrit: Release) -> No
         "get", "validatingwebhookconfigurations,mutatingwebhookconfigurations", "-o", "name"
     ).stdout
     assert "kubewrit" not in configs, configs
+    policies = c.kubectl(
+        "get", "validatingadmissionpolicies,validatingadmissionpolicybindings", "-o", "name"
+    ).stdout
+    assert "kubewrit" not in policies, policies
     # Kept on purpose: the CRDs and the records (the audit trail), the signing key.
     crds = c.kubectl("get", "crds", "-o", "name").stdout
     assert "actionrecords.kubewrit.io" in crds and "agentpolicies.kubewrit.io" in crds
