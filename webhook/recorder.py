@@ -325,7 +325,7 @@ class Recorder:
                 ", ".join(str(r.seq) for r in holes),
                 top,
             )
-            stored = self.ledger.after(self.chain_id, known.seq)
+            stored = [*stored, *holes]  # now stored as sealed: no second read of the chain
         head, strays = chain.continuation(known, stored, self.signer.verifier)
         if strays:
             self.ledger.remove(strays)
