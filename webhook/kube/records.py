@@ -12,7 +12,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, MutableSet, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -22,6 +21,7 @@ from kubewrit.webhook.chain import Anchor, Draft, Head, Record, genesis_draft, p
 from kubewrit.webhook.keys import Signer, Verifier
 from kubewrit.webhook.kube import api as kube_api
 from kubewrit.webhook.kube import configmaps
+from kubewrit.webhook.kube.creates import Creates
 from kubewrit.webhook.recorder import AnchorPolicy, PartialWrite, Recorder, RecordUnavailable
 from kubewrit.webhook.requests import RequestKey
 
@@ -122,10 +122,6 @@ def labels(record: Record) -> dict[str, str]:
     return {key: kube_api.label_value(value) for key, value in values.items() if value}
 
 
-# The answer to a create, as metadata only: a Status (409, 422, ...) is still sent whole.
-METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1, application/json"
-
-
 def to_object(record: Record) -> dict[str, Any]:
     return {
         "apiVersion": f"{kube_api.GROUP}/{kube_api.VERSION}",
@@ -143,58 +139,47 @@ class ActionRecordLedger:
         self.custom = kube_api.custom(api)
         self.core = kube_api.core(api)
         self.home = home_namespace
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="actionrecord")
+        # Every decision waits for its record's create: they go through libcurl, a batch
+        # at a time, not through the generated client (see `creates`).
+        self.creates = Creates(
+            api.configuration, api.user_agent, connections=workers, timeout=REQUEST_TIMEOUT_SECONDS
+        )
 
-    def _post(self, record: Record, namespace: str) -> None:
-        """POST the ActionRecord through the client's own connection pool, TLS and auth.
+    def _create(self, record: Record, namespace: str) -> None:
+        failure = self._stored(record, namespace, self._post([record], namespace)[0])
+        if failure is not None:
+            raise failure
 
-        Every decision waits for this call, and the generated client's per-call work
-        (argument validation, serialization by walking the object, response handling)
-        cost a third of it: the body here is written by orjson and the created object is
-        never read back, so it is asked for as metadata only (`PartialObjectMetadata`,
-        as metadata informers ask): kube-apiserver then spends no time encoding the spec
-        it was just sent. A non-2xx answer raises `ApiException`, as the client's would.
-        """
-        configuration = self.api.configuration
-        headers = {"Content-Type": "application/json", "Accept": METADATA_ONLY}
-        headers["User-Agent"] = self.api.user_agent
-        for auth in configuration.auth_settings().values():  # refreshes a rotated token
-            if auth.get("in") == "header" and auth.get("value"):
-                headers[auth["key"]] = auth["value"]
+    def _post(self, records: Sequence[Record], namespace: str) -> list[Exception | None]:
         path = (
             f"/apis/{kube_api.GROUP}/{kube_api.VERSION}/namespaces/{namespace}/{kube_api.RECORDS}"
         )
-        response = self.api.rest_client.pool_manager.request(
-            "POST",
-            configuration.host + path,
-            body=orjson.dumps(to_object(record)),
-            headers=headers,
-            preload_content=False,
-            timeout=REQUEST_TIMEOUT_SECONDS,
-        )
-        try:
-            if not 200 <= response.status < 300:
-                refused = client.ApiException(status=response.status, reason=response.reason)
-                refused.body = response.data.decode("utf-8", "replace")
-                refused.headers = response.headers
-                raise refused
-            response.drain_conn()
-        finally:
-            response.release_conn()
+        return self.creates.post(path, [orjson.dumps(to_object(record)) for record in records])
 
-    def _create(self, record: Record, namespace: str) -> None:
+    def _stored(
+        self, record: Record, namespace: str, failure: Exception | None
+    ) -> Exception | None:
+        """None if `record` is stored: created now, or already there exactly as sealed.
+
+        A create whose answer was lost may have landed: its retry meets 409, and the
+        record found under its name must be this one, hash for hash.
+        """
+        if not isinstance(failure, client.ApiException) or failure.status != 409:
+            return failure
         try:
-            self._post(record, namespace)
-        except client.ApiException as exc:
-            if exc.status != 409:
-                raise
             existing = self.custom.get_namespaced_custom_object(
-                kube_api.GROUP, kube_api.VERSION, namespace, kube_api.RECORDS, object_name(record)
+                kube_api.GROUP,
+                kube_api.VERSION,
+                namespace,
+                kube_api.RECORDS,
+                object_name(record),
+                _request_timeout=REQUEST_TIMEOUT_SECONDS,
             )
-            if existing["spec"].get("hash") != record.hash:
-                raise RuntimeError(
-                    f"ActionRecord {object_name(record)} exists with other content"
-                ) from exc
+        except Exception as exc:
+            return exc
+        if existing["spec"].get("hash") != record.hash:
+            return RuntimeError(f"ActionRecord {object_name(record)} exists with other content")
+        return None
 
     def write(self, records: Sequence[Record], namespace: str | None = None) -> None:
         """Create a batch concurrently; PartialWrite names the durable prefix.
@@ -204,10 +189,11 @@ class ActionRecordLedger:
         closes the hole they leave before its chain goes on (`Recorder._settle`).
         """
         namespace = namespace or self.home
-        if len(records) == 1:
-            outcomes = [self._attempt(records[0], namespace)]
-        else:
-            outcomes = list(self._pool.map(lambda r: self._attempt(r, namespace), records))
+        posted = self._post(records, namespace)
+        outcomes = [
+            self._stored(record, namespace, failure)
+            for record, failure in zip(records, posted, strict=True)
+        ]
         for index, outcome in enumerate(outcomes):
             if outcome is not None:
                 outcomes[index] = self._attempt(records[index], namespace, tries=CREATE_RETRIES)
