@@ -3,8 +3,13 @@
 # Debian's Python 3.11 on bookworm-slim; builds with `docker build .` or, without
 # a registry, with `hack/image build` (buildah, base made with debootstrap).
 FROM docker.io/library/debian:bookworm-slim AS build
+# pycurl is compiled against Debian's libcurl (and so Debian's OpenSSL, which Python's
+# own ssl module already uses) rather than taken as a wheel bundling a second OpenSSL
+# and libcurl's every optional protocol: 5 MB in the image instead of 17, and libcurl's
+# security updates come from Debian.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv binutils \
+    && apt-get install -y --no-install-recommends python3 python3-venv python3-dev binutils \
+        gcc libc6-dev libcurl4-openssl-dev libssl-dev \
     && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/kubewrit
 WORKDIR /src
@@ -18,9 +23,10 @@ COPY kubewrit ./kubewrit
 # `pip-ca` (`--secret id=pip-ca,src=/etc/ssl/certs/ca-certificates.crt`).
 RUN --mount=type=secret,id=pip-ca \
     if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
-    && /opt/kubewrit/bin/pip install --no-cache-dir --disable-pip-version-check '.[kubernetes]' \
+    && /opt/kubewrit/bin/pip install --no-cache-dir --disable-pip-version-check \
+        --no-binary pycurl '.[kubernetes]' \
     && /opt/kubewrit/bin/pip uninstall -y --disable-pip-version-check pip setuptools
-# Size (the image stays under 200 MB): the Kubernetes client's asyncio twin goes
+# Size (the image stays under 210 MB; 203 MB with libcurl): the Kubernetes client's asyncio twin goes
 # (kubewrit uses the synchronous client), third-party packages ship compiled only
 # (kubewrit's own code keeps its source), native extensions lose debug symbols.
 RUN cd /opt/kubewrit/lib/python3.11/site-packages \
@@ -41,7 +47,7 @@ LABEL org.opencontainers.image.title="kubewrit" \
 # standard library's test suite, pydoc topics and lib2to3, apt/debconf backups.
 # TLS trust comes from certifi and the ServiceAccount's CA, not the system store.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 \
+    && apt-get install -y --no-install-recommends python3 libcurl4 \
     && rm -rf /var/lib/apt/lists/* /usr/lib/x86_64-linux-gnu/gconv \
         /usr/lib/python3.11/test /usr/lib/python3.11/pydoc_data /usr/lib/python3.11/lib2to3 \
         /var/cache/debconf/*-old /var/lib/dpkg/*-old \

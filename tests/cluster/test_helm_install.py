@@ -111,7 +111,8 @@ def test_helm_install_with_default_values_runs_ready_pods(kubewrit: Release) -> 
     # otherwise idle, API timestamps at 1 s resolution). The 2 cores here are shared, so
     # the bound only catches regressions such as an image without byte-compiled code.
     assert alone <= 8, alone
-    assert c.image_figures["size_bytes"] <= 200e6, c.image_figures
+    # 198 MB before ActionRecords were created through Debian's libcurl (+5 MB).
+    assert c.image_figures["size_bytes"] <= 210e6, c.image_figures
     configs = c.kubectl(
         "get", "validatingwebhookconfigurations,mutatingwebhookconfigurations", "-o", "name"
     ).stdout
