@@ -62,6 +62,8 @@ class _Shape:
     known: frozenset[str]
     required: frozenset[str]
     plain: list[tuple[str, tuple[type, ...]]]  # fields an isinstance check settles
+    plain_names: tuple[str, ...]  # `plain` as two columns, for `_wrong_field`'s fast path
+    plain_kinds: tuple[tuple[type, ...], ...]
     integers: list[tuple[str, bool]]  # (field, None allowed) checked by `_safe_int`
     defaults: dict[str, Any]  # what a field left out (an extension field) holds
 
@@ -85,16 +87,29 @@ def _shape(cls: type) -> _Shape:
         required = frozenset(names) - frozenset(EXTENSION_FIELDS)
         defaults = {f.name: f.default for f in fields(cls) if f.default is not MISSING}  # type: ignore[arg-type]
         found = _SHAPES[cls] = _Shape(
-            hints, names, frozenset(names), required, plain, integers, defaults
+            hints,
+            names,
+            frozenset(names),
+            required,
+            plain,
+            tuple(name for name, _ in plain),
+            tuple(kinds for _, kinds in plain),
+            integers,
+            defaults,
         )
     return found
 
 
 def _wrong_field(shape: _Shape, data: Mapping[str, Any], keys: Any) -> str | None:
-    """The first field whose value is not of its declared type (a plain loop: hot in verify)."""
-    for name, kinds in shape.plain:
-        if name in keys and not isinstance(data[name], kinds):
-            return name
+    """The first field whose value is not of its declared type (hot in verify).
+
+    Every isinstance check at once, in C, first: a field left out is checked as None,
+    which can only fail a field that is fine, and then the loop finds the one that isn't.
+    """
+    if not all(map(isinstance, map(data.get, shape.plain_names), shape.plain_kinds)):
+        for name, kinds in shape.plain:
+            if name in keys and not isinstance(data[name], kinds):
+                return name
     for name, nullable in shape.integers:
         if name in keys:
             value = data[name]
@@ -187,11 +202,15 @@ class Record(Draft):
 
     def body(self) -> dict[str, Any]:
         """What the hash covers: every field but the hash and signature, unset extensions left out."""
-        return {
-            k: v
-            for k, v in self.__dict__.items()
-            if k not in UNSIGNED_FIELDS and (v is not None or k not in EXTENSION_FIELDS)
-        }
+        # A copy and a few deletions: a quarter of a comprehension's cost (verify hashes
+        # every record; the order of the keys is the fields', as before).
+        body = self.__dict__.copy()
+        for name in UNSIGNED_FIELDS:
+            body.pop(name, None)
+        for name in EXTENSION_FIELDS:
+            if body.get(name, 0) is None:
+                del body[name]
+        return body
 
     def to_dict(self) -> dict[str, Any]:
         """Every field (a flat record: no deep copy, unlike dataclasses.asdict)."""

@@ -18,12 +18,15 @@ leaves its chain that way. Any other record without its signature is `bad_signat
 from __future__ import annotations
 
 import gc
+import itertools
 import multiprocessing
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from kubewrit.webhook import chain
 from kubewrit.webhook.chain import Anchor, Cut, Record
 from kubewrit.webhook.keys import Verifier
@@ -31,7 +34,7 @@ from kubewrit.webhook.keys import Verifier
 if TYPE_CHECKING:
     from kubewrit.webhook.export import Trailer
 
-__all__ = ["ChainReport", "Cut", "Problem", "Report", "chain_order", "verify"]
+__all__ = ["ChainReport", "Cut", "Problem", "Report", "chain_order", "read_json", "verify"]
 
 
 @dataclass(frozen=True)
@@ -119,13 +122,19 @@ def chain_order(data: Any) -> tuple[str, int]:
 
 
 def _group(
-    records: Iterable[Any], lines: Sequence[int] | None, report: Report
+    records: Iterable[Any],
+    lines: Sequence[int] | None,
+    report: Report,
+    sound: bytes | None = None,
+    sealed: dict[int, bool] | None = None,
 ) -> dict[str, list[Record]]:
+    """Records by chain, in the order given; with `sound` (a flag per position), `sealed`
+    gets id(record) -> True for each record a worker found sound (see `read_json`)."""
     chains: dict[str, list[Record]] = {}
     for position, data in enumerate(records):
         line = lines[position] if lines is not None else None
         try:
-            record = Record.from_dict(data)
+            record = data if type(data) is Record else Record.from_dict(data)
         except ValueError as exc:
             name, seq = _identify(data)
             what = "the record" if line is not None else f"record #{position}"
@@ -137,6 +146,8 @@ def _group(
             entry.problem = entry.problem or problem
             continue
         chains.setdefault(record.chain, []).append(record)
+        if sound is not None and sealed is not None and sound[position]:
+            sealed[id(record)] = True
     return chains
 
 
@@ -166,43 +177,160 @@ def _seal_problem(name: str, record: Record, verifiers: Mapping[str, Verifier]) 
 
 
 # Checking every record's hash and signature is most of a verification's work, and each
-# record's check stands alone: with many records, forked processes (which inherit the
-# parsed records, so nothing is pickled but one flag per record) check slices of them
-# ahead of the walk. The walk still visits every record in order and, for any record not
+# record's check stands alone, so with many records forked processes check them on every
+# core (`_Check`). A forked process inherits the parsed records: nothing is pickled but one
+# flag per record. The walk still visits every record in order and, for any record not
 # found sound, runs the same check itself, so the findings are exactly the serial ones.
+#
+# Records already parsed (an export, a cluster's list) are checked all at once (`_sound`).
+# A store's are checked as they are read (`read_json`): while this process parses the
+# next records, the ones parsed since the last hand-off go to a new process whenever fewer
+# than one per core are still checking, so reading and parsing no longer come before all
+# checking, and nothing is parsed twice.
 PARALLEL_FROM = 20_000
-_forked: tuple[list[Record], Mapping[str, Verifier]] | None = None
+CHUNK = 5_000  # records `read_json` parses between looks at the checking processes
 
 
-def _sound_slice(bounds: tuple[int, int]) -> bytes:
-    assert _forked is not None
-    records, verifiers = _forked
-    return bytes(
-        _seal_problem("", record, verifiers) is None for record in records[bounds[0] : bounds[1]]
+class _Check:
+    """A forked process checking records[start:end]: one flag each, set if sound."""
+
+    def __init__(
+        self, records: list[Any], start: int, end: int, verifiers: Mapping[str, Verifier]
+    ) -> None:
+        self.start, self.end = start, end
+        self.flags: bytes | None = None
+        context = multiprocessing.get_context("fork")
+        self._results, sender = context.Pipe(duplex=False)
+        # The parsed records are left alone by the collector from now on: a process whose
+        # collector walked them all would copy every page of them (until `_checking` ends).
+        gc.freeze()
+        self._process = context.Process(
+            target=_check_slice, args=(records, start, end, verifiers, sender), daemon=True
+        )
+        self._process.start()
+        sender.close()
+
+    def done(self) -> bool:
+        """Has it answered? (Its answer is read now, so it can exit.)"""
+        if self.flags is None and self._results.poll():
+            self.result()
+        return self.flags is not None
+
+    def result(self) -> bytes:
+        if self.flags is None:
+            try:
+                self.flags = self._results.recv_bytes()
+            except EOFError:  # it died (killed?): the walk checks these records itself
+                self.flags = bytes(self.end - self.start)
+            self._results.close()
+            self._process.join()
+        return self.flags
+
+    def stop(self) -> None:
+        if self.flags is None:
+            self._process.terminate()
+            self._process.join()
+            self._results.close()
+
+
+def _check_slice(
+    records: list[Any], start: int, end: int, verifiers: Mapping[str, Verifier], sender: Any
+) -> None:
+    """In a forked process: what `_Check` reads. Anything not a Record is left to the walk."""
+    sender.send_bytes(
+        bytes(
+            type(record) is Record and _seal_problem("", record, verifiers) is None
+            for record in records[start:end]
+        )
     )
 
 
-def _sound(records: list[Record], verifiers: Mapping[str, Verifier]) -> dict[int, bool] | None:
-    """id(record) -> hash and signature verified, computed on every core; None if not worth it."""
-    global _forked
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if len(records) < PARALLEL_FROM or not cores or cores < 2:
-        return None
+def _cores() -> int:
+    """Processes worth checking records in: 0 where forking is unavailable."""
     if "fork" not in multiprocessing.get_all_start_methods():
-        return None
-    step = max(1, -(-len(records) // (cores * 4)))
-    slices = [(start, min(start + step, len(records))) for start in range(0, len(records), step)]
-    _forked = (records, verifiers)
-    # Parsed records are left alone by the collector from now on: a forked worker whose
-    # collector walked them all would copy every page of them.
-    gc.freeze()
+        return 0
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 0
+
+
+@contextmanager
+def _checking() -> Iterator[list[_Check]]:
+    """A list for the checks forked inside; any still running on the way out is stopped."""
+    checks: list[_Check] = []
     try:
-        with multiprocessing.get_context("fork").Pool(cores) as pool:
-            flags = b"".join(pool.map(_sound_slice, slices))
+        yield checks
     finally:
-        _forked = None
+        for check in checks:
+            check.stop()
         gc.unfreeze()
-    return {id(record): bool(flag) for record, flag in zip(records, flags, strict=True)}
+
+
+def _split(
+    records: list[Any], start: int, parts: int, verifiers: Mapping[str, Verifier]
+) -> list[_Check]:
+    """records[start:] checked in `parts` processes of equal shares."""
+    step = max(1, -(-(len(records) - start) // parts))
+    return [
+        _Check(records, first, min(first + step, len(records)), verifiers)
+        for first in range(start, len(records), step)
+    ]
+
+
+def _sound(records: list[Record], verifiers: Mapping[str, Verifier]) -> bytes | None:
+    """One flag per record: hash and signature verified, on every core; None if not worth it."""
+    cores = _cores()
+    if len(records) < PARALLEL_FROM or cores < 2:
+        return None
+    with _checking() as checks:
+        # More processes than cores: one whose share is slower to check is not waited for alone.
+        checks.extend(_split(records, 0, cores * 4, verifiers))
+        return b"".join(check.result() for check in checks)
+
+
+def _parse(body: str | bytes) -> Any:
+    """A record from its JSON text; what is not one, as parsed, for `verify` to name."""
+    data = orjson.loads(body)
+    try:
+        return Record.from_dict(data)
+    except ValueError:
+        return data
+
+
+def read_json(
+    bodies: Iterable[str | bytes], trusted: Iterable[Verifier], parallel: bool = False
+) -> tuple[list[Any], bytes | None]:
+    """Parse records' JSON text (as a store holds it) for `verify`, and with `parallel`,
+    check each record's hash and signature on every core meanwhile.
+
+    Returns, in order, each Record (or, where the text is not one, the JSON value, which
+    `verify` names), and, if they were checked, one flag per record: `verify`'s `sound`.
+    `parallel` forks: only for a caller that runs no other threads (the CLI), never
+    inside a server. Text that is not JSON raises orjson's error, a ValueError.
+    """
+    texts = iter(bodies)
+    records = [_parse(body) for body in itertools.islice(texts, PARALLEL_FROM)]
+    cores = _cores() if parallel and len(records) == PARALLEL_FROM else 0
+    if cores < 2:
+        records.extend(map(_parse, texts))
+        return records, None
+    verifiers = {v.key_id: v for v in trusted}
+    handed = 0  # records[:handed] are being checked, or were
+    with _checking() as checks:
+        while True:
+            # A share at least a quarter of what is parsed: each fork (and exit) of a process
+            # this large costs time in the kernel, so there are tens of them, not hundreds.
+            share = len(records) - handed >= max(CHUNK, len(records) // 4)
+            if share and sum(not c.done() for c in checks) < cores:
+                checks.append(_Check(records, handed, len(records), verifiers))
+                handed = len(records)
+            chunk = list(map(_parse, itertools.islice(texts, CHUNK)))
+            if not chunk:
+                break
+            records.extend(chunk)
+        if len(records) > handed:  # the last ones, on every core, so no one waits alone
+            checks.extend(_split(records, handed, cores, verifiers))
+        return records, b"".join(check.result() for check in checks)
 
 
 def _walk(
@@ -392,24 +520,32 @@ def verify(
     problems: Iterable[Problem] = (),
     lines: Sequence[int] | None = None,
     parallel: bool = False,
+    sound: bytes | None = None,
 ) -> Report:
-    """Check `records` (dicts, as stored or exported; `lines` says where each was read).
+    """Check `records` (dicts, as stored or exported, or what `read_json` made of a store's
+    text; `lines` says where each was read).
 
     `problems` are findings the caller met while reading the input; they fail the report.
     `parallel` checks records on every core in forked processes: only for a caller that
-    runs no other threads (the CLI), never inside a server.
+    runs no other threads (the CLI), never inside a server. `sound`, from `read_json`,
+    says which records were already found sound (one flag per record, in order).
     """
     report = Report(input_problems=list(problems))
     cuts = cuts or {}
     verifiers = {v.key_id: v for v in trusted}
     records = list(records)
-    by_chain = _group(records, lines, report)
+    sealed: dict[int, bool] | None = None if sound is None else {}
+    by_chain = _group(records, lines, report, sound, sealed)
     signed = _trusted_trailer(trailer, verifiers, report, len(records))
     anchors_of: dict[str, list[Anchor]] = {}
     for anchor in anchors:
         anchors_of.setdefault(anchor.chain, []).append(anchor)
     names = set(by_chain) | set(anchors_of) | set(signed.heads if signed else ())
-    sealed = _sound([r for rs in by_chain.values() for r in rs], verifiers) if parallel else None
+    if parallel and sealed is None:
+        flat = [r for rs in by_chain.values() for r in rs]
+        flags = _sound(flat, verifiers)
+        if flags is not None:
+            sealed = {id(record): True for record, flag in zip(flat, flags, strict=True) if flag}
     for name in sorted(names | set(report.chains)):
         entry = report.chains.setdefault(name, ChainReport(name))
         recs = by_chain.get(name, [])

@@ -235,6 +235,13 @@ class SQLiteStore:
 
     def iter_records(self, chain: str | None = None) -> Iterator[dict[str, Any]]:
         """Every stored record body in chain, seq order (for export and verification)."""
+        return map(orjson.loads, self.iter_bodies(chain))
+
+    def iter_bodies(self, chain: str | None = None) -> Iterator[str]:
+        """Every stored record's JSON text in chain, seq order, unparsed: one read
+        transaction, so a store written meanwhile is read as it was when this began.
+
+        `verify.read_json` hands the text to other processes to check while it parses."""
         reader = connect(self.path)
         try:
             sql = "SELECT body FROM records"
@@ -243,7 +250,7 @@ class SQLiteStore:
                 sql += " WHERE chain = ?"
                 params = (chain,)
             for (body,) in reader.execute(sql + " ORDER BY chain, seq", params):
-                yield orjson.loads(body)
+                yield body
         finally:
             reader.close()
 
