@@ -343,6 +343,30 @@ def quiet_control_plane(kubeconfig: str, timeout: float = 300) -> None:
         time.sleep(5)
 
 
+def prepare_cluster(kubeconfig: str) -> None:
+    """kubewrit's CRDs and namespace in place, once earlier runs' namespaces are gone."""
+    quiet_control_plane(kubeconfig)
+    kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    if "namespace/kubewrit-system" not in kubectl(kubeconfig, "get", "ns", "-o", "name"):
+        kubectl(kubeconfig, "create", "namespace", "kubewrit-system")
+
+
+def agent_namespace(kubeconfig: str, namespace: str, limits: int) -> str:
+    """A new namespace with the walkthrough's agent and policy; the agent's token."""
+    kubectl(kubeconfig, "create", "namespace", namespace)
+    kubectl(kubeconfig, "create", "serviceaccount", "support-agent", "-n", namespace)
+    manifest = {
+        "apiVersion": "kubewrit.io/v1alpha1",
+        "kind": "AgentPolicy",
+        "metadata": {"name": "support-agent", "namespace": namespace},
+        "spec": walkthrough_spec(limits),
+    }
+    kubectl(kubeconfig, "apply", "-f", "-", input=yaml.safe_dump(manifest))
+    return kubectl(
+        kubeconfig, "create", "token", "support-agent", "-n", namespace, "--audience", "kubewrit"
+    ).strip()
+
+
 def webhook_kubeconfig(kubeconfig: str, scratch: Path) -> Path:
     """A kubeconfig for the webhook as the chart runs it: its ServiceAccount's token and
     the chart's RBAC, not the admin's client certificate (which kube-apiserver verifies on
@@ -460,35 +484,13 @@ def ceilings(results: dict[str, dict[str, object]]) -> dict[str, dict[str, float
 def kubernetes(args: argparse.Namespace) -> dict[str, object]:
     kubeconfig = args.kubeconfig
     run = uuid.uuid4().hex[:6]
-    quiet_control_plane(kubeconfig)
-    kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    if "namespace/kubewrit-system" not in kubectl(kubeconfig, "get", "ns", "-o", "name"):
-        kubectl(kubeconfig, "create", "namespace", "kubewrit-system")
+    prepare_cluster(kubeconfig)
     floor_namespace = f"bench-{run}-floor"
     kubectl(kubeconfig, "create", "namespace", floor_namespace)
     tokens: dict[int, tuple[str, str]] = {}
     for limits in sorted({0, *args.limits}):
         namespace = f"bench-{run}-l{limits}"
-        kubectl(kubeconfig, "create", "namespace", namespace)
-        kubectl(kubeconfig, "create", "serviceaccount", "support-agent", "-n", namespace)
-        manifest = {
-            "apiVersion": "kubewrit.io/v1alpha1",
-            "kind": "AgentPolicy",
-            "metadata": {"name": "support-agent", "namespace": namespace},
-            "spec": walkthrough_spec(limits),
-        }
-        kubectl(kubeconfig, "apply", "-f", "-", input=yaml.safe_dump(manifest))
-        token = kubectl(
-            kubeconfig,
-            "create",
-            "token",
-            "support-agent",
-            "-n",
-            namespace,
-            "--audience",
-            "kubewrit",
-        ).strip()
-        tokens[limits] = (namespace, token)
+        tokens[limits] = (namespace, agent_namespace(kubeconfig, namespace, limits))
     with tempfile.TemporaryDirectory(prefix="kubewrit-bench-") as tmp:
         scratch = Path(tmp)
         report: dict[str, object] = {

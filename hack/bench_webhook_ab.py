@@ -28,8 +28,6 @@ import tempfile
 import uuid
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_decide
 import bench_load
@@ -59,30 +57,9 @@ def main() -> None:
     if not (checkout / "webhook" / "kube" / "records.py").is_file():
         parser.error(f"{checkout} is not a kubewrit checkout")
     kubectl = bench_decide.kubectl
-    bench_decide.quiet_control_plane(kubeconfig)
-    kubectl(
-        kubeconfig,
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        str(bench_decide.REPO / "crds"),
-    )
-    if "namespace/kubewrit-system" not in kubectl(kubeconfig, "get", "ns", "-o", "name"):
-        kubectl(kubeconfig, "create", "namespace", "kubewrit-system")
+    bench_decide.prepare_cluster(kubeconfig)
     namespace = f"bench-{uuid.uuid4().hex[:6]}-ab"
-    kubectl(kubeconfig, "create", "namespace", namespace)
-    kubectl(kubeconfig, "create", "serviceaccount", "support-agent", "-n", namespace)
-    policy = {
-        "apiVersion": "kubewrit.io/v1alpha1",
-        "kind": "AgentPolicy",
-        "metadata": {"name": "support-agent", "namespace": namespace},
-        "spec": bench_decide.walkthrough_spec(0),
-    }
-    kubectl(kubeconfig, "apply", "-f", "-", input=yaml.safe_dump(policy))
-    token = kubectl(
-        kubeconfig, "create", "token", "support-agent", "-n", namespace, "--audience", "kubewrit"
-    ).strip()
+    token = bench_decide.agent_namespace(kubeconfig, namespace, limits=0)
     headers = {"Authorization": f"Bearer {token}"}
     control_plane = bench_load.pids_named(*bench_decide.CONTROL_PLANE)
     try:

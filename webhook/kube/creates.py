@@ -95,8 +95,9 @@ class Creates:
             running = len(transfers)
             while running:
                 _, running = multi.perform()
-                if running:
-                    multi.select(1.0)
+                if running:  # until a socket is ready, or libcurl has timed work to do
+                    soon = multi.timeout()  # ms; -1: nothing scheduled
+                    multi.select(1.0 if soon < 0 else min(soon, 1000) / 1000)
             queued = 1
             while queued:
                 queued, _, errors = multi.info_read()
