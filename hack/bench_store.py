@@ -12,7 +12,9 @@ them. `--batch N` seals them as the recorder seals batches of N (records that qu
 up during one commit): the last of each signed, the others `batched` (chain.py); 1,
 the default, signs every record, as a server answering one client at a time does.
 `verify` runs `kubewrit verify` on the directory and reports seconds per
-million records. Both print JSON. Used by `bench_decide.py --prefill`.
+million records and the CPU it used; `--without-batches` runs it as if the batch
+signature verifier (native/batchverify) were not built, for a side-by-side figure.
+Both print JSON. Used by `bench_decide.py --prefill`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import resource
 import shutil
 import sqlite3
 import subprocess
@@ -99,22 +102,38 @@ def bytes_per_record(data_dir: Path) -> dict[str, object]:
     return {"store_records": count, "store_bytes_per_record": round(size / max(1, count), 1)}
 
 
-def verify_seconds(data_dir: Path) -> dict[str, object]:
-    kubewrit = shutil.which("kubewrit") or "kubewrit"
+# `kubewrit verify`, as if the batch verifier were not built: for a side-by-side figure.
+WITHOUT_BATCHES = (
+    "import sys; sys.modules['kubewrit_batchverify'] = None; "
+    "from kubewrit.cli import main; sys.argv[0] = 'kubewrit'; main()"
+)
+
+
+def verify_seconds(data_dir: Path, batches: bool = True) -> dict[str, object]:
+    command = [shutil.which("kubewrit") or "kubewrit"]
+    if not batches:
+        command = [sys.executable, "-c", WITHOUT_BATCHES]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     result = subprocess.run(
-        [kubewrit, "verify", "--data-dir", str(data_dir), "-o", "json"],
+        [*command, "verify", "--data-dir", str(data_dir), "-o", "json"],
         capture_output=True,
         text=True,
     )
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     report = json.loads(result.stdout)
     total = report["records"]
+    progress = [line for line in result.stderr.splitlines() if line.startswith("read ")]
     return {
         "verify_ok": report["ok"],
         "verify_records": total,
         "verify_seconds": round(elapsed, 2),
         "verify_seconds_per_million": round(elapsed * 1_000_000 / max(1, total), 1),
+        "verify_cpu_seconds": round(cpu, 1),  # this process's and the checking processes'
+        "signatures": "batches" if batches and keys.BATCH_VERIFIER else "one at a time",
+        "progress": progress[0] if progress else None,
     }
 
 
@@ -126,6 +145,11 @@ def main() -> None:
     parser.add_argument("data_dir", type=Path)
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=1, help="records per signature")
+    parser.add_argument(
+        "--without-batches",
+        action="store_true",
+        help="verify as if the batch signature verifier (native/batchverify) were not built",
+    )
     args = parser.parse_args()
     if args.action == "fill":
         started = time.perf_counter()
@@ -134,7 +158,7 @@ def main() -> None:
         filled = {"records": args.records, "batch": args.batch, "seconds": round(elapsed, 1)}
         print(json.dumps({**filled, **bytes_per_record(args.data_dir)}))
     else:
-        print(json.dumps(verify_seconds(args.data_dir)))
+        print(json.dumps(verify_seconds(args.data_dir, batches=not args.without_batches)))
 
 
 if __name__ == "__main__":

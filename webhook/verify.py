@@ -181,6 +181,9 @@ def _seal_problem(name: str, record: Record, verifiers: Mapping[str, Verifier]) 
 # core (`_Check`). A forked process inherits the parsed records: nothing is pickled but one
 # flag per record. The walk still visits every record in order and, for any record not
 # found sound, runs the same check itself, so the findings are exactly the serial ones.
+# Each process checks its records' signatures a batch at a time (`_sound_flags`,
+# `Verifier.verify_all`): a third of the cost of checking each where the batch verifier
+# is built; a batch with a bad signature in it is checked record by record.
 #
 # Records already parsed (an export, a cluster's list) are checked all at once (`_sound`).
 # A store's are checked as they are read (`read_json`): while this process parses the
@@ -236,13 +239,49 @@ class _Check:
 def _check_slice(
     records: list[Any], start: int, end: int, verifiers: Mapping[str, Verifier], sender: Any
 ) -> None:
-    """In a forked process: what `_Check` reads. Anything not a Record is left to the walk."""
-    sender.send_bytes(
-        bytes(
-            type(record) is Record and _seal_problem("", record, verifiers) is None
-            for record in records[start:end]
-        )
-    )
+    """In a forked process: what `_Check` reads."""
+    sender.send_bytes(_sound_flags(records[start:end], verifiers))
+
+
+BATCH = 256  # signatures checked in one batch equation (`Verifier.verify_all`)
+
+
+def _sound_flags(records: Sequence[Any], verifiers: Mapping[str, Verifier]) -> bytes:
+    """One flag per record, set where `_seal_problem` finds nothing wrong with it.
+
+    The signatures of each key are checked in batches: a batch that verifies vouches for
+    all its records, and each record of one that does not is checked on its own. Anything
+    not a Record is left to the walk (not sound).
+    """
+    flags = bytearray(len(records))
+    signed: dict[str, list[int]] = {}  # key id -> positions whose signature is to be checked
+    for position, record in enumerate(records):
+        if type(record) is not Record or record.key_id not in verifiers:
+            continue
+        try:
+            if chain.record_hash(record.body()) != record.hash:
+                continue
+        except ValueError:
+            continue
+        if record.batched and not record.signature:
+            flags[position] = 1  # vouched for by the next signed record (`_walk`)
+        elif record.signature:
+            signed.setdefault(record.key_id, []).append(position)
+    for key_id, positions in signed.items():
+        verifier = verifiers[key_id]
+        for first in range(0, len(positions), BATCH):
+            batch = positions[first : first + BATCH]
+            batch_records = [records[position] for position in batch]
+            if verifier.verify_all(
+                [record.signature for record in batch_records],
+                [record.hash.encode() for record in batch_records],
+            ):
+                for position in batch:
+                    flags[position] = 1
+                continue
+            for position, record in zip(batch, batch_records, strict=True):
+                flags[position] = chain.signature_valid(record, verifier)
+    return bytes(flags)
 
 
 def _cores() -> int:
@@ -279,9 +318,11 @@ def _split(
 
 def _sound(records: list[Record], verifiers: Mapping[str, Verifier]) -> bytes | None:
     """One flag per record: hash and signature verified, on every core; None if not worth it."""
-    cores = _cores()
-    if len(records) < PARALLEL_FROM or cores < 2:
+    if len(records) < PARALLEL_FROM:
         return None
+    cores = _cores()
+    if cores < 2:  # no core to spare, but batches of signatures still cost less
+        return _sound_flags(records, verifiers)
     with _checking() as checks:
         # More processes than cores: one whose share is slower to check is not waited for alone.
         checks.extend(_split(records, 0, cores * 4, verifiers))

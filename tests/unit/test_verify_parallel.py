@@ -29,6 +29,16 @@ def signer() -> keys.Signer:
     return keys.generate()
 
 
+@pytest.fixture(autouse=True, params=["batches", "one_at_a_time"])
+def checker(request, monkeypatch) -> str:
+    """Every test twice: signatures checked in batches (small ones, so a chain spans
+    several) and, as where the batch verifier is not built, one at a time."""
+    monkeypatch.setattr(verify, "BATCH", 8)
+    if request.param == "one_at_a_time":
+        monkeypatch.setattr(keys, "_verify_batch", None)
+    return str(request.param)
+
+
 def records_of(signer: keys.Signer, chains: int = 3, each: int = 40) -> list[dict[str, Any]]:
     out = []
     for n in range(chains):

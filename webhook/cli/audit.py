@@ -293,9 +293,10 @@ def verify(
     scope = namespace if kubeconfig is not None else None
     problems.extend(anchor_history.rollbacks(seen, anchors, scope))
     if len(records) >= PROGRESS_FROM:
-        done, left = ("", "hashes, links and signatures")
+        checker = keys.BATCH_VERIFIER or "libsodium, one at a time"
+        done, left = ("", f"hashes, links and signatures ({checker})")
         if sound is not None:
-            done, left = (" and checked their hashes and signatures", "links")
+            done, left = (f" and checked their hashes and signatures ({checker})", "links")
         click.echo(
             f"read {len(records):,} records{done} in {time.monotonic() - started:.1f} s; "
             f"checking {left}...",
