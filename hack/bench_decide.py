@@ -418,7 +418,7 @@ def create_times(kubeconfig: str, namespace: str, creates: int = 200) -> list[fl
     from kubewrit.webhook.kube import api as kube_api
     from kubewrit.webhook.kube.records import ActionRecordLedger
 
-    ledger = ActionRecordLedger(kube_api.load(kubeconfig), namespace, workers=1)
+    ledger = ActionRecordLedger(kube_api.load(kubeconfig), namespace, connections=1)
     signer, head = keys.generate(), Head(f"floor-{uuid.uuid4().hex[:8]}")
     took = []
     for index in range(creates + 50):  # the first 50 warm the connection and the caches

@@ -181,6 +181,23 @@ class ControlPlane:
             timeout,
         )
 
+    def delete_namespace(self, name: str) -> None:
+        """Delete a test's namespace, without waiting for it to go.
+
+        Policies an operator timed (limits) carry its finalizer, which only a running
+        operator removes; a test's operator is gone by now, and the namespace would stay
+        Terminating, kube-apiserver retrying it, for the rest of the run. So it goes here.
+        """
+        listed = self.kubectl(
+            "get", "agentpolicies.kubewrit.io", "-n", name, "-o", "name", check=False
+        )
+        for policy in listed.stdout.split() if listed.returncode == 0 else ():
+            self.kubectl(
+                "patch", policy, "-n", name, "--type=merge",
+                "-p", '{"metadata":{"finalizers":null}}', check=False,
+            )  # fmt: skip
+        self.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
     def helm(
         self,
         *args: str,
@@ -313,9 +330,7 @@ def kube_namespace(control_plane: ControlPlane) -> Any:
     name = f"kt-{uuid.uuid4().hex[:10]}"
     control_plane.kubectl("create", "namespace", name)
     yield name
-    control_plane.kubectl(
-        "delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False
-    )
+    control_plane.delete_namespace(name)
 
 
 # --------------------------------------------------------------------------- TLS + webhook server

@@ -144,7 +144,7 @@ def agent_namespace(
     try:
         yield namespace
     finally:
-        control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        control_plane.delete_namespace(namespace)
 
 
 def agent_token(control_plane: Any, namespace: str, agent: str = "support-agent") -> str:

@@ -90,7 +90,7 @@ def release(control_plane: Any) -> Iterator[tuple[str, str]]:
     # No pods run without a node: the post-delete hook Job would never finish
     # (tests/cluster runs the real uninstall).
     control_plane.helm("uninstall", name, "-n", namespace, "--no-hooks", check=False)
-    control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    control_plane.delete_namespace(namespace)
 
 
 def objects(control_plane: Any, kind: str, namespace: str | None = None) -> set[str]:
@@ -235,7 +235,7 @@ def test_helm_install_creates_everything_and_rbac_suffices(control_plane, releas
     finally:
         op.stop()
         op.remove_webhook_configurations()
-        control_plane.kubectl("delete", "namespace", watched, "--wait=false", check=False)
+        control_plane.delete_namespace(watched)
 
 
 def test_chart_runs_commands_the_cli_accepts(control_plane):

@@ -37,7 +37,7 @@ def shop(control_plane: Any) -> Iterator[str]:
     namespace = f"shop-{uuid.uuid4().hex[:6]}"
     control_plane.kubectl("create", "namespace", namespace)
     yield namespace
-    control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    control_plane.delete_namespace(namespace)
 
 
 @pytest.fixture(scope="module")

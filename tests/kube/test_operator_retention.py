@@ -114,7 +114,7 @@ def namespace(control_plane: Any) -> Iterator[str]:
     name = f"ret-{uuid.uuid4().hex[:6]}"
     control_plane.kubectl("create", "namespace", name)
     yield name
-    control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    control_plane.delete_namespace(name)
 
 
 def replica(control_plane: Any, workdir: Path, namespace: str, identity: str) -> OperatorProcess:

@@ -102,4 +102,4 @@ def test_verification_passes_across_a_retention_cut(control_plane: Any, tmp_path
     )
     broken = run_cli("verify", "--kubeconfig", kubeconfig, "-n", namespace, check=False)
     assert broken.returncode == 1 and "seq 8: missing" in broken.stdout
-    control_plane.kubectl("delete", "namespace", namespace, "--wait=false")
+    control_plane.delete_namespace(namespace)

@@ -39,7 +39,7 @@ def teams(control_plane: Any) -> Iterator[dict[str, str]]:
         control_plane.kubectl("create", "namespace", namespace)
     yield names
     for namespace in names.values():
-        control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        control_plane.delete_namespace(namespace)
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,7 @@ def teams(control_plane: Any) -> Iterator[tuple[str, str]]:
     made = (make_team(control_plane, "bob"), make_team(control_plane, "alice"))
     yield made
     for namespace in made:
-        control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        control_plane.delete_namespace(namespace)
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ def shop(control_plane: Any) -> Iterator[str]:
     apply_crds(control_plane)
     namespace = f"walk-{uuid.uuid4().hex[:6]}"
     yield namespace
-    control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    control_plane.delete_namespace(namespace)
 
 
 @pytest.fixture(scope="module")

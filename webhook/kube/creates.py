@@ -78,12 +78,12 @@ class Creates:
         Kubernetes client raises it; no answer at all is a `TransportError`.
         """
         multi, idle = self._thread_state()
-        headers = self._headers()
+        url, headers = self._base + path, self._headers()
         transfers = []
         for body in bodies:
             handle = idle.pop() if idle else self._new_handle()
             answer = io.BytesIO()
-            handle.setopt(pycurl.URL, self._url(path))
+            handle.setopt(pycurl.URL, url)
             handle.setopt(pycurl.HTTPHEADER, headers)
             handle.setopt(pycurl.POSTFIELDS, body)
             handle.setopt(pycurl.WRITEDATA, answer)
@@ -140,9 +140,6 @@ class Creates:
             if auth.get("in") == "header" and auth.get("value"):
                 headers.append(f"{auth['key']}: {auth['value']}")
         return headers
-
-    def _url(self, path: str) -> str:
-        return self._base + path
 
     def _thread_state(self) -> tuple[pycurl.CurlMulti, list[pycurl.Curl]]:
         multi = getattr(self._local, "multi", None)

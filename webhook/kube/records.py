@@ -132,9 +132,13 @@ def to_object(record: Record) -> dict[str, Any]:
 
 
 class ActionRecordLedger:
-    """recorder.Ledger over ActionRecord objects in each chain's namespace."""
+    """recorder.Ledger over ActionRecord objects in each chain's namespace.
 
-    def __init__(self, api: client.ApiClient, home_namespace: str, workers: int = 16) -> None:
+    `connections`: the keep-alive connections to kube-apiserver each recorder thread keeps,
+    and so the creates it has in flight at once.
+    """
+
+    def __init__(self, api: client.ApiClient, home_namespace: str, connections: int = 16) -> None:
         self.api = api
         self.custom = kube_api.custom(api)
         self.core = kube_api.core(api)
@@ -142,7 +146,10 @@ class ActionRecordLedger:
         # Every decision waits for its record's create: they go through libcurl, a batch
         # at a time, not through the generated client (see `creates`).
         self.creates = Creates(
-            api.configuration, api.user_agent, connections=workers, timeout=REQUEST_TIMEOUT_SECONDS
+            api.configuration,
+            api.user_agent,
+            connections=connections,
+            timeout=REQUEST_TIMEOUT_SECONDS,
         )
 
     def _create(self, record: Record, namespace: str) -> None:
