@@ -329,6 +329,10 @@ def quiet_control_plane(kubeconfig: str, timeout: float = 300) -> None:
     """Wait until earlier runs' namespaces are gone: their thousands of ActionRecords are
     deleted by the control plane in the background, on the cores this run measures."""
     started = time.monotonic()
+    listed = kubectl(kubeconfig, "get", "ns", "-o", "jsonpath={.items[*].metadata.name}")
+    if left := [n for n in listed.split() if n.startswith("bench-")]:
+        # Left by a run that did not finish, or already going: deleting either is safe.
+        kubectl(kubeconfig, "delete", "namespace", "--wait=false", "--ignore-not-found", *left)
     while True:
         names = kubectl(kubeconfig, "get", "ns", "-o", "name").split()
         earlier = [n for n in names if n.startswith("namespace/bench-")]
@@ -345,6 +349,11 @@ def quiet_control_plane(kubeconfig: str, timeout: float = 300) -> None:
 
 def prepare_cluster(kubeconfig: str) -> None:
     """kubewrit's CRDs and namespace in place, once earlier runs' namespaces are gone."""
+    if missing := [tool for tool in ("kubectl", "helm") if shutil.which(tool) is None]:
+        sys.exit(
+            f'{" and ".join(missing)} not on PATH: run `eval "$(hack/control-plane env)"` '
+            "first (the pinned kubectl and helm)"
+        )
     quiet_control_plane(kubeconfig)
     kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     if "namespace/kubewrit-system" not in kubectl(kubeconfig, "get", "ns", "-o", "name"):
