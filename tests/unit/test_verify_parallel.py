@@ -273,3 +273,17 @@ def test_the_cli_names_a_corrupted_signature_in_a_store_checked_on_every_core(
     assert report["records"] == each + seq + 1  # w0, then w1 up to the bad record
     (bad,) = [c["problem"] for c in report["chains"] if c["problem"]]
     assert (bad["chain"], bad["seq"], bad["kind"]) == ("w1", seq, "bad_signature")
+
+
+@pytest.mark.parametrize("how", ["intact", "modified", "rehashed", "resigned_by_stranger"])
+def test_with_one_core_records_are_checked_in_process_with_the_same_findings(
+    signer, monkeypatch, how: str
+) -> None:
+    records = records_of(signer)
+    if how != "intact":
+        tamper(records, signer, how, random.Random(7))
+    monkeypatch.setattr(verify, "_cores", lambda: 1)
+    monkeypatch.setattr(verify, "_Check", None)  # nothing may fork
+    serial, parallel = both(records, [signer.verifier], monkeypatch)
+    assert findings(parallel) == findings(serial)
+    assert serial.ok == (how == "intact")
