@@ -146,3 +146,36 @@ def test_timeout_down_and_direct_calls(
     with pytest.raises(ActionDenied):
         refund(order_id=oid, amount=30_000)
     assert effects.calls == [("process_refund", {"order_id": oid, "amount": 3})]
+
+
+def test_a_direct_call_keeps_partial_params_and_opens_one_span_more_than_the_tool(
+    kubewrit_server: KubewritServer, effects: SideEffects, order_id: Unique
+) -> None:
+    import llama_index.core.instrumentation as instrument
+    from llama_index.core.instrumentation.span_handlers import SimpleSpanHandler
+
+    def process_refund(order_id: str, amount: float, currency: str) -> str:
+        """Refund an order."""
+        effects.record("process_refund", order_id=order_id, amount=amount, currency=currency)
+        return f"refunded {amount} {currency} on {order_id}"
+
+    plain = FunctionTool.from_defaults(process_refund, partial_params={"currency": "EUR"})
+    [governed] = wrap_tools([plain], governor=kubewrit_server.governor())
+    spans = SimpleSpanHandler()
+    dispatcher = instrument.get_dispatcher()
+    dispatcher.add_span_handler(spans)
+    try:
+        ungoverned, permitted = order_id(), order_id()
+        plain.call(order_id=ungoverned, amount=3)
+        opened_by_the_tool = len(spans.completed_spans)
+        answer = governed.call(order_id=permitted, amount=3)
+        opened_governed = len(spans.completed_spans) - opened_by_the_tool
+    finally:
+        dispatcher.span_handlers.remove(spans)
+    assert answer.raw_output == f"refunded 3 EUR on {permitted}"
+    assert effects.calls[-1] == (
+        "process_refund",
+        {"order_id": permitted, "amount": 3, "currency": "EUR"},
+    )
+    # The governed tool's own span, and the tool's: LlamaIndex instruments each call.
+    assert opened_by_the_tool >= 1 and opened_governed == opened_by_the_tool + 1

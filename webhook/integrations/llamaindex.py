@@ -22,7 +22,7 @@ from kubewrit.webhook.client.errors import KubewritError
 from kubewrit.webhook.client.governor import Governor, describe
 from kubewrit.webhook.integrations.common import OnDeny, resolve
 from llama_index.core.tools import BaseTool, FunctionTool, ToolMetadata, ToolOutput
-from llama_index.core.tools.types import adapt_to_async_tool
+from llama_index.core.tools.types import AsyncBaseTool, adapt_to_async_tool
 
 FRAMEWORK = "llamaindex"
 
@@ -36,6 +36,13 @@ class GovernedTool(FunctionTool):
 
     def __init__(self, inner: BaseTool, governor: Governor, on_deny: OnDeny = "message") -> None:
         self.inner = inner
+        # A tool's `__call__` only hands its arguments to `call` (a FunctionTool adds its
+        # partial params, which `call` adds again); each is a LlamaIndex instrumentation
+        # span, which costs more than the rest of the tool call, so the inner tool's
+        # `call` is called directly where it has one.
+        self._sync_inner: Callable[..., Any] = (
+            inner.call if isinstance(inner, AsyncBaseTool) else inner
+        )
         self._async_inner = adapt_to_async_tool(inner)
         self.governor = governor
         self.on_deny = on_deny
@@ -88,7 +95,7 @@ class GovernedTool(FunctionTool):
             return self.governor.run(
                 self.metadata.get_name(),
                 chosen,
-                lambda frozen: self.inner(**frozen, **passed),
+                lambda frozen: self._sync_inner(**frozen, **passed),
                 framework=FRAMEWORK,
             )
         except KubewritError as error:
