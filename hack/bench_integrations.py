@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -356,6 +357,38 @@ async def bench_autogen(
     )
 
 
+class UngovernedProxy:
+    """The MCP proxy's own hop without kubewrit: an MCP server forwarding each call to the
+    upstream through an MCP client, as the governing proxy does. Its cost is MCP's (a
+    second server and client in the path), so it is the MCP row's `plain`."""
+
+    def __init__(self, upstream: Any) -> None:
+        from mcp.server import Server
+
+        self.upstream = upstream
+        self.client: Any = None
+        self.server = Server(
+            "ungoverned-proxy",
+            lifespan=self._lifespan,
+            on_list_tools=self._list_tools,
+            on_call_tool=self._call_tool,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, _: Any) -> AsyncIterator[dict[str, Any]]:
+        from mcp import Client as MCPClient
+
+        async with MCPClient(self.upstream) as client:
+            self.client = client
+            yield {}
+
+    async def _list_tools(self, _: Any, params: Any) -> Any:
+        return await self.client.list_tools(cursor=params.cursor if params else None)
+
+    async def _call_tool(self, _: Any, params: Any) -> Any:
+        return await self.client.call_tool(params.name, dict(params.arguments or {}))
+
+
 async def bench_mcp(
     gov: Governor, offline: Governor, client: AsyncClient, n: int
 ) -> dict[str, Any]:
@@ -368,7 +401,8 @@ async def bench_mcp(
     proxy = governing_proxy(upstream, governor=gov)
     stocked_proxy = governing_proxy(upstream, governor=offline)
     async with (
-        MCPClient(upstream) as plain,
+        MCPClient(upstream) as direct_upstream,
+        MCPClient(UngovernedProxy(upstream).server) as plain,
         MCPClient(proxy.server) as governed,
         MCPClient(stocked_proxy.server) as stocked,
     ):
@@ -379,6 +413,8 @@ async def bench_mcp(
                 "plain": lambda: plain.call_tool("send_email", ARGS),
                 "governed": lambda: governed.call_tool("send_email", ARGS),
                 "governed_offline": lambda: stocked.call_tool("send_email", ARGS),
+                # the upstream without any proxy: what the proxy's hop costs (plain - this)
+                "upstream_alone": lambda: direct_upstream.call_tool("send_email", ARGS),
             },
         )
 
