@@ -88,6 +88,13 @@ def process_tree(pid: int) -> list[int]:
     return found
 
 
+def command_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return str(pid)
+
+
 def cpu_seconds(pids: list[int]) -> float:
     total = 0
     for pid in pids:
@@ -126,12 +133,15 @@ class Run:
     server_cpu: float
     client_cpu: float
     behind_cpu: float | None = None  # what the server waited on (see `hey`)
+    behind_by_process: dict[str, float] | None = None  # the same, by command name
 
     def summary(self) -> dict[str, float]:
         ms = self.latencies_ms
         behind = {}
         if self.behind_cpu is not None:
             behind["control_plane_cpu_ms_per_request"] = round(1000 * self.behind_cpu / len(ms), 3)
+        for name, cpu in sorted((self.behind_by_process or {}).items()):
+            behind[f"{name}_cpu_ms_per_request"] = round(1000 * cpu / len(ms), 3)
         return {
             "p50_ms": round(percentile(ms, 0.50), 3),
             "p95_ms": round(percentile(ms, 0.95), 3),
@@ -180,7 +190,7 @@ def hey(
         for name, value in (headers or {}).items():
             command += ["-H", f"{name}: {value}"]
         pids = process_tree(server_pid)
-        before, before_behind = cpu_seconds(pids), cpu_seconds(behind or [])
+        before, before_behind = cpu_seconds(pids), {pid: cpu_seconds([pid]) for pid in behind or []}
         started = time.perf_counter()
         client = subprocess.Popen([*command, url], stdout=subprocess.PIPE, text=True)
         assert client.stdout is not None
@@ -189,7 +199,11 @@ def hey(
         client.returncode = os.waitstatus_to_exitcode(status)
         elapsed = time.perf_counter() - started
         server = cpu_seconds(pids) - before
-        backing = cpu_seconds(behind or []) - before_behind
+        by_process: dict[str, float] = {}
+        for pid, cpu in before_behind.items():
+            name = command_name(pid)
+            by_process[name] = by_process.get(name, 0.0) + cpu_seconds([pid]) - cpu
+        backing = sum(by_process.values())
     if client.returncode:
         raise RuntimeError(f"hey failed ({client.returncode}): {output[-500:]}")
     latencies, statuses, last_offset = [], {}, 0.0
@@ -217,6 +231,7 @@ def hey(
         server,
         usage.ru_utime + usage.ru_stime,
         backing if behind else None,
+        by_process if behind else None,
     )
 
 
