@@ -151,22 +151,34 @@ def _group(
     return chains
 
 
-def _seal_problem(name: str, record: Record, verifiers: Mapping[str, Verifier]) -> Problem | None:
-    """What is wrong with one record's own hash and signature, if anything."""
+def _content_problem(
+    name: str, record: Record, verifiers: Mapping[str, Verifier]
+) -> Problem | None:
+    """What is wrong with one record before its signature: its hash, its key."""
     try:
         digest = chain.record_hash(record.body())
     except ValueError as exc:
         return Problem(name, record.seq, "malformed", f"cannot be hashed: {exc}")
     if digest != record.hash:
         return Problem(name, record.seq, "modified", "content does not match its hash")
-    verifier = verifiers.get(record.key_id)
-    if verifier is None:
+    if record.key_id not in verifiers:
         return Problem(
             name, record.seq, "unknown_key", f"signed by key {record.key_id}, not a trusted key"
         )
-    if record.batched and not record.signature:
-        return None  # vouched for by the next signed record (`_walk`)
-    if not chain.signature_valid(record, verifier):
+    return None
+
+
+def _vouched_by_its_batch(record: Record) -> bool:
+    """Signed with its batch: the next signed record of its chain vouches for it (`_walk`)."""
+    return bool(record.batched) and not record.signature
+
+
+def _seal_problem(name: str, record: Record, verifiers: Mapping[str, Verifier]) -> Problem | None:
+    """What is wrong with one record's own hash and signature, if anything."""
+    problem = _content_problem(name, record, verifiers)
+    if problem is not None or _vouched_by_its_batch(record):
+        return problem
+    if not chain.signature_valid(record, verifiers[record.key_id]):
         return Problem(
             name,
             record.seq,
@@ -256,15 +268,10 @@ def _sound_flags(records: Sequence[Any], verifiers: Mapping[str, Verifier]) -> b
     flags = bytearray(len(records))
     signed: dict[str, list[int]] = {}  # key id -> positions whose signature is to be checked
     for position, record in enumerate(records):
-        if type(record) is not Record or record.key_id not in verifiers:
+        if type(record) is not Record or _content_problem("", record, verifiers) is not None:
             continue
-        try:
-            if chain.record_hash(record.body()) != record.hash:
-                continue
-        except ValueError:
-            continue
-        if record.batched and not record.signature:
-            flags[position] = 1  # vouched for by the next signed record (`_walk`)
+        if _vouched_by_its_batch(record):
+            flags[position] = 1
         elif record.signature:
             signed.setdefault(record.key_id, []).append(position)
     for key_id, positions in signed.items():
