@@ -126,10 +126,10 @@ def _group(
     lines: Sequence[int] | None,
     report: Report,
     sound: bytes | None = None,
-    sealed: dict[int, bool] | None = None,
+    sealed: set[int] | None = None,
 ) -> dict[str, list[Record]]:
     """Records by chain, in the order given; with `sound` (a flag per position), `sealed`
-    gets id(record) -> True for each record a worker found sound (see `read_json`)."""
+    gets the id() of each record a worker found sound (see `read_json`)."""
     chains: dict[str, list[Record]] = {}
     for position, data in enumerate(records):
         line = lines[position] if lines is not None else None
@@ -147,7 +147,7 @@ def _group(
             continue
         chains.setdefault(record.chain, []).append(record)
         if sound is not None and sealed is not None and sound[position]:
-            sealed[id(record)] = True
+            sealed.add(id(record))
     return chains
 
 
@@ -387,12 +387,12 @@ def _walk(
     cut: Cut | None,
     verifiers: Mapping[str, Verifier],
     entry: ChainReport,
-    sealed: Mapping[int, bool] | None = None,
+    sealed: set[int] | None = None,
 ) -> Problem | None:
     expected_seq, expected_prev = (cut.seq, cut.prev) if cut else (0, chain.GENESIS_PREV)
     for position, record in enumerate(records):
         entry.records += 1
-        if sealed is None or not sealed.get(id(record), False):
+        if sealed is None or id(record) not in sealed:
             problem = _seal_problem(name, record, verifiers)
             if problem is not None:
                 if problem.kind == "bad_signature" and entry.unsigned_from is not None:
@@ -582,7 +582,7 @@ def verify(
     cuts = cuts or {}
     verifiers = {v.key_id: v for v in trusted}
     records = list(records)
-    sealed: dict[int, bool] | None = None if sound is None else {}
+    sealed: set[int] | None = None if sound is None else set()
     by_chain = _group(records, lines, report, sound, sealed)
     signed = _trusted_trailer(trailer, verifiers, report, len(records))
     anchors_of: dict[str, list[Anchor]] = {}
@@ -593,7 +593,7 @@ def verify(
         flat = [r for rs in by_chain.values() for r in rs]
         flags = _sound(flat, verifiers)
         if flags is not None:
-            sealed = {id(record): True for record, flag in zip(flat, flags, strict=True) if flag}
+            sealed = {id(record) for record, flag in zip(flat, flags, strict=True) if flag}
     for name in sorted(names | set(report.chains)):
         entry = report.chains.setdefault(name, ChainReport(name))
         recs = by_chain.get(name, [])
