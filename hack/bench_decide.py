@@ -325,19 +325,19 @@ def kubectl(kubeconfig: str, *args: str, input: str | None = None) -> str:
     ).stdout
 
 
+def bench_namespaces(kubeconfig: str) -> list[str]:
+    listed = kubectl(kubeconfig, "get", "ns", "-o", "jsonpath={.items[*].metadata.name}")
+    return [name for name in listed.split() if name.startswith("bench-")]
+
+
 def quiet_control_plane(kubeconfig: str, timeout: float = 300) -> None:
     """Wait until earlier runs' namespaces are gone: their thousands of ActionRecords are
     deleted by the control plane in the background, on the cores this run measures."""
     started = time.monotonic()
-    listed = kubectl(kubeconfig, "get", "ns", "-o", "jsonpath={.items[*].metadata.name}")
-    if left := [n for n in listed.split() if n.startswith("bench-")]:
+    if earlier := bench_namespaces(kubeconfig):
         # Left by a run that did not finish, or already going: deleting either is safe.
-        kubectl(kubeconfig, "delete", "namespace", "--wait=false", "--ignore-not-found", *left)
-    while True:
-        names = kubectl(kubeconfig, "get", "ns", "-o", "name").split()
-        earlier = [n for n in names if n.startswith("namespace/bench-")]
-        if not earlier:
-            return
+        kubectl(kubeconfig, "delete", "namespace", "--wait=false", "--ignore-not-found", *earlier)
+    while earlier:
         if time.monotonic() - started > timeout:
             raise RuntimeError(f"still being deleted after {timeout:.0f}s: {earlier}")
         print(
@@ -345,6 +345,7 @@ def quiet_control_plane(kubeconfig: str, timeout: float = 300) -> None:
             file=sys.stderr,
         )
         time.sleep(5)
+        earlier = bench_namespaces(kubeconfig)
 
 
 def prepare_cluster(kubeconfig: str) -> None:
