@@ -17,6 +17,7 @@ from kubewrit.webhook import keys
 from kubewrit.webhook.chain import Draft, Head, Record
 from kubewrit.webhook.kube import api as kube_api
 from kubewrit.webhook.kube.creates import TransportError
+from kubewrit.webhook.kube import records
 from kubewrit.webhook.kube.records import ActionRecordLedger, object_name
 from kubewrit.webhook.recorder import PartialWrite
 
@@ -82,6 +83,25 @@ def test_another_record_under_a_stored_name_is_a_failed_write(control_plane, kub
         ledger.write([impostor], kube_namespace)
     assert failed.value.written == 0
     assert "exists with other content" in str(failed.value.cause)
+
+
+def test_a_field_the_installed_crd_does_not_know_fails_the_write_and_stores_nothing(
+    control_plane, kube_namespace, monkeypatch
+):
+    """A webhook newer than its CRDs (Helm installs a chart's CRDs but never upgrades them)
+    writes a field the CRD does not know. Pruned, the record would stand without a field
+    its signature covers while the decision was answered as recorded; refused, the write
+    fails, and the decision with it."""
+    spec_of = records.to_spec
+    monkeypatch.setattr(records, "to_spec", lambda record: {**spec_of(record), "verdict": "x"})
+    ledger = ActionRecordLedger(control_plane.api_client, kube_namespace)
+    with pytest.raises(PartialWrite) as refused:
+        ledger.write(sealed(kube_namespace, 2), kube_namespace)
+    assert refused.value.written == 0
+    cause = refused.value.cause
+    assert isinstance(cause, client.ApiException) and cause.status == 400
+    assert 'unknown field "spec.verdict"' in json.loads(cause.body)["message"]
+    assert stored(control_plane, kube_namespace) == []
 
 
 def test_the_api_server_is_reached_under_its_tls_server_name(control_plane, kube_namespace):

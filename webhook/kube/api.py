@@ -16,6 +16,12 @@ POLICIES = "agentpolicies"
 APPROVALS = "actionapprovals"
 RECORDS = "actionrecords"
 KEYS_CONFIGMAP = "kubewrit-keys"
+# Every kubewrit object the webhook writes (`?fieldValidation=`): a field the installed CRD
+# does not know is refused, not pruned. Helm never upgrades a chart's CRDs, so a webhook
+# newer than its CRDs would otherwise store a signed record without a field its signature
+# covers, and answer as if it were durable; refused, the write fails and the decision is
+# DENY. kube-apiserver's default (Warn) costs the same: it decodes as strictly, then prunes.
+FIELD_VALIDATION = "Strict"
 
 LABEL_AGENT = "kubewrit.io/agent"
 LABEL_DECISION = "kubewrit.io/decision"

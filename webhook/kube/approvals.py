@@ -144,6 +144,7 @@ class ActionApprovalStore:
             approval.namespace,
             kube_api.APPROVALS,
             to_object(approval),
+            field_validation=kube_api.FIELD_VALIDATION,
         )
         approval = sealer(replace(approval, uid=obj["metadata"]["uid"]))
         obj["status"] = status_of(approval)
@@ -154,6 +155,7 @@ class ActionApprovalStore:
             kube_api.APPROVALS,
             approval.id,
             obj,
+            field_validation=kube_api.FIELD_VALIDATION,
         )
         self._remember(obj)
         return approval
@@ -194,6 +196,7 @@ class ActionApprovalStore:
                 kube_api.APPROVALS,
                 updated.id,
                 current,
+                field_validation=kube_api.FIELD_VALIDATION,
             )
         except client.ApiException as exc:
             if exc.status == 409:

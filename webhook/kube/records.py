@@ -160,6 +160,7 @@ class ActionRecordLedger:
     def _post(self, records: Sequence[Record], namespace: str) -> list[Exception | None]:
         path = (
             f"/apis/{kube_api.GROUP}/{kube_api.VERSION}/namespaces/{namespace}/{kube_api.RECORDS}"
+            f"?fieldValidation={kube_api.FIELD_VALIDATION}"
         )
         return self.creates.post(path, [orjson.dumps(to_object(record)) for record in records])
 
