@@ -16,8 +16,8 @@ from kubernetes import client
 from kubewrit.webhook import keys
 from kubewrit.webhook.chain import Draft, Head, Record
 from kubewrit.webhook.kube import api as kube_api
-from kubewrit.webhook.kube.creates import TransportError
 from kubewrit.webhook.kube import records
+from kubewrit.webhook.kube.creates import TransportError
 from kubewrit.webhook.kube.records import ActionRecordLedger, object_name
 from kubewrit.webhook.recorder import PartialWrite
 
