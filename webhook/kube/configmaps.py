@@ -211,10 +211,13 @@ def merge(entries: Mapping[str, str]) -> Callable[[dict[str, str]], dict[str, st
     return lambda data: {**data, **entries}
 
 
-def read(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, str]:
+def read(
+    core: client.CoreV1Api, namespace: str, name: str, timeout: float | None = None
+) -> dict[str, str]:
     """A ConfigMap's data; empty if it does not exist."""
     try:
-        return dict(core.read_namespaced_config_map(name, namespace).data or {})
+        found = core.read_namespaced_config_map(name, namespace, _request_timeout=timeout)
+        return dict(found.data or {})
     except client.ApiException as exc:
         if exc.status == 404:
             return {}

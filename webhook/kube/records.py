@@ -58,6 +58,12 @@ RECORD_FIELDS = {spec: field for field, spec in SPEC_FIELDS.items()}
 CREATE_RETRIES = 3
 # Every call the recorder's thread waits for ends: a hung API server means DENY, not a hang.
 REQUEST_TIMEOUT_SECONDS = 10.0
+# A chain's newest records are found by their `kubewrit.io/day` label, from the day of a
+# record known to be in it: records after it were sealed after it, so a chain of millions
+# is not read whole to find its end. The known record's day is widened by a day either
+# way for a clock set back, and a record older than a year is no help (the chain is read).
+DAY_SECONDS = 86_400
+MAX_DAYS_LISTED = 366
 
 
 def to_spec(record: Record) -> dict[str, Any]:
@@ -91,7 +97,12 @@ def signed_record(
 
 
 def object_name(record: Record) -> str:
-    return f"{record.chain}-{record.seq:010d}"
+    return name_of(record.chain, record.seq)
+
+
+def name_of(chain_id: str, seq: int) -> str:
+    """The object holding a chain's record `seq`: names sort as sequence numbers do."""
+    return f"{chain_id}-{seq:010d}"
 
 
 def time_labels(stamp: str) -> dict[str, str]:
@@ -129,6 +140,21 @@ def to_object(record: Record) -> dict[str, Any]:
         "metadata": {"name": object_name(record), "labels": labels(record)},
         "spec": to_spec(record),
     }
+
+
+def days_since(stamp: str, now: float) -> list[str] | None:
+    """The `kubewrit.io/day` values from the day before a record's `time` to the day after
+    `now`: where every record sealed after it is labelled (a clock set back by up to a
+    day included). None when `stamp` says nothing usable or is more than a year back."""
+    try:
+        first = chain.epoch(stamp) - DAY_SECONDS
+    except ValueError:
+        return None
+    last = now + DAY_SECONDS
+    if not 0 <= last - first <= MAX_DAYS_LISTED * DAY_SECONDS:
+        return None
+    moments = [first + day * DAY_SECONDS for day in range(int((last - first) // DAY_SECONDS) + 1)]
+    return sorted({time_labels_at(moment)[kube_api.LABEL_DAY] for moment in [*moments, last]})
 
 
 class ActionRecordLedger:
@@ -240,7 +266,10 @@ class ActionRecordLedger:
                     raise
 
     def head(self, chain_id: str, namespace: str | None = None) -> Record | None:
-        found = list(self.chain_records(chain_id, namespace or self.home))
+        """The chain's record with the highest seq, read from its last anchor on."""
+        namespace = namespace or self.home
+        anchored = self._anchored_seq(chain_id, namespace)
+        found = list(self._records_from(chain_id, anchored, namespace))
         if not found:
             return None
         return Record.from_dict(max(found, key=lambda r: r["seq"]))
@@ -248,7 +277,7 @@ class ActionRecordLedger:
     def after(self, chain_id: str, seq: int, namespace: str | None = None) -> list[Record]:
         """Objects that are no record at all are left out: `kubewrit verify` names those."""
         stored = []
-        for data in self.chain_records(chain_id, namespace or self.home):
+        for data in self._records_from(chain_id, seq, namespace or self.home):
             try:
                 record = Record.from_dict(data)
             except (ValueError, TypeError):
@@ -258,7 +287,43 @@ class ActionRecordLedger:
                 stored.append(record)
         return sorted(stored, key=lambda r: r.seq)
 
-    def chain_records(self, chain_id: str, namespace: str) -> Iterator[dict[str, Any]]:
+    def _anchored_seq(self, chain_id: str, namespace: str) -> int | None:
+        """The seq of the chain's last published anchor, if it has one."""
+        name = configmaps.anchors_name(namespace)
+        data = configmaps.read(self.core, self.home, name, timeout=REQUEST_TIMEOUT_SECONDS)
+        anchors = configmaps.parse_anchors(data, name).anchors
+        return next((anchor.seq for anchor in anchors if anchor.chain == chain_id), None)
+
+    def _records_from(
+        self, chain_id: str, seq: int | None, namespace: str
+    ) -> Iterator[dict[str, Any]]:
+        """The chain's records from the day of its record `seq` on (and perhaps a few
+        before it); the whole chain when that record is not there to date them."""
+        known: dict[str, Any] = {}
+        if seq is not None:
+            try:
+                known = self.custom.get_namespaced_custom_object(
+                    kube_api.GROUP,
+                    kube_api.VERSION,
+                    namespace,
+                    kube_api.RECORDS,
+                    name_of(chain_id, seq),
+                    _request_timeout=REQUEST_TIMEOUT_SECONDS,
+                )
+            except client.ApiException as exc:
+                if exc.status != 404:
+                    raise
+        stamp = (known.get("spec") or {}).get("time")
+        days = days_since(str(stamp), time.time()) if stamp else None
+        return self.chain_records(chain_id, namespace, days)
+
+    def chain_records(
+        self, chain_id: str, namespace: str, days: Sequence[str] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The chain's records; only those labelled with one of `days`, if given."""
+        selector = f"{kube_api.LABEL_CHAIN}={kube_api.label_value(chain_id)}"
+        if days:
+            selector += f",{kube_api.LABEL_DAY} in ({','.join(days)})"
         token = None
         while True:
             page = self.custom.list_namespaced_custom_object(
@@ -266,7 +331,7 @@ class ActionRecordLedger:
                 kube_api.VERSION,
                 namespace,
                 kube_api.RECORDS,
-                label_selector=f"{kube_api.LABEL_CHAIN}={kube_api.label_value(chain_id)}",
+                label_selector=selector,
                 limit=500,
                 _continue=token,
                 _request_timeout=REQUEST_TIMEOUT_SECONDS,
