@@ -11,22 +11,12 @@ from typing import Any
 
 import pytest
 from kubewrit.webhook import chain, keys
-from kubewrit.webhook.chain import Draft, Head
+from kubewrit.webhook.chain import Head
 from kubewrit.webhook.kube.records import ActionRecordLedger, name_of
 
+from .test_record_creates import permit
+
 DAY = 86_400
-
-
-def draft(namespace: str) -> Draft:
-    return Draft(
-        kind="decision",
-        decision="PERMIT",
-        reason="rule_matched",
-        agent="support-agent",
-        tool="process_refund",
-        action_hash="sha256:" + "ab" * 32,
-        namespace=namespace,
-    )
 
 
 @pytest.fixture
@@ -52,9 +42,9 @@ def test_a_long_chain_s_end_is_found_from_its_anchor_without_reading_the_chain(
     signer, head = keys.generate(), Head(f"long-{uuid.uuid4().hex[:8]}")
     now = time.time()
     # 60 records a week ago, the anchored one an hour ago, then three since.
-    old = [head.seal_next(draft(kube_namespace), signer, now=now - 7 * DAY + i) for i in range(60)]
-    anchored = head.seal_next(draft(kube_namespace), signer, now=now - 3_600)
-    recent = [head.seal_next(draft(kube_namespace), signer) for _ in range(3)]
+    old = [head.seal_next(permit(kube_namespace), signer, now=now - 7 * DAY + i) for i in range(60)]
+    anchored = head.seal_next(permit(kube_namespace), signer, now=now - 3_600)
+    recent = [head.seal_next(permit(kube_namespace), signer) for _ in range(3)]
     ledger.write([*old, anchored, *recent], kube_namespace)
     anchor = chain.sign_anchor(Head(head.chain, anchored.seq, anchored.hash), signer)
     ledger.publish_anchor(anchor, kube_namespace)
@@ -76,7 +66,7 @@ def test_without_a_record_to_date_it_the_chain_is_read_whole(
     signer, head = keys.generate(), Head(f"unanchored-{uuid.uuid4().hex[:8]}")
     now = time.time()
     records = [
-        head.seal_next(draft(kube_namespace), signer, now=now - 9 * DAY + i) for i in range(5)
+        head.seal_next(permit(kube_namespace), signer, now=now - 9 * DAY + i) for i in range(5)
     ]
     ledger.write(records, kube_namespace)
     # No anchor: the whole chain is read, and its end is the record with the highest seq.

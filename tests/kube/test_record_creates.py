@@ -24,23 +24,21 @@ from kubewrit.webhook.recorder import PartialWrite
 from .conftest import make_tls
 
 
+def permit(namespace: str) -> Draft:
+    return Draft(
+        kind="decision",
+        decision="PERMIT",
+        reason="rule_matched",
+        agent="support-agent",
+        tool="process_refund",
+        action_hash="sha256:" + "ab" * 32,
+        namespace=namespace,
+    )
+
+
 def sealed(namespace: str, count: int = 1) -> list[Record]:
     head, signer = Head(f"creates-{uuid.uuid4().hex[:8]}"), keys.generate()
-    return [
-        head.seal_next(
-            Draft(
-                kind="decision",
-                decision="PERMIT",
-                reason="rule_matched",
-                agent="support-agent",
-                tool="process_refund",
-                action_hash="sha256:" + "ab" * 32,
-                namespace=namespace,
-            ),
-            signer,
-        )
-        for _ in range(count)
-    ]
+    return [head.seal_next(permit(namespace), signer) for _ in range(count)]
 
 
 def stored(control_plane, namespace: str) -> list[str]:

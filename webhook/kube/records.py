@@ -201,19 +201,31 @@ class ActionRecordLedger:
         if not isinstance(failure, client.ApiException) or failure.status != 409:
             return failure
         try:
-            existing = self.custom.get_namespaced_custom_object(
+            existing = self._read(object_name(record), namespace)
+        except Exception as exc:
+            return exc
+        if existing is None:  # refused as existing, and gone since: not stored
+            return failure
+        if existing["spec"].get("hash") != record.hash:
+            return RuntimeError(f"ActionRecord {object_name(record)} exists with other content")
+        return None
+
+    def _read(self, name: str, namespace: str) -> dict[str, Any] | None:
+        """One ActionRecord, or None if there is none by that name (any other error raises)."""
+        try:
+            found = self.custom.get_namespaced_custom_object(
                 kube_api.GROUP,
                 kube_api.VERSION,
                 namespace,
                 kube_api.RECORDS,
-                object_name(record),
+                name,
                 _request_timeout=REQUEST_TIMEOUT_SECONDS,
             )
-        except Exception as exc:
-            return exc
-        if existing["spec"].get("hash") != record.hash:
-            return RuntimeError(f"ActionRecord {object_name(record)} exists with other content")
-        return None
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(found)
 
     def write(self, records: Sequence[Record], namespace: str | None = None) -> None:
         """Create a batch concurrently; PartialWrite names the durable prefix.
@@ -299,21 +311,8 @@ class ActionRecordLedger:
     ) -> Iterator[dict[str, Any]]:
         """The chain's records from the day of its record `seq` on (and perhaps a few
         before it); the whole chain when that record is not there to date them."""
-        known: dict[str, Any] = {}
-        if seq is not None:
-            try:
-                known = self.custom.get_namespaced_custom_object(
-                    kube_api.GROUP,
-                    kube_api.VERSION,
-                    namespace,
-                    kube_api.RECORDS,
-                    name_of(chain_id, seq),
-                    _request_timeout=REQUEST_TIMEOUT_SECONDS,
-                )
-            except client.ApiException as exc:
-                if exc.status != 404:
-                    raise
-        stamp = (known.get("spec") or {}).get("time")
+        known = self._read(name_of(chain_id, seq), namespace) if seq is not None else None
+        stamp = ((known or {}).get("spec") or {}).get("time")
         days = days_since(str(stamp), time.time()) if stamp else None
         return self.chain_records(chain_id, namespace, days)
 
