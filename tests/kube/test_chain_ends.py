@@ -14,6 +14,7 @@ from kubewrit.webhook import chain, keys
 from kubewrit.webhook.chain import Head
 from kubewrit.webhook.kube.records import ActionRecordLedger, name_of
 
+from .decision_webhook import apply_crds
 from .test_record_creates import permit
 
 DAY = 86_400
@@ -22,6 +23,7 @@ DAY = 86_400
 @pytest.fixture
 def listed(monkeypatch: pytest.MonkeyPatch, control_plane, kube_namespace) -> Any:
     """The ledger, and how many ActionRecords its listings have returned so far."""
+    apply_crds(control_plane)
     ledger = ActionRecordLedger(control_plane.api_client, kube_namespace)
     seen = {"items": 0}
     list_objects = ledger.custom.list_namespaced_custom_object

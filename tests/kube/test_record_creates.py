@@ -22,6 +22,7 @@ from kubewrit.webhook.kube.records import ActionRecordLedger, object_name
 from kubewrit.webhook.recorder import PartialWrite
 
 from .conftest import make_tls
+from .decision_webhook import apply_crds
 
 
 def permit(namespace: str) -> Draft:
@@ -52,6 +53,11 @@ def ledger_with(control_plane, namespace: str, **settings: object) -> ActionReco
     for name, value in settings.items():
         setattr(configuration, name, value)
     return ActionRecordLedger(client.ApiClient(configuration), namespace)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def crds(control_plane) -> None:
+    apply_crds(control_plane)
 
 
 @pytest.fixture
