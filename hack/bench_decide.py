@@ -2,7 +2,7 @@
 """Benchmark `POST /v1/decide` with a compiled load generator; JSON on stdout.
 
     hack/bench_decide.py standalone [--requests N] [--concurrency 1,16,32] [--workers 1,2]
-                                    [--repeats R] [--prefill M] [--limits 0,1,3]
+                                    [--repeats R] [--prefill M] [--limits 0,1,3] [--pin]
     hack/bench_decide.py kubernetes --kubeconfig PATH [--requests N] [--concurrency 1,16]
                                     [--limits 0,1,3]
 
@@ -26,6 +26,10 @@ draws on every limit and none is exceeded), side by side: what limits cost.
 `--prefill M` first fills the store with M valid sealed records (other chains, by
 direct inserts) and reports the same runs against it, with bytes per record and the
 time `kubewrit verify` takes: flatness as the store grows.
+
+`--pin` (standalone, one worker) runs every server on the first CPU and hey on the
+others, so the load generator never takes the server's core: on this VM a woken thread
+then never waits for another CPU to wake.
 """
 
 from __future__ import annotations
@@ -207,7 +211,11 @@ def answers_sent(args: argparse.Namespace) -> int:
 
 
 def rounds(
-    servers: list[Server], concurrencies: list[int], requests: int, repeats: int
+    servers: list[Server],
+    concurrencies: list[int],
+    requests: int,
+    repeats: int,
+    client_cpus: set[int] | None = None,
 ) -> dict[str, dict[str, object]]:
     """Every (server, concurrency) once per round, rounds interleaved; medians and ranges."""
     runs: dict[tuple[str, int], list[bench_load.Run]] = {}
@@ -224,6 +232,7 @@ def rounds(
                     server.pid,
                     server.headers,
                     server.behind,
+                    client_cpus,
                 )
                 bad = {code: n for code, n in run.statuses.items() if code != 200}
                 if bad:
@@ -255,6 +264,12 @@ def prefill(data_dir: Path, records: int) -> dict[str, object]:
         "prefill_seconds": round(filled, 1),
         **bench_store.bytes_per_record(data_dir),
     }
+
+
+def pinning() -> tuple[set[int], set[int]]:
+    """(the servers' CPU, hey's CPUs): the first CPU this process may use, and the rest."""
+    usable = sorted(os.sched_getaffinity(0))
+    return {usable[0]}, set(usable[1:])
 
 
 def standalone(args: argparse.Namespace) -> dict[str, object]:
@@ -293,8 +308,19 @@ def standalone(args: argparse.Namespace) -> dict[str, object]:
                     stack.enter_context(kubewrit_serve(workers, scratch, data_dir, name, limits))
                 )
             servers += [stack.enter_context(floor_server(w, scratch)) for w in args.workers]
+            client_cpus = None
+            if args.pin:
+                server_cpus, client_cpus = pinning()
+                for server in servers:
+                    bench_load.pin(server.pid, server_cpus)
+                report["pinned"] = {
+                    "server_cpus": sorted(server_cpus),
+                    "load_generator_cpus": sorted(client_cpus),
+                }
             before = {s.name: decisions_in(s.database) for s in servers if s.database}
-            report["results"] = rounds(servers, args.concurrency, args.requests, args.repeats)
+            report["results"] = rounds(
+                servers, args.concurrency, args.requests, args.repeats, client_cpus
+            )
             sent = answers_sent(args)
             for server in servers:
                 if server.database is None:
@@ -592,9 +618,20 @@ def main() -> None:
         "--limits", type=integers, default=[0], help="limits on the refund: e.g. 0,1,3"
     )
     parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG", ""))
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="standalone, --workers 1: servers on the first CPU, hey on the others",
+    )
     args = parser.parse_args()
     if args.mode == "kubernetes" and not args.kubeconfig:
         parser.error("kubernetes mode needs --kubeconfig (or KUBECONFIG)")
+    if args.pin and (args.mode != "standalone" or args.workers != [1]):
+        parser.error(
+            "--pin is for standalone --workers 1: one core for the server, hey on the rest"
+        )
+    if args.pin and len(os.sched_getaffinity(0)) < 2:
+        parser.error("--pin needs at least two CPUs: one for the server, one for hey")
     report = standalone(args) if args.mode == "standalone" else kubernetes(args)
     print(json.dumps(report, indent=2))
 

@@ -153,6 +153,17 @@ class Run:
         }
 
 
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of `pid` and of its descendants on `cpus`; threads started later
+    inherit it from the thread that starts them."""
+    for process in process_tree(pid):
+        for task in Path(f"/proc/{process}/task").glob("*"):
+            try:
+                os.sched_setaffinity(int(task.name), cpus)
+            except OSError:  # a thread that ended meanwhile
+                continue
+
+
 def hey(
     url: str,
     body: bytes,
@@ -161,11 +172,13 @@ def hey(
     server_pid: int,
     headers: dict[str, str] | None = None,
     behind: list[int] | None = None,
+    cpus: set[int] | None = None,
 ) -> Run:
     """POST `body` `requests` times from `concurrency` connections; per-request timings.
 
     `behind`: processes the server relies on (kube-apiserver, etcd), whose CPU is
     reported beside the server's: on shared cores it is part of every decision's cost.
+    `cpus`: the only CPUs hey may run on (see `pin` for the server's).
     """
     binary = ensure_hey()
     requests = max(1, requests // concurrency) * concurrency  # hey sends n // c per connection
@@ -192,7 +205,12 @@ def hey(
         pids = process_tree(server_pid)
         before, before_behind = cpu_seconds(pids), {pid: cpu_seconds([pid]) for pid in behind or []}
         started = time.perf_counter()
-        client = subprocess.Popen([*command, url], stdout=subprocess.PIPE, text=True)
+        client = subprocess.Popen(
+            [*command, url],
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+        )
         assert client.stdout is not None
         output = client.stdout.read()
         _, status, usage = os.wait4(client.pid, 0)  # reaped here, for its rusage
