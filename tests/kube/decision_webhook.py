@@ -17,14 +17,9 @@ import yaml
 from kubewrit.webhook.client.testing import wait_healthy
 
 from tests.conftest import REPO, free_port
+from tests.kube.conftest_operator import apply_crds
 
-CRDS = REPO / "crds"
 WALKTHROUGH = REPO / "examples" / "policies" / "support-agent.yaml"
-
-
-def apply_crds(control_plane: Any) -> None:
-    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRDS))
-    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRDS))
 
 
 def policy_manifest(namespace: str, name: str = "support-agent", spec: dict | None = None) -> str:

@@ -14,7 +14,7 @@ from kubewrit.webhook import chain, keys
 from kubewrit.webhook.chain import Head
 from kubewrit.webhook.kube.records import ActionRecordLedger, name_of
 
-from .decision_webhook import apply_crds
+from .conftest_operator import apply_crds
 from .test_record_creates import permit
 
 DAY = 86_400

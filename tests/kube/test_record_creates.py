@@ -22,7 +22,7 @@ from kubewrit.webhook.kube.records import ActionRecordLedger, object_name
 from kubewrit.webhook.recorder import PartialWrite
 
 from .conftest import make_tls
-from .decision_webhook import apply_crds
+from .conftest_operator import apply_crds
 
 
 def permit(namespace: str) -> Draft:
