@@ -115,6 +115,21 @@ def no_script_ran(page: Any) -> None:
     assert page.evaluate("window.__violations") == []
 
 
+def decided_card(page: Any, approval_id: str, timeout: float = 15_000) -> Any:
+    """The card's result once it shows the final decision, whichever render got there first.
+
+    The queue's live stream may show the claim (Deciding) before the approver's own answer
+    arrives; the final decision is what an approver reads.
+    """
+    page.wait_for_function(
+        "id => /Final decision after re-evaluation: (PERMIT|DENY)/.test("
+        "(document.querySelector('#approval-' + id + ' .result') || {}).innerText || '')",
+        arg=approval_id,
+        timeout=timeout,
+    )
+    return page.locator(f"#approval-{approval_id} .result")
+
+
 def no_horizontal_scroll(page: Any) -> None:
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= page.viewport_size["width"], f"page is {width}px wide"

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.browser import Pages, no_horizontal_scroll, no_script_ran, screenshot
+from tests.browser import Pages, decided_card, no_horizontal_scroll, no_script_ran, screenshot
 from tests.conftest import Server, start_server
 
 
@@ -100,8 +100,7 @@ def test_an_approver_decides_the_refund_from_the_console(served: Server, pages: 
     page.keyboard.type("customer verified")
     page.keyboard.press("Tab")
     page.keyboard.press("Enter")  # focus is on Approve
-    result = card_of(page, approval_id).locator(".result")
-    result.wait_for()
+    result = decided_card(page, approval_id)
     # The agent may collect its writ before the card is read: Approved, or already Consumed.
     assert re.search(r"(Approved|Consumed) by approver", result.inner_text())
     assert "customer verified" in result.inner_text()
@@ -154,8 +153,7 @@ def test_an_approver_denies_from_the_console_and_the_agent_gets_deny(
     card.wait_for(timeout=10_000)
     card.locator("input[name=reason]").fill("no receipt")
     card.locator("button[value=deny]").click()
-    result = card_of(page, approval_id).locator(".result")
-    result.wait_for()
+    result = decided_card(page, approval_id)
     assert re.search(r"Denied by approver", result.inner_text()), result.inner_text()
     assert "no receipt" in result.inner_text()
     outcome = served.get(f"/v1/approvals/{approval_id}", as_="support-agent").json()

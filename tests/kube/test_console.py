@@ -19,7 +19,7 @@ import pytest
 import yaml
 from kubewrit.webhook.client.testing import free_port
 
-from tests.browser import Pages, chromium, no_script_ran, pages, screenshot  # noqa: F401  (fixtures)
+from tests.browser import Pages, chromium, decided_card, no_script_ran, pages, screenshot  # noqa: F401  (fixtures)
 from tests.kube.conftest_operator import (
     OperatorProcess,
     apply_crds,
@@ -222,13 +222,8 @@ def test_alice_approves_through_kubewrit_console_and_bob_is_refused(
         assert stamped == "alice"
 
         # Alice's queue moves it to decided, by alice, with the record; the record names her.
-        result = alice_page.locator(f"#approval-{name} .result")
-        alice_page.wait_for_function(
-            "id => (document.querySelector('#approval-' + id + ' .result') || {}).innerText"
-            "?.includes('PERMIT')",
-            arg=name,
-            timeout=15_000,
-        )
+        result = decided_card(alice_page, name)
+        assert "PERMIT" in result.inner_text()
         assert "by alice" in result.inner_text() and "customer verified" in result.inner_text()
         alice_page.locator(f"#approval-{name} .record-link").click()
         alice_page.locator("#field-approver").wait_for()

@@ -6,9 +6,12 @@ import time
 
 import pytest
 from kubewrit.webhook import canonical, policy
+from kubewrit.webhook.approval import Approval
 from kubewrit.webhook.console import display, explain
 from kubewrit.webhook.console.backend import Viewer
+from kubewrit.webhook.console.routes import final_reason
 from kubewrit.webhook.console.sessions import Sessions, token_matches
+from kubewrit.webhook.decision import Phase
 
 
 @pytest.mark.parametrize(
@@ -122,3 +125,26 @@ def test_sessions_expire_and_compare_tokens_safely() -> None:
     time.sleep(0.06)
     assert sessions.get(opened.id) is None
     assert sessions.get(None) is None
+
+
+def _held(phase: Phase, decided_by: str | None = None) -> Approval:
+    return Approval(
+        "apr-1", "support-agent", "process_refund", "h", {}, "r", "low", "rule_defer", "m",
+        "p", created_at=0.0, expires_at=100.0, phase=phase, decided_by=decided_by,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("approval", "now", "words"),
+    [
+        (_held(Phase.PENDING), 100.0, "expired: nobody decided in time"),
+        (_held(Phase.EXPIRED), 50.0, "expired: nobody decided in time"),
+        (_held(Phase.DECIDING, "ann"), 50.0, "being decided by ann: the decision is being recorded"),
+        (_held(Phase.APPROVED, "ann"), 50.0, "already approved by ann: an approval is decided only once"),
+        (_held(Phase.CONSUMED, "ann"), 50.0, "already consumed by ann"),
+    ],
+)  # fmt: skip
+def test_why_an_approval_can_no_longer_be_decided_is_said_in_words(
+    approval: Approval, now: float, words: str
+) -> None:
+    assert final_reason(approval, now).startswith(words)

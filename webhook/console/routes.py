@@ -130,6 +130,8 @@ def final_reason(approval: Approval, now: float) -> str:
     if approval.phase is Phase.EXPIRED:
         return "expired: nobody decided in time; it can no longer be approved"
     by = f" by {approval.decided_by}" if approval.decided_by else ""
+    if approval.phase is Phase.DECIDING:
+        return f"being decided{by}: the decision is being recorded"
     return f"already {approval.phase.value.lower()}{by}: an approval is decided only once"
 
 
