@@ -409,7 +409,12 @@ class ChainLedger:
 
 
 class RecorderPool:
-    """One recorder (and chain) per namespace this replica records in, started on first use."""
+    """One recorder (and chain) per namespace this replica records in, started on first use.
+
+    Opening a chain reads the API (where the lineage's last chain ended) and writes its
+    genesis; namespaces open side by side, each under its own lock, so one namespace whose
+    reads are slow never holds up the first decision in another.
+    """
 
     def __init__(
         self,
@@ -425,7 +430,9 @@ class RecorderPool:
         self.anchors = anchors
         self.public_key_b64 = public_key_b64
         self._recorders: dict[str, Recorder] = {}
-        self._lock = threading.Lock()
+        self._opening: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()  # guards the two dicts only; never held over the API
+        self._stopped = False
 
     def lineage(self, namespace: str) -> str:
         """This replica's chains in `namespace`, one after another across restarts."""
@@ -439,21 +446,40 @@ class RecorderPool:
     def recorder_for(self, namespace: str | None) -> Recorder:
         namespace = namespace or self.ledger.home
         with self._lock:
+            if self._stopped:
+                raise RecordUnavailable("the recorders are stopping")
             recorder = self._recorders.get(namespace)
-            if recorder is None:
-                lineage = self.lineage(namespace)
-                previous = self.ledger.latest_head(lineage, namespace)
-                recorder = Recorder(
-                    ChainLedger(self.ledger, namespace),
-                    self.signer,
-                    self.chain_id(namespace),
-                    self.anchors,
-                    self.public_key_b64,
-                    genesis_draft(self.public_key_b64, lineage, previous),
-                )
-                recorder.start()
+            if recorder is not None:
+                return recorder
+            opening = self._opening.setdefault(namespace, threading.Lock())
+        with opening:  # one opener per namespace; the others wait for its recorder
+            with self._lock:
+                recorder = self._recorders.get(namespace)
+            if recorder is not None:
+                return recorder
+            recorder = self._open(namespace)
+            with self._lock:
+                if self._stopped:  # stopped while this one was opening: it goes too
+                    recorder.stop()
+                    raise RecordUnavailable("the recorders are stopping")
                 self._recorders[namespace] = recorder
+                del self._opening[namespace]
             return recorder
+
+    def _open(self, namespace: str) -> Recorder:
+        """A new chain in `namespace`, its genesis naming where the lineage's last one ended."""
+        lineage = self.lineage(namespace)
+        previous = self.ledger.latest_head(lineage, namespace)
+        recorder = Recorder(
+            ChainLedger(self.ledger, namespace),
+            self.signer,
+            self.chain_id(namespace),
+            self.anchors,
+            self.public_key_b64,
+            genesis_draft(self.public_key_b64, lineage, previous),
+        )
+        recorder.start()
+        return recorder
 
     async def record(self, draft: Draft) -> Record:
         recorder = self._recorders.get(draft.namespace or self.ledger.home)
@@ -466,6 +492,8 @@ class RecorderPool:
 
     def stop(self) -> None:
         with self._lock:
-            for recorder in self._recorders.values():
-                recorder.stop()
+            self._stopped = True
+            recorders = list(self._recorders.values())
             self._recorders.clear()
+        for recorder in recorders:
+            recorder.stop()
