@@ -60,7 +60,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -324,13 +324,22 @@ class _nullctx:
         return None
 
 
-@pytest.fixture
-def kube_namespace(control_plane: ControlPlane) -> Any:
-    """A fresh namespace (name ``kt-<random>``), deleted after the test."""
+@contextlib.contextmanager
+def fresh_namespace(control_plane: ControlPlane) -> Iterator[str]:
+    """A fresh namespace (name ``kt-<random>``), deleted afterwards."""
     name = f"kt-{uuid.uuid4().hex[:10]}"
     control_plane.kubectl("create", "namespace", name)
-    yield name
-    control_plane.delete_namespace(name)
+    try:
+        yield name
+    finally:
+        control_plane.delete_namespace(name)
+
+
+@pytest.fixture
+def kube_namespace(control_plane: ControlPlane) -> Iterator[str]:
+    """A fresh namespace, deleted after the test."""
+    with fresh_namespace(control_plane) as name:
+        yield name
 
 
 # --------------------------------------------------------------------------- TLS + webhook server

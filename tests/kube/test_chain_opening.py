@@ -8,8 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import uuid
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 from kubewrit.webhook import keys
@@ -18,16 +17,15 @@ from kubewrit.webhook.kube import api as kube_api
 from kubewrit.webhook.kube.records import ActionRecordLedger, RecorderPool
 from kubewrit.webhook.recorder import AnchorPolicy, RecordUnavailable
 
+from .conftest import fresh_namespace
 from .conftest_operator import apply_crds
 from .test_record_creates import permit
 
 
 @pytest.fixture
-def second_namespace(control_plane) -> Any:
-    name = f"kt-{uuid.uuid4().hex[:10]}"
-    control_plane.kubectl("create", "namespace", name)
-    yield name
-    control_plane.delete_namespace(name)
+def second_namespace(control_plane) -> Iterator[str]:
+    with fresh_namespace(control_plane) as name:
+        yield name
 
 
 def geneses(control_plane, namespace: str) -> list[str]:
